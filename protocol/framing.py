@@ -1,0 +1,58 @@
+"""Newline framing with a hard cap on line length (sans-I/O)."""
+
+from __future__ import annotations
+
+from protocol.errors import LineTooLong
+
+DEFAULT_MAX_LINE = 16 * 1024  # a mining.notify with a large coinbase and 16 branches is ~3 KiB
+
+
+class LineFramer:
+    """Splits a byte stream into lines on `\\n` (a trailing `\\r` is dropped), across partial reads.
+
+    A line longer than `max_line` bytes yields one `LineTooLong` in its place; the framer skips the
+    rest of it up to the next newline, so a peer can never make us buffer more than `max_line` bytes.
+    Empty lines (keep-alives some miners send) are dropped.
+    """
+
+    __slots__ = ("_buffer", "_discarding", "max_line")
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self.max_line = max_line
+        self._buffer = b""
+        self._discarding = 0  # >0 while skipping the tail of an over-long line: bytes skipped so far
+
+    def feed(self, data: bytes) -> list[bytes | LineTooLong]:
+        buffer = self._buffer + data if self._buffer else data
+        out: list[bytes | LineTooLong] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            if self._discarding:
+                out.append(LineTooLong("line too long", self._discarding + end - start))
+                self._discarding = 0
+            elif end - start > self.max_line:
+                out.append(LineTooLong("line too long", end - start))
+            else:
+                line = buffer[start:end]
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if line.strip():
+                    out.append(line)
+            start = end + 1
+        rest = buffer[start:]
+        if self._discarding:
+            self._discarding += len(rest)
+            rest = b""
+        elif len(rest) > self.max_line:
+            self._discarding = len(rest)
+            rest = b""
+        self._buffer = rest
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for a newline (never more than max_line)."""
+        return len(self._buffer)

@@ -1,0 +1,223 @@
+"""Share math for Bitcoin (sha256d): coinbase, merkle root, header, hash, difficulty.
+
+Byte order, once, because one mistake here credits miners for work they never did:
+- coinbase = coinb1 ‖ extranonce1 ‖ extranonce2 ‖ coinb2 (hex decoded, in that order);
+- merkle root = fold of `sha256d(root ‖ branch)` over the branches, starting at sha256d(coinbase);
+  all in internal (little-endian) byte order, as the branches arrive;
+- prevhash arrives with each 4-byte word byte-swapped relative to the header;
+- version, nbits, ntime and nonce arrive as big-endian hex of little-endian header fields;
+- version rolling (BIP310): nVersion = (job_version & ~mask) | (version_bits & mask);
+- the hash as explorers show it is the reversed sha256d; its value is int(hash, little-endian);
+- share difficulty = DIFF1 / value, DIFF1 = 0xFFFF · 2^208 (pool difficulty 1).
+
+`Job` precomputes everything that does not depend on the share, so a check is one coinbase hash,
+the merkle fold (cached per extranonce2, which real ASICs reuse across many shares), and one
+header hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+
+from protocol.errors import ErrorCode
+from protocol.messages import Notify, is_hex
+
+DIFF1 = 0xFFFF << 208
+BIP320_MASK = 0x1FFFE000  # the version bits BIP320 leaves to miners
+# How far ntime may run ahead of the job's ntime (Bitcoin Core accepts blocks up to 2 h in the future).
+NTIME_MAX_AHEAD = 7200
+
+_sha256 = hashlib.sha256
+_HEADER = struct.Struct("<I32s32sIII")
+_MERKLE_CACHE_SIZE = 64
+
+
+def sha256d(data: bytes) -> bytes:
+    return _sha256(_sha256(data).digest()).digest()
+
+
+def merkle_root(coinbase_hash: bytes, branches: Sequence[bytes]) -> bytes:
+    root = coinbase_hash
+    for branch in branches:
+        root = _sha256(_sha256(root + branch).digest()).digest()
+    return root
+
+
+def prevhash_to_header(prevhash_hex: str) -> bytes:
+    """Stratum's prevhash (word-swapped) → the 32 bytes that go into the header."""
+    raw = bytes.fromhex(prevhash_hex)
+    return b"".join(raw[i : i + 4][::-1] for i in range(0, 32, 4))
+
+
+def target_from_nbits(nbits: int) -> int:
+    """The compact target encoding of the header's nBits field."""
+    exponent = nbits >> 24
+    mantissa = nbits & 0x007FFFFF
+    if exponent <= 3:
+        return mantissa >> (8 * (3 - exponent))
+    return mantissa << (8 * (exponent - 3))
+
+
+def difficulty_from_target(target: int) -> float:
+    return DIFF1 / target if target else float("inf")
+
+
+def hash_value(header_hash: bytes) -> int:
+    return int.from_bytes(header_hash, "little")
+
+
+def share_difficulty(header_hash: bytes) -> float:
+    value = int.from_bytes(header_hash, "little")
+    return DIFF1 / value if value else float("inf")
+
+
+def display_hash(header_hash: bytes) -> str:
+    """The hash as block explorers show it."""
+    return header_hash[::-1].hex()
+
+
+def roll_version(job_version: int, version_bits: int, mask: int) -> int:
+    return (job_version & ~mask) | (version_bits & mask)
+
+
+class ShareRejected(Exception):
+    """A share that must not reach the pool, with the Stratum code to answer and a ledger reason."""
+
+    def __init__(self, code: ErrorCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason  # short, stable: the ledger's reject_reason
+        self.message = message  # for the miner
+
+
+class Share:
+    """A share that hashed: its header, hash and difficulty."""
+
+    __slots__ = ("difficulty", "hash", "header", "is_block", "version")
+
+    def __init__(self, header: bytes, header_hash: bytes, difficulty: float, version: int, is_block: bool):
+        self.header = header
+        self.hash = header_hash  # internal byte order; display_hash() for explorers
+        self.difficulty = difficulty
+        self.version = version
+        self.is_block = is_block
+
+    @property
+    def hex_hash(self) -> str:
+        return self.hash[::-1].hex()
+
+
+class Job:
+    """One mining.notify as a miner with a given extranonce1 sees it, precomputed for share checks.
+
+    `difficulty` is the pool difficulty in force when the notify arrived: a later set_difficulty
+    applies only to jobs notified after it.
+    """
+
+    __slots__ = (
+        "_coinb2",
+        "_coinbase_prefix",
+        "_merkle_cache",
+        "branches",
+        "difficulty",
+        "extranonce2_size",
+        "job_id",
+        "nbits",
+        "network_target",
+        "ntime",
+        "prevhash",
+        "seen",
+        "version",
+    )
+
+    def __init__(self, notify: Notify, extranonce1: str, extranonce2_size: int, difficulty: float) -> None:
+        self.job_id = notify.job_id
+        self.difficulty = difficulty
+        self.extranonce2_size = extranonce2_size
+        self.version = int(notify.version, 16)
+        self.nbits = int(notify.nbits, 16)
+        self.ntime = int(notify.ntime, 16)
+        self.prevhash = prevhash_to_header(notify.prevhash)
+        self.branches = [bytes.fromhex(b) for b in notify.merkle_branch]
+        self.network_target = target_from_nbits(self.nbits)
+        # The coinbase up to extranonce2 is the same for every share: hash it once, copy the state.
+        self._coinbase_prefix = _sha256(bytes.fromhex(notify.coinb1) + bytes.fromhex(extranonce1))
+        self._coinb2 = bytes.fromhex(notify.coinb2)
+        self._merkle_cache: dict[bytes, bytes] = {}
+        self.seen: set[bytes] = set()  # header hashes already submitted for this job
+
+    @property
+    def network_difficulty(self) -> float:
+        return difficulty_from_target(self.network_target)
+
+    def merkle_root(self, extranonce2: bytes) -> bytes:
+        root = self._merkle_cache.get(extranonce2)
+        if root is None:
+            state = self._coinbase_prefix.copy()
+            state.update(extranonce2)
+            state.update(self._coinb2)
+            root = merkle_root(_sha256(state.digest()).digest(), self.branches)
+            if len(self._merkle_cache) >= _MERKLE_CACHE_SIZE:
+                self._merkle_cache.clear()
+            self._merkle_cache[extranonce2] = root
+        return root
+
+    def hash_share(
+        self, extranonce2: str, ntime: str, nonce: str, version_bits: str | None, version_mask: int
+    ) -> Share:
+        """Check the share's fields and hash it. Raises ShareRejected for malformed fields.
+
+        Does not judge difficulty or duplicates: that is `check_share`, which the proxy calls.
+        """
+        if not is_hex(extranonce2, 2 * self.extranonce2_size):
+            raise ShareRejected(
+                ErrorCode.OTHER, "malformed",
+                f"extranonce2 must be {2 * self.extranonce2_size} hex digits",
+            )
+        if not is_hex(ntime, 8) or not is_hex(nonce, 8):
+            raise ShareRejected(ErrorCode.OTHER, "malformed", "ntime and nonce must be 8 hex digits")
+        ntime_value = int(ntime, 16)
+        if not self.ntime <= ntime_value <= self.ntime + NTIME_MAX_AHEAD:
+            raise ShareRejected(ErrorCode.OTHER, "ntime", "ntime out of range")
+        version = self.version
+        if version_bits is not None:
+            if not is_hex(version_bits, 8):
+                raise ShareRejected(ErrorCode.OTHER, "malformed", "version bits must be 8 hex digits")
+            bits = int(version_bits, 16)
+            if bits & ~version_mask:
+                raise ShareRejected(ErrorCode.OTHER, "version-mask", "version bits outside the negotiated mask")
+            version = (version & ~version_mask) | bits
+        header = _HEADER.pack(
+            version,
+            self.prevhash,
+            self.merkle_root(bytes.fromhex(extranonce2)),
+            ntime_value,
+            self.nbits,
+            int(nonce, 16),
+        )
+        header_hash = _sha256(_sha256(header).digest()).digest()
+        value = int.from_bytes(header_hash, "little")
+        difficulty = DIFF1 / value if value else float("inf")
+        return Share(header, header_hash, difficulty, version, value <= self.network_target)
+
+    def check_share(
+        self, extranonce2: str, ntime: str, nonce: str, version_bits: str | None, version_mask: int
+    ) -> Share:
+        """hash_share, then refuse duplicates and shares below the job's difficulty.
+
+        A share is remembered as seen only once it passed, so a low-difficulty retry is not a
+        duplicate. The duplicate key is the header hash: it covers every field, version bits
+        included, and letter case cannot make two spellings of one share differ.
+        """
+        share = self.hash_share(extranonce2, ntime, nonce, version_bits, version_mask)
+        if share.hash in self.seen:
+            raise ShareRejected(ErrorCode.DUPLICATE, "duplicate", "Duplicate share")
+        if share.difficulty < self.difficulty:
+            raise ShareRejected(
+                ErrorCode.LOW_DIFFICULTY, "low-difficulty",
+                f"Low difficulty share ({share.difficulty:.6g} < {self.difficulty:.6g})",
+            )
+        self.seen.add(share.hash)
+        return share
