@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mask = None
     if args.version_mask is not None:
-        if not is_hex(args.version_mask.zfill(8), 8):
+        if not args.version_mask or not is_hex(args.version_mask.zfill(8), 8):
             _fail("--version-mask must be up to 8 hex digits")
         mask = int(args.version_mask, 16)
     try:

@@ -11,7 +11,7 @@ import asyncio
 import collections
 import itertools
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_LINE, LineFramer
@@ -93,8 +93,8 @@ class StratumConnection(asyncio.Protocol):
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Not an isinstance check: uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         for line in self._framer.feed(data):

@@ -15,15 +15,18 @@ class LineFramer:
     Empty lines (keep-alives some miners send) are dropped.
     """
 
-    __slots__ = ("_buffer", "_discarding", "max_line")
+    __slots__ = ("_buffer", "_cr", "_discarding", "max_line")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.max_line = max_line
         self._buffer = b""
         self._discarding = 0  # >0 while skipping the tail of an over-long line: bytes skipped so far
+        self._cr = False  # a max_line-long line's trailing `\r` held as a flag, not a byte, until its `\n`
 
     def feed(self, data: bytes) -> list[bytes | LineTooLong]:
-        buffer = self._buffer + data if self._buffer else data
+        held = self._buffer + b"\r" if self._cr else self._buffer
+        self._cr = False
+        buffer = held + data if held else data
         out: list[bytes | LineTooLong] = []
         start = 0
         while True:
@@ -33,7 +36,7 @@ class LineFramer:
             if self._discarding:
                 out.append(LineTooLong("line too long", self._discarding + end - start))
                 self._discarding = 0
-            elif end - start > self.max_line:
+            elif end - start > self.max_line and not (end - start == self.max_line + 1 and buffer[end - 1] == 13):
                 out.append(LineTooLong("line too long", end - start))
             else:
                 line = buffer[start:end]
@@ -46,6 +49,9 @@ class LineFramer:
         if self._discarding:
             self._discarding += len(rest)
             rest = b""
+        elif len(rest) == self.max_line + 1 and rest.endswith(b"\r"):
+            self._cr = True  # `\r\n` split across reads: the line may still be exactly max_line long
+            rest = rest[:-1]
         elif len(rest) > self.max_line:
             self._discarding = len(rest)
             rest = b""

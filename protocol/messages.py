@@ -29,6 +29,21 @@ _HEX8 = re.compile(r"[0-9a-fA-F]{8}")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
+def hex_bytes(value: str, digits: int) -> bytes | None:
+    """`value` decoded when it is exactly `digits` (even) hex digits in either case, else None.
+
+    The share path's check: cheaper than a regex. On ASCII, isalnum leaves only [0-9A-Za-z] (no
+    spaces, signs, underscores or "0x" that int() and fromhex() would forgive), and fromhex refuses
+    the letters past f.
+    """
+    if len(value) != digits or not value.isascii() or not value.isalnum():
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
+
+
 def is_hex(value: str, length: int | None = None) -> bool:
     """True when `value` is hex digits only (either case), of exactly `length` digits if given."""
     if length is not None and len(value) != length:
@@ -133,6 +148,8 @@ class _Probe(msgspec.Struct):
 
 
 _probe_decoder = msgspec.json.Decoder(_Probe)
+# msgspec raises these, not DecodeError, for invalid UTF-8 inside a string and for nesting past its limit.
+_UNREADABLE = (UnicodeDecodeError, RecursionError)
 
 
 def decode_client_message(line: bytes) -> ClientMessage | ProtocolError:
@@ -144,11 +161,15 @@ def decode_client_message(line: bytes) -> ClientMessage | ProtocolError:
         failure = str(exc)
     except msgspec.DecodeError as exc:
         return InvalidJSON(f"invalid JSON: {exc}")
+    except _UNREADABLE as exc:
+        return InvalidJSON(f"invalid JSON: {exc}")
     # Slow path: an unknown method (answer it generically) or a known one with a wrong shape.
     try:
         probe = _probe_decoder.decode(line)
     except msgspec.MsgspecError:
         return InvalidJSON("not a JSON object")
+    except _UNREADABLE as exc:
+        return InvalidJSON(f"invalid JSON: {exc}")
     method = probe.method if isinstance(probe.method, str) else None
     request_id = probe.id if isinstance(probe.id, int | str) and not isinstance(probe.id, bool) else None
     if method is not None and method not in _KNOWN_CLIENT_METHODS:
@@ -156,6 +177,8 @@ def decode_client_message(line: bytes) -> ClientMessage | ProtocolError:
             return _request_decoder.decode(line)
         except msgspec.ValidationError as exc:
             failure = str(exc)
+        except _UNREADABLE as exc:
+            return InvalidJSON(f"invalid JSON: {exc}")
     return InvalidMessage(f"malformed {method or 'message'}: {failure}", request_id, method)
 
 
@@ -306,7 +329,14 @@ def decode_server_message(line: bytes) -> ServerMessage | ProtocolError:
         return InvalidMessage(f"malformed message: {exc}")
     except msgspec.DecodeError as exc:
         return InvalidJSON(f"invalid JSON: {exc}")
+    except _UNREADABLE as exc:
+        return InvalidJSON(f"invalid JSON: {exc}")
     if env.method is None:
+        if not line.isascii():  # msgspec does not check UTF-8 inside Raw: refuse it before it is relayed
+            try:
+                line.decode()
+            except UnicodeDecodeError as exc:
+                return InvalidJSON(f"invalid JSON: {exc}")
         return Reply(env.id, env.result, env.error, env.reject_reason)
     params = env.params if isinstance(env.params, list) else []
     try:
@@ -325,7 +355,10 @@ def _notification(method: str, params: list[Any], request_id: Any) -> ServerMess
         return SetDifficulty(float(value))
     if method == "mining.set_extranonce":
         en1, size = params[0], params[1]
-        if not isinstance(en1, str) or not is_hex(en1) or not isinstance(size, int) or not 0 < size <= 32:
+        if (
+            not isinstance(en1, str) or not is_hex(en1)
+            or isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 32
+        ):
             raise ValueError("expected [extranonce1 hex, extranonce2_size]")
         return SetExtranonce(en1.lower(), size)
     if method == "mining.set_version_mask":

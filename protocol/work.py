@@ -22,7 +22,7 @@ import struct
 from collections.abc import Sequence
 
 from protocol.errors import ErrorCode
-from protocol.messages import Notify, is_hex
+from protocol.messages import Notify, hex_bytes
 
 DIFF1 = 0xFFFF << 208
 BIP320_MASK = 0x1FFFE000  # the version bits BIP320 leaves to miners
@@ -85,11 +85,12 @@ def roll_version(job_version: int, version_bits: int, mask: int) -> int:
 class ShareRejected(Exception):
     """A share that must not reach the pool, with the Stratum code to answer and a ledger reason."""
 
-    def __init__(self, code: ErrorCode, reason: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, reason: str, message: str, share: Share | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason  # short, stable: the ledger's reject_reason
         self.message = message  # for the miner
+        self.share = share  # set when the share hashed (duplicate, low difficulty)
 
 
 class Share:
@@ -171,31 +172,29 @@ class Job:
 
         Does not judge difficulty or duplicates: that is `check_share`, which the proxy calls.
         """
-        if not is_hex(extranonce2, 2 * self.extranonce2_size):
+        en2 = hex_bytes(extranonce2, 2 * self.extranonce2_size)
+        if en2 is None:
             raise ShareRejected(
-                ErrorCode.OTHER, "malformed",
-                f"extranonce2 must be {2 * self.extranonce2_size} hex digits",
+                ErrorCode.OTHER, "malformed", f"extranonce2 must be {2 * self.extranonce2_size} hex digits"
             )
-        if not is_hex(ntime, 8) or not is_hex(nonce, 8):
+        ntime_bytes = hex_bytes(ntime, 8)
+        nonce_bytes = hex_bytes(nonce, 8)
+        if ntime_bytes is None or nonce_bytes is None:
             raise ShareRejected(ErrorCode.OTHER, "malformed", "ntime and nonce must be 8 hex digits")
-        ntime_value = int(ntime, 16)
+        ntime_value = int.from_bytes(ntime_bytes, "big")
         if not self.ntime <= ntime_value <= self.ntime + NTIME_MAX_AHEAD:
             raise ShareRejected(ErrorCode.OTHER, "ntime", "ntime out of range")
         version = self.version
         if version_bits is not None:
-            if not is_hex(version_bits, 8):
+            bits_bytes = hex_bytes(version_bits, 8)
+            if bits_bytes is None:
                 raise ShareRejected(ErrorCode.OTHER, "malformed", "version bits must be 8 hex digits")
-            bits = int(version_bits, 16)
+            bits = int.from_bytes(bits_bytes, "big")
             if bits & ~version_mask:
                 raise ShareRejected(ErrorCode.OTHER, "version-mask", "version bits outside the negotiated mask")
             version = (version & ~version_mask) | bits
         header = _HEADER.pack(
-            version,
-            self.prevhash,
-            self.merkle_root(bytes.fromhex(extranonce2)),
-            ntime_value,
-            self.nbits,
-            int(nonce, 16),
+            version, self.prevhash, self.merkle_root(en2), ntime_value, self.nbits, int.from_bytes(nonce_bytes, "big")
         )
         header_hash = _sha256(_sha256(header).digest()).digest()
         value = int.from_bytes(header_hash, "little")
@@ -213,11 +212,12 @@ class Job:
         """
         share = self.hash_share(extranonce2, ntime, nonce, version_bits, version_mask)
         if share.hash in self.seen:
-            raise ShareRejected(ErrorCode.DUPLICATE, "duplicate", "Duplicate share")
+            raise ShareRejected(ErrorCode.DUPLICATE, "duplicate", "Duplicate share", share)
         if share.difficulty < self.difficulty:
             raise ShareRejected(
                 ErrorCode.LOW_DIFFICULTY, "low-difficulty",
                 f"Low difficulty share ({share.difficulty:.6g} < {self.difficulty:.6g})",
+                share,
             )
         self.seen.add(share.hash)
         return share

@@ -1,0 +1,180 @@
+"""Micro-benchmarks of the protocol hot path. Run: `uv run python -m benchmarks.micro`.
+
+Each figure is the best of REPEATS runs of a fixed number of iterations (time.perf_counter_ns, GC off while
+timing, as timeit does), so it measures the code rather than the machine's noise. The loop's own overhead is
+included and printed separately for reference. Total runtime is a few seconds.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from protocol.messages import Notify, decode_client_message, encode_notify, encode_result, parse_notify
+from protocol.work import BIP320_MASK, Job
+
+REPEATS = 5
+BRANCHES = 12
+# Below DIFF1 / 2**256 (~2.3e-10), the least difficulty any hash can have: every share passes.
+TINY_DIFFICULTY = 1e-12
+DECODE_ENCODE_TARGET_NS = 1_000
+SHARE_CHECK_TARGET_NS = 10_000
+
+# A real Bitaxe submit (vector 02): six params, version bits.
+SUBMIT_LINE = (
+    b'{"id": 5, "method": "mining.submit", "params": ["tb1qumezefzdeqqwn5zfvgdrhxjzc5ylr39uhuxcz4.bitaxe3", '
+    b'"1", "c7080000", "64b3f3ec", "ed460d91", "00002000"]}'
+)
+NTIME = "64b3f3ec"
+
+
+def make_notify() -> Notify:
+    """A mainnet-sized job: ~110-byte coinb1, ~200-byte coinb2, 12 random merkle branches."""
+    return parse_notify(
+        [
+            "bench",
+            os.urandom(32).hex(),
+            os.urandom(110).hex(),
+            os.urandom(200).hex(),
+            [os.urandom(32).hex() for _ in range(BRANCHES)],
+            "20000000",
+            "1705ae3a",
+            NTIME,
+            True,
+        ]
+    )
+
+
+Runner = Callable[[int], "int | None"]  # runs n iterations; returns the ns it timed itself, if it did
+
+
+def best_ns_per_op(run: Runner, iterations: int) -> float:
+    best = float("inf")
+    for _ in range(REPEATS):
+        gc.disable()
+        try:
+            start = time.perf_counter_ns()
+            timed = run(iterations)
+            elapsed = time.perf_counter_ns() - start if timed is None else timed
+        finally:
+            gc.enable()
+        best = min(best, elapsed / iterations)
+    return best
+
+
+# --- the operations -------------------------------------------------------------------------------------
+
+
+def empty_loop(n: int) -> None:
+    for _ in range(n):
+        pass
+
+
+def decode_submit(n: int) -> None:
+    decode = decode_client_message
+    line = SUBMIT_LINE
+    for _ in range(n):
+        decode(line)
+
+
+def encode_reply(n: int) -> None:
+    encode = encode_result
+    for _ in range(n):
+        encode(5, True)
+
+
+def decode_and_encode(n: int) -> None:
+    decode = decode_client_message
+    encode = encode_result
+    line = SUBMIT_LINE
+    for _ in range(n):
+        message = decode(line)
+        encode(message.id, True)
+
+
+def notify_encoder(notify: Notify) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        encode = encode_notify
+        for _ in range(n):
+            encode(notify)
+
+    return run
+
+
+def share_checker(notify: Notify, *, fresh_extranonce2: bool) -> Runner:
+    """check_share on a new Job per run, distinct nonces (no duplicates), version bits rolled as an S19 does.
+    Only the check loop is timed, not building the job and the inputs."""
+
+    def run(n: int) -> int:
+        job = Job(notify, "57a6f098", 4, TINY_DIFFICULTY)
+        nonces = [f"{i:08x}" for i in range(n)]
+        extranonce2s = [f"{i:08x}" for i in range(n)] if fresh_extranonce2 else ["c7080000"] * n
+        check = job.check_share
+        mask = BIP320_MASK
+        start = time.perf_counter_ns()
+        for extranonce2, nonce in zip(extranonce2s, nonces, strict=True):
+            check(extranonce2, NTIME, nonce, "00002000", mask)
+        elapsed = time.perf_counter_ns() - start
+        assert len(job.seen) == n  # every share passed
+        return elapsed
+
+    return run
+
+
+def sha256d_header(n: int) -> None:
+    sha256 = hashlib.sha256
+    header = os.urandom(80)
+    for _ in range(n):
+        sha256(sha256(header).digest()).digest()
+
+
+# --- report ---------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    started = time.perf_counter_ns()
+    notify = make_notify()
+    rows: list[tuple[str, float, int | None]] = [
+        ("loop overhead (reference, included below)", best_ns_per_op(empty_loop, 500_000), None),
+        ("decode submit line (decode_client_message)", best_ns_per_op(decode_submit, 100_000), None),
+        ("encode reply (encode_result)", best_ns_per_op(encode_reply, 100_000), None),
+        ("decode submit + encode reply", best_ns_per_op(decode_and_encode, 100_000), DECODE_ENCODE_TARGET_NS),
+        (f"encode notify ({BRANCHES} branches)", best_ns_per_op(notify_encoder(notify), 50_000), None),
+        (
+            f"share check, {BRANCHES} branches, fresh extranonce2",
+            best_ns_per_op(share_checker(notify, fresh_extranonce2=True), 10_000),
+            SHARE_CHECK_TARGET_NS,
+        ),
+        (
+            f"share check, {BRANCHES} branches, reused extranonce2",
+            best_ns_per_op(share_checker(notify, fresh_extranonce2=False), 20_000),
+            SHARE_CHECK_TARGET_NS,
+        ),
+        ("sha256d of an 80-byte header (reference)", best_ns_per_op(sha256d_header, 200_000), None),
+    ]
+    print(f"protocol micro-benchmarks: best of {REPEATS}, Python {sys.version.split()[0]}")
+    print(f"{'operation':<52} {'ns/op':>9} {'ops/s':>12}   target")
+    over = 0
+    for name, ns, target in rows:
+        verdict = ""
+        if target is not None:
+            ok = ns <= target
+            over += not ok
+            verdict = f"<= {target / 1000:g} us  {'ok' if ok else 'OVER'}"
+        print(f"{name:<52} {ns:>9.1f} {1e9 / ns:>12,.0f}   {verdict}")
+    sha_ns = rows[-1][1]
+    print(
+        f"share check = {rows[5][1] / sha_ns:.1f}x (fresh) / {rows[6][1] / sha_ns:.1f}x (reused) "
+        f"one header sha256d; total {(time.perf_counter_ns() - started) / 1e9:.1f} s"
+    )
+    if over:
+        print(f"{over} operation(s) over target")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

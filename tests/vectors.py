@@ -1,0 +1,160 @@
+"""Loader for the real Stratum data in `../shared/vectors/` (beside the repository).
+
+The directory is found relative to this repository (`<repo>/../shared/vectors`), or at `$IH_VECTORS_DIR`.
+When it is missing the tests fail with `VectorsMissing` instead of skipping: the vectors are the point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+VECTORS_ENV = "IH_VECTORS_DIR"
+DEFAULT_VECTORS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+
+# Methods a miner sends; every other JSON line in the vectors travels pool → miner.
+CLIENT_METHODS = frozenset(
+    {
+        "mining.subscribe",
+        "mining.authorize",
+        "mining.configure",
+        "mining.extranonce.subscribe",
+        "mining.suggest_difficulty",
+        "mining.submit",
+    }
+)
+# Transcript prefixes in 07 (who sent the line).
+CLIENT_PREFIXES = frozenset({"ASIC", "tx", "tx:", ">"})
+SERVER_PREFIXES = frozenset({"AntPool", "rx", "rx:", "<"})
+TRUNCATION_MARK = "...(truncated"
+
+
+class VectorsMissing(RuntimeError):
+    """The shared vectors directory is not where the tests expect it."""
+
+
+def vectors_dir() -> Path:
+    override = os.environ.get(VECTORS_ENV)
+    path = Path(override) if override else DEFAULT_VECTORS_DIR
+    if not path.is_dir():
+        raise VectorsMissing(
+            f"Stratum test vectors not found at {path}. They live in ../shared/vectors beside the repository "
+            f"(real mainnet shares and device transcripts); check out shared/ next to the repo or set "
+            f"{VECTORS_ENV}=/path/to/vectors. These tests do not skip without them."
+        )
+    return path
+
+
+def vector_file(number: str) -> Path:
+    """The one vector file whose name starts with `<number>_`, e.g. "01"."""
+    found = sorted(vectors_dir().glob(f"{number}_*.txt"))
+    if len(found) != 1:
+        raise VectorsMissing(f"expected exactly one {number}_*.txt in {vectors_dir()}, found {found}")
+    return found[0]
+
+
+def all_vector_files() -> list[Path]:
+    files = sorted(vectors_dir().glob("[0-9][0-9]_*.txt"))
+    if not files:
+        raise VectorsMissing(f"no NN_*.txt vector files in {vectors_dir()}")
+    return files
+
+
+@cache
+def fields(number: str) -> dict[str, str]:
+    """`key = value` lines (value = first token; notes after it dropped); `key = [` opens a list that
+    runs to `]`, returned comma-joined. JSON lines and comments are skipped."""
+    out: dict[str, str] = {}
+    lines = iter(vector_file(number).read_text().splitlines())
+    for line in lines:
+        if line.startswith("#") or "{" in line or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        value = value.strip()
+        if value.startswith("["):
+            items = [value[1:]]
+            while "]" not in items[-1]:
+                items.append(next(lines))
+            joined = " ".join(items).replace("]", "")
+            out[key.strip()] = ",".join(v.strip() for v in joined.split(",") if v.strip())
+        else:
+            out[key.strip()] = value.split()[0]
+    return out
+
+
+@dataclass(frozen=True)
+class VectorLine:
+    """One JSON line quoted in a vector file."""
+
+    file: str
+    lineno: int
+    prefix: str  # transcript marker before the JSON (07), "" when none
+    text: str  # the JSON text; for a truncated line, everything from `{` to the end of the line
+    comment: str  # text after the JSON on the same line
+    note: str  # the comment lines just above it
+    truncated: bool
+
+    @property
+    def data(self) -> bytes:
+        return self.text.encode()
+
+    @property
+    def value(self) -> Any:
+        return json.loads(self.text)
+
+    @property
+    def method(self) -> str | None:
+        if self.truncated:
+            found = re.search(r'"method"\s*:\s*"([^"]+)"', self.text)
+            return found.group(1) if found else None
+        value = self.value
+        return value.get("method") if isinstance(value, dict) else None
+
+    @property
+    def from_client(self) -> bool:
+        return self.method in CLIENT_METHODS
+
+    @property
+    def must_be_rejected(self) -> bool:
+        """The vector's own notes say this line must be refused."""
+        return "must be rejected" in self.comment or "must be rejected" in self.note
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.lineno}"
+
+
+@cache
+def json_lines(number: str) -> tuple[VectorLine, ...]:
+    path = vector_file(number)
+    decoder = json.JSONDecoder()
+    out: list[VectorLine] = []
+    note: list[str] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith("#"):
+            note.append(line)
+            continue
+        start = line.find("{")
+        if start < 0:
+            note = []
+            continue
+        prefix = line[:start].strip()
+        if TRUNCATION_MARK in line:
+            text, comment, truncated = line[start:], "", True
+        else:
+            try:
+                _, end = decoder.raw_decode(line, start)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path.name}:{lineno}: unreadable vector line: {exc}") from None
+            text, comment, truncated = line[start:end], line[end:].strip(), False
+        out.append(VectorLine(path.name, lineno, prefix, text, comment, "\n".join(note), truncated))
+        note = []
+    return tuple(out)
+
+
+def all_json_lines() -> list[VectorLine]:
+    return [line for path in all_vector_files() for line in json_lines(path.name[:2])]
