@@ -1,0 +1,293 @@
+"""``ih-scorer`` / ``python -m scorer``: one scoring pass (default) or one per tempo (``--loop``).
+
+A pass: read hashrate per hotkey over the window (ledger or proxy API) → read the metagraph (chain,
+or ``--metagraph-file``) → apply the weight policy (:mod:`scorer.policy`) → optionally cross-check
+with Luxor → set the weights on chain (unless ``--dry-run``) → print the table, and with ``--json``
+one JSON object as the last line of stdout. Logs go to stderr.
+
+Exit status: 0 done; 1 the pass failed (source or chain unreadable); 2 bad settings; 3 the weights
+could not be set on chain (after the retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TextIO
+
+from .chain import (
+    BittensorChain,
+    Chain,
+    MetagraphView,
+    Retry,
+    Sleep,
+    load_metagraph_file,
+    submit_weights,
+    with_retries,
+)
+from .config import ConfigError, Settings, load_settings
+from .hashrate import Window
+from .luxor import LuxorClient, LuxorError, discrepancies, ours_by_hotkey
+from .policy import PolicyError, compute_weights, invert_metagraph
+from .report import PassReport, json_line, render_table
+from .sources import ClickHouseSource, HashrateSource, ProxyApiSource, SourceError
+
+log = logging.getLogger("scorer")
+
+EXIT_OK, EXIT_PASS_FAILED, EXIT_CONFIG, EXIT_WEIGHTS_NOT_SET = 0, 1, 2, 3
+BLOCK_SECONDS = 12.0
+DEFAULT_TEMPO = 360
+MAX_WAIT = 600.0
+
+
+class Redactor:
+    """Replaces every known secret by ``***``."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class _RedactingFormatter(logging.Formatter):
+    def __init__(self, redact: Redactor) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(super().format(record))
+
+
+class PassFailed(RuntimeError):
+    """A pass could not produce weights (its message is already redacted)."""
+
+
+@dataclass
+class Scorer:
+    settings: Settings
+    source: HashrateSource
+    chain: Chain | None
+    metagraph_file: MetagraphView | None = None
+    luxor: LuxorClient | None = None
+    sleep: Sleep = asyncio.sleep
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    redact: Callable[[str], str] = lambda s: s
+
+    @property
+    def retry(self) -> Retry:
+        return Retry(attempts=self.settings.retries, base_delay=self.settings.retry_delay)
+
+    async def _metagraph(self) -> MetagraphView:
+        if self.metagraph_file is not None:
+            return self.metagraph_file
+        if self.chain is None:
+            raise PassFailed("no metagraph: give --metagraph-file or a chain")
+        chain = self.chain
+        return await with_retries(
+            "reading the metagraph",
+            lambda: chain.metagraph(self.settings.netuid),
+            self.retry,
+            self.sleep,
+            self.redact,
+        )
+
+    async def run_pass(self, end: datetime | None = None) -> PassReport:
+        s = self.settings
+        window = Window.ending(end or s.end or self.clock(), s.window_seconds)
+        try:
+            stats = await self.source.fetch(window)
+        except SourceError as exc:
+            raise PassFailed(self.redact(str(exc))) from None
+        try:
+            metagraph = await self._metagraph()
+        except Exception as exc:
+            raise PassFailed(self.redact(str(exc))) from None
+
+        burn_uid = s.burn_uid
+        if burn_uid is None:
+            burn_uid = metagraph.owner_uid
+            if burn_uid is None and self.metagraph_file is None:
+                log.warning("the subnet owner's hotkey %s has no uid: no burn uid", metagraph.owner_hotkey)
+        try:
+            uid_of = invert_metagraph(metagraph.uids)
+            weights = compute_weights({st.hotkey: st.hashrate for st in stats}, metagraph.uids, s.policy, burn_uid)
+        except PolicyError as exc:
+            raise PassFailed(str(exc)) from None
+        if weights.unregistered:
+            log.info("hotkeys with shares that are not registered: %s", ", ".join(weights.unregistered))
+
+        luxor_report = None
+        luxor_error = None
+        if self.luxor is not None:
+            try:
+                theirs = await self.luxor.hashrates(window)
+                luxor_report = discrepancies(ours_by_hotkey(stats), theirs, s.luxor_threshold)
+                for d in luxor_report:
+                    if d.flagged:
+                        log.warning("Luxor disagrees on %s: ours %.4g H/s, Luxor %.4g H/s", d.hotkey, d.ours, d.luxor)
+            except LuxorError as exc:
+                luxor_error = self.redact(str(exc))
+                log.warning("Luxor cross-check failed: %s", luxor_error)
+
+        submission = None
+        if not s.dry_run:
+            if self.chain is None:
+                raise PassFailed("no chain to set weights on")
+            submission = await submit_weights(
+                self.chain, s.netuid, weights.weights, self.retry, self.sleep, self.redact
+            )
+        return PassReport(
+            window=window,
+            source=self.source.describe(),
+            shares_known=not isinstance(self.source, ProxyApiSource),
+            stats=stats,
+            uid_of={st.hotkey: uid_of[st.hotkey] for st in stats if st.hotkey in uid_of},
+            weights=weights,
+            netuid=s.netuid,
+            luxor=luxor_report,
+            luxor_error=luxor_error,
+            submission=submission,
+        )
+
+    def print_report(self, report: PassReport, out: TextIO) -> None:
+        print(render_table(report, show_workers=self.settings.workers), file=out)
+        if self.settings.json:
+            print(json_line(report), file=out)
+        out.flush()
+
+    async def wait_next_tempo(self, start_block: int | None) -> None:
+        """Sleep until ``tempo`` blocks after ``start_block`` (or a tempo of wall time without a chain)."""
+        chain = self.chain
+        if chain is None or start_block is None:
+            await self.sleep(DEFAULT_TEMPO * BLOCK_SECONDS)
+            return
+        netuid = self.settings.netuid
+        try:
+            tempo = await with_retries(
+                "reading the tempo", lambda: chain.tempo(netuid), self.retry, self.sleep, self.redact
+            )
+        except Exception as exc:
+            log.warning("%s; assuming %d blocks", self.redact(str(exc)), DEFAULT_TEMPO)
+            tempo = DEFAULT_TEMPO
+        target = start_block + max(1, tempo)
+        # Bounded: each round sleeps at least one block; a chain that stops answering costs a tempo.
+        for _ in range(max(1, tempo) + 1):
+            try:
+                current = await chain.current_block()
+            except Exception as exc:
+                log.warning("reading the block failed: %s", self.redact(f"{type(exc).__name__}: {exc}"))
+                await self.sleep(min(MAX_WAIT, tempo * BLOCK_SECONDS))
+                return
+            remaining = target - current
+            if remaining <= 0:
+                return
+            await self.sleep(min(MAX_WAIT, max(1, remaining) * BLOCK_SECONDS))
+
+    async def _block(self) -> int | None:
+        if self.chain is None:
+            return None
+        try:
+            return await self.chain.current_block()
+        except Exception as exc:
+            log.warning("reading the block failed: %s", self.redact(f"{type(exc).__name__}: {exc}"))
+            return None
+
+    async def run_loop(self, out: TextIO, passes: int | None = None) -> int:
+        """One pass per tempo; a failed pass is logged and the loop goes on. Returns the passes run."""
+        done = 0
+        while passes is None or done < passes:
+            start_block = await self._block()
+            try:
+                report = await self.run_pass(end=self.clock())
+                self.print_report(report, out)
+            except PassFailed as exc:
+                log.error("scoring pass failed: %s", exc)
+            except Exception as exc:  # never let one pass kill the validator
+                log.exception("scoring pass crashed: %s", self.redact(f"{type(exc).__name__}: {exc}"))
+            done += 1
+            if passes is not None and done >= passes:
+                break
+            await self.wait_next_tempo(start_block)
+        return done
+
+
+def build_scorer(settings: Settings, redact: Callable[[str], str]) -> Scorer:
+    source: HashrateSource
+    if settings.proxy_api is not None:
+        source = ProxyApiSource(settings.proxy_api, pattern=settings.pattern)
+    else:
+        assert settings.clickhouse is not None
+        source = ClickHouseSource(settings.clickhouse)
+    metagraph_file = load_metagraph_file(settings.metagraph_file) if settings.metagraph_file else None
+    chain: Chain | None = None
+    if metagraph_file is None or not settings.dry_run:
+        chain = BittensorChain(
+            settings.network,
+            settings.wallet_name,
+            settings.wallet_hotkey,
+            settings.wallet_path,
+        )
+    luxor = None
+    if settings.luxor_api_key:
+        luxor = LuxorClient(settings.luxor_api_key, settings.luxor_subaccount, settings.luxor_url)
+    return Scorer(settings, source, chain, metagraph_file, luxor, redact=redact)
+
+
+def _setup_logging(level: str, redact: Redactor) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter(redact))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("scorer").setLevel(getattr(logging, level, logging.INFO))
+
+
+async def _run(settings: Settings, redact: Redactor) -> int:
+    try:
+        scorer = build_scorer(settings, redact)
+    except ValueError as exc:
+        print(f"ih-scorer: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if settings.loop:
+            await scorer.run_loop(sys.stdout, settings.passes)
+            return EXIT_OK
+        try:
+            report = await scorer.run_pass()
+        except PassFailed as exc:
+            print(f"ih-scorer: {exc}", file=sys.stderr)
+            return EXIT_PASS_FAILED
+        scorer.print_report(report, sys.stdout)
+        if report.submission is not None and not report.submission.ok:
+            return EXIT_WEIGHTS_NOT_SET
+        return EXIT_OK
+    finally:
+        if scorer.chain is not None:
+            with contextlib.suppress(Exception):
+                await scorer.chain.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"ih-scorer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    redact = Redactor(settings.secrets())
+    _setup_logging(settings.log_level, redact)
+    try:
+        return asyncio.run(_run(settings, redact))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

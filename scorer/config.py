@@ -1,0 +1,346 @@
+"""``ih-scorer`` settings: command-line flags, a few ``IH_*`` environment variables, a TOML file.
+
+Precedence: flag > environment > ``--config`` TOML > default. The TOML file takes the same keys as the
+flags, without the dashes in front; ``_`` and ``-`` are the same, and tables nest with dots, so
+``window = "6h"``, ``min_hashrate = "100T"`` and ``[wallet] name = "validator"`` all work.
+
+Secrets (the ClickHouse password inside the URL, the Luxor API key) are best given through the
+environment (``IH_CLICKHOUSE_URL``, ``IH_LUXOR_API_KEY``) or the TOML file rather than a flag, which
+other users of the machine can see in the process list. They are never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .hashrate import parse_duration, parse_hashrate, parse_time
+from .luxor import DEFAULT_LUXOR_URL
+from .policy import Policy, PolicyError
+from .sources import DEFAULT_CLICKHOUSE_URL, ClickHouseURL, parse_clickhouse_url
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or contradicts another one."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    clickhouse: ClickHouseURL | None
+    proxy_api: str | None
+    pattern: str
+    window_seconds: int
+    end: datetime | None
+    netuid: int
+    network: str
+    wallet_name: str
+    wallet_hotkey: str
+    wallet_path: str | None
+    dry_run: bool
+    json: bool
+    workers: bool
+    metagraph_file: str | None
+    policy: Policy
+    burn_uid: int | None
+    loop: bool
+    passes: int | None
+    retries: int
+    retry_delay: float
+    luxor_api_key: str | None
+    luxor_subaccount: str
+    luxor_url: str
+    luxor_threshold: float
+    log_level: str
+
+    def secrets(self) -> list[str]:
+        out = list(self.clickhouse.secrets()) if self.clickhouse else []
+        if self.luxor_api_key:
+            out.append(self.luxor_api_key)
+        return [s for s in out if s]
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    dest: str
+    help: str
+    convert: Callable[[Any], Any] = str
+    default: Any = None
+    flag_only: bool = False  # a switch (store_true)
+    env: str | None = None
+    metavar: str | None = None
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("not an integer")
+    return int(value)
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a finite number")
+    return number
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("not a boolean")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "--clickhouse-url",
+        "clickhouse_url",
+        "the ledger: http(s)://user:pass@host:port/[db] (db default infinitehash), chdb:///abs/path or "
+        f"chdb://rel/path (default {DEFAULT_CLICKHOUSE_URL}: the proxy's default data dir; an embedded "
+        "directory can be open in one process at a time)",
+        env="IH_CLICKHOUSE_URL",
+        metavar="URL",
+    ),
+    Option(
+        "--proxy-api",
+        "proxy_api",
+        "read hashrate from a running proxy's GET /api/v1/workers instead of the ledger (no share counts)",
+        metavar="URL",
+    ),
+    Option("--pattern", "pattern", "worker glob for --proxy-api (default *)", default="*"),
+    Option(
+        "--window",
+        "window",
+        "scoring window ending now (or at --end): 90m, 6h, 1d (default 6h); minute-aligned",
+        default="6h",
+        metavar="DURATION",
+    ),
+    Option(
+        "--end", "end", "end of the window, ISO 8601 (default now, UTC; rounded down to the minute)", metavar="TIME"
+    ),
+    Option("--netuid", "netuid", "subnet uid (default 89)", _int, 89),
+    Option("--network", "network", "finney, test, local, or a ws(s):// URL (default finney)", default="finney"),
+    Option("--wallet.name", "wallet_name", "wallet name (default default)", default="default"),
+    Option("--wallet.hotkey", "wallet_hotkey", "hotkey name in the wallet (default default)", default="default"),
+    Option("--wallet.path", "wallet_path", "wallets directory (default ~/.bittensor/wallets)"),
+    Option(
+        "--dry-run", "dry_run", "print the table and weights; never set weights on chain", _bool, False, flag_only=True
+    ),
+    Option("--json", "json", "also print one JSON object as the last line of stdout", _bool, False, flag_only=True),
+    Option("--workers", "workers", "list each hotkey's workers in the table", _bool, False, flag_only=True),
+    Option(
+        "--metagraph-file",
+        "metagraph_file",
+        "JSON object uid → hotkey to use instead of the chain's metagraph (needs --dry-run)",
+        metavar="FILE",
+    ),
+    Option("--phase", "phase", "weight policy: 1 proportional (default), 2 minimum + ceiling", _int, 1),
+    Option(
+        "--min-hashrate",
+        "min_hashrate",
+        "phase 2: hashrate needed for the base reward, e.g. 100T or 1.5PH/s",
+        parse_hashrate,
+        metavar="RATE",
+    ),
+    Option(
+        "--max-hashrate",
+        "max_hashrate",
+        "phase 2: most hashrate a hotkey is credited with (default the minimum)",
+        parse_hashrate,
+        metavar="RATE",
+    ),
+    Option(
+        "--hashrate-share",
+        "hashrate_share",
+        "part of the weight that hashrate earns, 0..1 (default 1); the rest goes to the burn uid",
+        _float,
+        1.0,
+    ),
+    Option("--burn-uid", "burn_uid", "uid that gets the unearned weight (default the subnet owner's uid)", _int),
+    Option("--loop", "loop", "keep running: score and set weights once per tempo", _bool, False, flag_only=True),
+    Option("--passes", "passes", "with --loop: stop after this many passes (default never)", _int),
+    Option("--retries", "retries", "attempts for each chain call (default 3)", _int, 3),
+    Option("--retry-delay", "retry_delay", "first backoff in seconds, doubled per retry (default 2)", _float, 2.0),
+    Option(
+        "--luxor-api-key",
+        "luxor_api_key",
+        "enable the Luxor cross-check (report only)",
+        env="IH_LUXOR_API_KEY",
+        metavar="KEY",
+    ),
+    Option(
+        "--luxor-subaccount",
+        "luxor_subaccount",
+        "Luxor subaccount (default infinite)",
+        default="infinite",
+        env="IH_LUXOR_SUBACCOUNT",
+    ),
+    Option(
+        "--luxor-url",
+        "luxor_url",
+        f"Luxor API base (default {DEFAULT_LUXOR_URL})",
+        default=DEFAULT_LUXOR_URL,
+        metavar="URL",
+    ),
+    Option(
+        "--luxor-threshold",
+        "luxor_threshold",
+        "flag a hotkey when |ours/Luxor - 1| exceeds this (default 0.1)",
+        _float,
+        0.1,
+    ),
+    Option("--log-level", "log_level", "DEBUG, INFO, WARNING (default INFO)", default="INFO"),
+)
+
+_BY_KEY = {o.flag.lstrip("-").replace("_", "-"): o for o in OPTIONS}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ih-scorer",
+        description="SN89 InfiniteHash scorer: hashrate per hotkey from the share ledger → weights on chain.",
+        epilog='Settings may also come from --config FILE.toml (same keys, e.g. window = "6h", '
+        '[wallet] name = "v") and IH_CLICKHOUSE_URL / IH_LUXOR_API_KEY / IH_LUXOR_SUBACCOUNT. '
+        "The window is minute-aligned: minutes >= start and < end.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file with the same keys as the flags")
+    for o in OPTIONS:
+        if o.flag_only:
+            parser.add_argument(o.flag, dest=o.dest, action="store_true", default=None, help=o.help)
+        else:
+            parser.add_argument(o.flag, dest=o.dest, default=None, help=o.help, metavar=o.metavar)
+    return parser
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}".replace("_", "-")
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The TOML file as ``{option dest: raw value}``."""
+    try:
+        with open(path, "rb") as handle:
+            table = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in _flatten(table).items():
+        option = _BY_KEY.get(key) or _BY_KEY.get(key.replace(".", "-"))
+        if option is None:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+        out[option.dest] = value
+    return out
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    args = vars(build_parser().parse_args(argv))
+    env = os.environ if environ is None else environ
+    from_file = read_toml(args["config"]) if args.get("config") else {}
+    raw: dict[str, Any] = {}
+    for o in OPTIONS:
+        value: Any = args.get(o.dest)
+        where = o.flag
+        if value is None and o.env and env.get(o.env):
+            value, where = env[o.env], o.env
+        if value is None and o.dest in from_file:
+            value, where = from_file[o.dest], f"{o.flag.lstrip('-')} in {args['config']}"
+        if value is None:
+            raw[o.dest] = o.default
+            continue
+        try:
+            raw[o.dest] = o.convert(value)
+        except (TypeError, ValueError) as exc:
+            secret = o.dest in ("luxor_api_key", "clickhouse_url")
+            raise ConfigError(f"{where}: {'bad value' if secret else exc}") from None
+    return _settings(raw)
+
+
+def _settings(raw: dict[str, Any]) -> Settings:
+    if raw["clickhouse_url"] is not None and raw["proxy_api"] is not None:
+        raise ConfigError("give --clickhouse-url or --proxy-api, not both")
+    clickhouse: ClickHouseURL | None = None
+    if raw["proxy_api"] is None:
+        try:
+            clickhouse = parse_clickhouse_url(raw["clickhouse_url"] or DEFAULT_CLICKHOUSE_URL)
+        except ValueError as exc:
+            raise ConfigError(f"--clickhouse-url: {exc}") from None
+    try:
+        window_seconds = parse_duration(raw["window"])
+    except ValueError as exc:
+        raise ConfigError(f"--window: {exc}") from None
+    try:
+        end = parse_time(raw["end"]) if raw["end"] else None
+    except ValueError:
+        raise ConfigError(f"--end: not an ISO 8601 time: {raw['end']!r}") from None
+    policy = Policy(
+        phase=raw["phase"],
+        min_hashrate=raw["min_hashrate"],
+        max_hashrate=raw["max_hashrate"],
+        hashrate_share=raw["hashrate_share"],
+    )
+    try:
+        policy.validate()
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+    if raw["metagraph_file"] and not raw["dry_run"]:
+        raise ConfigError("--metagraph-file is for runs without a chain: add --dry-run")
+    if raw["burn_uid"] is not None and not 0 <= raw["burn_uid"] <= 65535:
+        raise ConfigError("--burn-uid must be a uid (0..65535)")
+    if raw["retries"] < 1:
+        raise ConfigError("--retries must be at least 1")
+    if raw["retry_delay"] < 0:
+        raise ConfigError("--retry-delay must not be negative")
+    if raw["passes"] is not None and raw["passes"] < 1:
+        raise ConfigError("--passes must be at least 1")
+    if raw["luxor_threshold"] < 0:
+        raise ConfigError("--luxor-threshold must not be negative")
+    if not 0 <= raw["netuid"] <= 65535:
+        raise ConfigError("--netuid must be 0..65535")
+    return Settings(
+        clickhouse=clickhouse,
+        proxy_api=raw["proxy_api"],
+        pattern=raw["pattern"],
+        window_seconds=window_seconds,
+        end=end,
+        netuid=raw["netuid"],
+        network=raw["network"],
+        wallet_name=raw["wallet_name"],
+        wallet_hotkey=raw["wallet_hotkey"],
+        wallet_path=raw["wallet_path"],
+        dry_run=bool(raw["dry_run"]),
+        json=bool(raw["json"]),
+        workers=bool(raw["workers"]),
+        metagraph_file=raw["metagraph_file"],
+        policy=policy,
+        burn_uid=raw["burn_uid"],
+        loop=bool(raw["loop"]),
+        passes=raw["passes"],
+        retries=raw["retries"],
+        retry_delay=raw["retry_delay"],
+        luxor_api_key=raw["luxor_api_key"] or None,
+        luxor_subaccount=raw["luxor_subaccount"],
+        luxor_url=raw["luxor_url"],
+        luxor_threshold=raw["luxor_threshold"],
+        log_level=str(raw["log_level"]).upper(),
+    )

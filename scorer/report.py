@@ -1,0 +1,121 @@
+"""What a scoring pass prints: a readable table, and the one-line JSON document (``--json``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .chain import Submission
+from .hashrate import HotkeyStat, Window, format_hashrate, iso
+from .luxor import Discrepancy
+from .policy import Weights
+
+
+@dataclass(frozen=True)
+class PassReport:
+    window: Window
+    source: str
+    shares_known: bool
+    stats: list[HotkeyStat]
+    uid_of: dict[str, int]
+    weights: Weights
+    netuid: int
+    luxor: list[Discrepancy] | None = None
+    luxor_error: str | None = None
+    submission: Submission | None = None
+
+
+def _shares(value: int | None) -> str:
+    return "n/a" if value is None else str(value)
+
+
+def render_table(report: PassReport, show_workers: bool = False) -> str:
+    w = report.weights
+    lines = [
+        f"netuid {report.netuid}  window {iso(report.window.start)} → {iso(report.window.end)}"
+        f" ({report.window.seconds} s)  source: {report.source}",
+    ]
+    header = f"{'hotkey':<48}  {'uid':>5}  {'hashrate':>13}  {'shares':>9}  {'weight':>8}"
+    lines += [header, "-" * len(header)]
+    for stat in report.stats:
+        uid = report.uid_of.get(stat.hotkey)
+        weight = w.hotkey_weights.get(stat.hotkey, 0.0)
+        lines.append(
+            f"{stat.hotkey:<48}  {'-' if uid is None else uid:>5}  {format_hashrate(stat.hashrate):>13}"
+            f"  {_shares(stat.shares):>9}  {weight:>8.4f}"
+        )
+        if show_workers:
+            for worker in stat.workers:
+                lines.append(
+                    f"  {worker.worker:<46}  {'':>5}  {format_hashrate(worker.hashrate):>13}"
+                    f"  {_shares(worker.shares):>9}"
+                )
+    if not report.stats:
+        lines.append("(no shares in the window)")
+    if w.burn_uid is not None:
+        lines.append(f"{'(burn)':<48}  {w.burn_uid:>5}  {'':>13}  {'':>9}  {w.burned:>8.4f}")
+    total = sum(s.hashrate for s in report.stats)
+    lines.append(f"total {format_hashrate(total)} over {len(report.stats)} hotkeys")
+    if not report.shares_known:
+        lines.append("note: the proxy API does not report share counts (shares: n/a)")
+    if w.unregistered:
+        lines.append(f"unregistered hotkeys (earn nothing): {', '.join(w.unregistered)}")
+    if w.burn_uid is None and w.earned == 0:
+        lines.append("nothing was earned and there is no burn uid: every weight is zero")
+    if report.luxor is not None:
+        lines.append("Luxor cross-check (report only, not used for weights):")
+        lines.append(f"  {'hotkey':<48}  {'ours':>13}  {'luxor':>13}  {'ratio':>7}")
+        for d in report.luxor:
+            ratio = "-" if d.ratio is None else f"{d.ratio:.3f}"
+            flag = "  FLAG" if d.flagged else ""
+            lines.append(
+                f"  {d.hotkey:<48}  {format_hashrate(d.ours):>13}  {format_hashrate(d.luxor):>13}  {ratio:>7}{flag}"
+            )
+    if report.luxor_error:
+        lines.append(f"Luxor cross-check failed: {report.luxor_error}")
+    if report.submission is not None:
+        s = report.submission
+        status = "ok" if s.ok else "FAILED"
+        lines.append(f"weights on chain ({s.mode or '-'}): {status} after {s.attempts} attempt(s): {s.message}")
+    return "\n".join(lines)
+
+
+def to_json(report: PassReport) -> dict[str, Any]:
+    w = report.weights
+    doc: dict[str, Any] = {
+        "window": {
+            "start": iso(report.window.start),
+            "end": iso(report.window.end),
+            "seconds": report.window.seconds,
+        },
+        "netuid": report.netuid,
+        "source": report.source,
+        "shares_known": report.shares_known,
+        "miners": [
+            {
+                "hotkey": s.hotkey,
+                "uid": report.uid_of.get(s.hotkey),
+                "hashrate": s.hashrate,
+                "shares": s.shares,
+                "weight": w.hotkey_weights.get(s.hotkey, 0.0),
+                "workers": [{"worker": x.worker, "hashrate": x.hashrate, "shares": x.shares} for x in s.workers],
+            }
+            for s in report.stats
+        ],
+        "weights": {str(uid): weight for uid, weight in sorted(w.weights.items())},
+        "unregistered": list(w.unregistered),
+        "burn_uid": w.burn_uid,
+        "burned": w.burned,
+    }
+    if report.luxor is not None or report.luxor_error is not None:
+        doc["luxor"] = {
+            "hotkeys": [d.to_json() for d in report.luxor or []],
+            "error": report.luxor_error,
+        }
+    doc["submitted"] = report.submission.to_json() if report.submission is not None else None
+    return doc
+
+
+def json_line(report: PassReport) -> str:
+    return json.dumps(to_json(report), separators=(",", ":"), allow_nan=False)

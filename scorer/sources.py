@@ -1,0 +1,264 @@
+"""Where the hashrate comes from: the ClickHouse ledger, or the proxy's HTTP API.
+
+ClickHouse (``--clickhouse-url``), the same forms as the proxy:
+
+* ``http://user:pass@host:port/db`` or ``https://…`` — a ClickHouse server (db default
+  ``infinitehash``; port default 8123, or 8443 for https);
+* ``chdb:///abs/path`` or ``chdb://rel/path`` — an embedded chdb directory (database
+  ``infinitehash``), opened in this process (a relative path is relative to the working directory).
+  The default, ``chdb://./data/ledger``, is where the proxy keeps its embedded ledger when it runs
+  with its default data dir from the same working directory. ClickHouse's embedded engine serves one
+  process per directory: while the proxy has that directory open, score through the proxy instead
+  (``--proxy-api``), or point both at a ClickHouse server.
+
+The ledger query reads ``shares_per_minute`` (a SummingMergeTree, so it always aggregates with
+``sum() … GROUP BY``) over the minute-aligned window ``minute >= start AND minute < end``.
+
+Proxy API (``--proxy-api URL``): ``GET /api/v1/workers?pattern=&start_time=&end_time=`` gives each
+worker's H/s over the window; the hotkey is the middle part of ``<account>.<hotkey>.<workerID>``.
+That API does not report share counts, so ``shares`` is None (``null`` in JSON) for this source.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import quote, unquote, urlsplit
+
+import aiohttp
+
+from .hashrate import HotkeyStat, Window, WorkerStat, by_hotkey, hashrate, iso
+
+DEFAULT_DATABASE = "infinitehash"
+DEFAULT_CLICKHOUSE_URL = "chdb://./data/ledger"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SourceError(RuntimeError):
+    """The hashrate source could not be read (the message never carries a secret)."""
+
+
+class HashrateSource(Protocol):
+    def describe(self) -> str:
+        """Where the figures come from, safe to print (no password)."""
+        ...
+
+    async def fetch(self, window: Window) -> list[HotkeyStat]:
+        """Per-hotkey (and per-worker) hashrate over the window."""
+        ...
+
+
+@dataclass(frozen=True)
+class ClickHouseURL:
+    kind: str  # "http", "https" or "chdb"
+    database: str
+    host: str = ""
+    port: int = 0
+    username: str = "default"
+    password: str = ""
+    path: str = ""
+
+    def redacted(self) -> str:
+        if self.kind == "chdb":
+            return f"chdb://{self.path}"
+        user = quote(self.username, safe="")
+        auth = f"{user}:***@" if self.password else f"{user}@"
+        return f"{self.kind}://{auth}{self.host}:{self.port}/{self.database}"
+
+    def secrets(self) -> list[str]:
+        return [self.password] if self.password else []
+
+
+def parse_clickhouse_url(url: str) -> ClickHouseURL:
+    """Parse ``http(s)://user:pass@host:port/[db]`` or ``chdb:///abs/path`` / ``chdb://rel/path``.
+
+    Errors never repeat the URL (it may hold a password).
+    """
+    text = url.strip()
+    if text.lower().startswith("chdb://"):
+        # chdb:///abs → "/abs"; chdb://rel/path → "rel/path", relative to the working directory.
+        path = text[len("chdb://") :]
+        if not path or path == "/":
+            raise ValueError("chdb URL needs a directory: chdb:///abs/path or chdb://rel/path")
+        return ClickHouseURL("chdb", DEFAULT_DATABASE, path=path)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ValueError("ClickHouse URL needs a host: http(s)://user:pass@host:port/db")
+        try:
+            port = parts.port or (8443 if scheme == "https" else 8123)
+        except ValueError:
+            raise ValueError("ClickHouse URL has a bad port") from None
+        database = unquote(parts.path.strip("/")) or DEFAULT_DATABASE
+        return ClickHouseURL(
+            scheme,
+            _check_database(database),
+            host=parts.hostname,
+            port=port,
+            username=unquote(parts.username) if parts.username else "default",
+            password=unquote(parts.password) if parts.password else "",
+        )
+    raise ValueError("ClickHouse URL must start with http://, https:// or chdb://")
+
+
+def _check_database(name: str) -> str:
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"bad ClickHouse database name {name!r}")
+    return name
+
+
+LEDGER_QUERY = """
+SELECT hotkey, worker,
+       sum(accepted_difficulty) AS difficulty,
+       sum(accepted_shares) AS accepted,
+       sum(rejected_shares) AS rejected
+FROM `{database}`.shares_per_minute
+WHERE minute >= toDateTime({{start:UInt32}}, 'UTC') AND minute < toDateTime({{end:UInt32}}, 'UTC')
+  AND hotkey != ''
+GROUP BY hotkey, worker
+ORDER BY hotkey, worker
+"""
+
+
+def ledger_workers(client: Any, database: str, window: Window) -> list[WorkerStat]:
+    """Run the window query on an open clickhouse-connect client (chdb or server)."""
+    result = client.query(
+        LEDGER_QUERY.format(database=_check_database(database)),
+        parameters={"start": int(window.start.timestamp()), "end": int(window.end.timestamp())},
+    )
+    seconds = window.seconds
+    return [
+        WorkerStat(
+            worker=str(worker),
+            hotkey=str(hotkey),
+            hashrate=hashrate(float(difficulty), seconds),
+            shares=int(accepted),
+            rejected=int(rejected),
+            accepted_difficulty=float(difficulty),
+        )
+        for hotkey, worker, difficulty, accepted, rejected in result.result_rows
+    ]
+
+
+class ClickHouseSource:
+    """Reads the ledger. Opens a client per pass (and closes it), so a loop never pins the engine."""
+
+    def __init__(self, url: ClickHouseURL) -> None:
+        self.url = url
+
+    def describe(self) -> str:
+        return f"ledger {self.url.redacted()}"
+
+    def _connect(self) -> Any:
+        import clickhouse_connect
+
+        if self.url.kind == "chdb":
+            return clickhouse_connect.get_client(interface="chdb", path=self.url.path)
+        return clickhouse_connect.get_client(
+            interface=self.url.kind,
+            host=self.url.host,
+            port=self.url.port,
+            username=self.url.username,
+            password=self.url.password,
+            connect_timeout=10,
+            send_receive_timeout=120,
+            autogenerate_session_id=False,
+        )
+
+    async def fetch(self, window: Window) -> list[HotkeyStat]:
+        try:
+            client = self._connect()
+        except Exception as exc:
+            hint = ""
+            if self.url.kind == "chdb":
+                hint = (
+                    " (an embedded ledger directory can be open in one process at a time: while the proxy"
+                    " runs on it, use --proxy-api, or a ClickHouse server for both)"
+                )
+            raise SourceError(f"cannot open {self.describe()}: {_scrub(exc, self.url.secrets())}{hint}") from None
+        try:
+            return by_hotkey(ledger_workers(client, self.url.database, window))
+        except Exception as exc:
+            raise SourceError(f"ledger query failed on {self.describe()}: {_scrub(exc, self.url.secrets())}") from None
+        finally:
+            client.close()
+
+
+def _scrub(exc: BaseException, secrets: list[str]) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***").replace(quote(secret, safe=""), "***")
+    return text[:500]
+
+
+def hotkey_of_worker(worker_id: str) -> str | None:
+    """The middle part of ``<account>.<hotkey>.<workerID>`` (None when the name has no such part)."""
+    parts = worker_id.split(".")
+    if len(parts) < 3 or not parts[1]:
+        return None
+    return parts[1]
+
+
+def parse_workers_response(body: Any) -> list[WorkerStat]:
+    """``{"workers": [{"worker_id": …, "hashrate": …}]}`` → worker figures (shares unknown)."""
+    if not isinstance(body, dict) or not isinstance(body.get("workers"), list):
+        raise SourceError('proxy API answered without a "workers" list')
+    out: list[WorkerStat] = []
+    for item in body["workers"]:
+        if not isinstance(item, dict):
+            raise SourceError("proxy API: a workers entry is not an object")
+        worker_id = item.get("worker_id")
+        rate = item.get("hashrate")
+        if not isinstance(worker_id, str) or isinstance(rate, bool) or not isinstance(rate, (int, float, str)):
+            raise SourceError("proxy API: a workers entry lacks worker_id or hashrate")
+        try:
+            value = float(rate)
+        except ValueError:
+            raise SourceError(f"proxy API: bad hashrate for {worker_id!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise SourceError(f"proxy API: bad hashrate for {worker_id!r}")
+        hotkey = hotkey_of_worker(worker_id)
+        if hotkey is None:
+            continue  # not an <account>.<hotkey>.<workerID> name: it cannot be credited to anyone
+        out.append(WorkerStat(worker=worker_id, hotkey=hotkey, hashrate=value, shares=None))
+    return out
+
+
+class ProxyApiSource:
+    """Reads ``GET /api/v1/workers`` from a running proxy."""
+
+    def __init__(self, base_url: str, pattern: str = "*", timeout: float = 30.0) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("--proxy-api must be an http(s):// URL")
+        path = parts.path.rstrip("/")
+        if not path.endswith("/api/v1/workers"):
+            path += "/api/v1/workers"
+        self.url = f"{parts.scheme}://{parts.netloc}{path}"
+        self.shown = f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{path}"
+        self.secrets = [unquote(parts.password)] if parts.password else []
+        self.pattern = pattern
+        self.timeout = timeout
+
+    def describe(self) -> str:
+        return f"proxy API {self.shown}"
+
+    async def fetch(self, window: Window) -> list[HotkeyStat]:
+        params = {"pattern": self.pattern, "start_time": iso(window.start), "end_time": iso(window.end)}
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session,
+                session.get(self.url, params=params) as response,
+            ):
+                if response.status != 200:
+                    raise SourceError(f"{self.describe()} answered HTTP {response.status}")
+                body = await response.json(content_type=None)
+        except SourceError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise SourceError(f"cannot read {self.describe()}: {_scrub(exc, self.secrets)}") from None
+        return by_hotkey(parse_workers_response(body))
