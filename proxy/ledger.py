@@ -1,0 +1,494 @@
+"""The share ledger writer: batches share rows into ClickHouse, never on the share path.
+
+Life of a row:
+  record()        appends to an in-memory list (the only thing the share path does)
+  background task cuts batches by size or every flush_interval; each batch gets a dedup token
+  insert          one at a time, in a worker thread, with the batch's token
+  failure         the batch goes to the spool directory (one file per batch) and is replayed, in
+                  order and with the SAME token, when ClickHouse is back
+
+Exactly once: ClickHouse drops an insert whose token it has seen (both tables have a dedup
+window), so a batch retried after "committed but the answer was lost", or replayed after a crash
+between insert and spool-file delete, is not counted twice. A spool file is deleted only after
+its insert succeeded. While anything is spooled, newer batches are spooled behind it, so rows
+reach ClickHouse in the order they were recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgspec
+from clickhouse_connect.driver.client import Client
+
+from proxy.clickhouse import redact
+from proxy.ledger_schema import SHARES_COLUMNS, apply_migrations
+from proxy.metrics import ProxyMetrics
+
+log = logging.getLogger(__name__)
+
+_RETRY_MIN = 0.25  # seconds before the first retry after a failure; doubles up to max_retry_delay
+_SPOOL_NAME = re.compile(r"^(\d+)-(\d+)\.batch$")  # <seq>-<rows>.batch: sorts by seq, rows without reading
+
+
+class ShareRow(NamedTuple):
+    """One judged share. Field order == the `shares` columns in docs/LEDGER.md."""
+
+    ts: float  # unix seconds (time.time()); turned into DateTime64 ticks in the batch, off the hot path
+    proxy_id: str
+    hotkey: str
+    worker: str
+    session: str
+    job_id: str
+    difficulty: float
+    share_difficulty: float
+    hash: str
+    accepted: int
+    reject_reason: str
+    upstream: str
+    block: int
+
+
+_COLUMN_NAMES = [name for name, _ in SHARES_COLUMNS]
+_COLUMN_TYPES = [ctype for _, ctype in SHARES_COLUMNS]
+assert tuple(_COLUMN_NAMES) == ShareRow._fields, "ShareRow must list the shares columns in order"
+
+# A batch in column form, as inserted and as spooled; typed so a replayed file is validated.
+_Columns = tuple[
+    list[int], list[str], list[str], list[str], list[str], list[str],
+    list[float], list[float], list[str], list[int], list[str], list[str], list[int],
+]
+
+
+class _SpoolFile(msgspec.Struct, array_like=True):
+    token: str
+    columns: _Columns
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(_SpoolFile).decode
+
+
+def _texts(column: tuple[str, ...]) -> list[str]:
+    # A lone surrogate cannot be encoded as UTF-8: it would make its batch fail forever, so replace
+    # it. The whole-column ASCII check keeps the common case cheap.
+    if "".join(column).isascii():
+        return list(column)
+    return [s.encode("utf-8", "replace").decode("utf-8") for s in column]
+
+
+def _to_columns(rows: list[ShareRow]) -> _Columns:
+    ts, proxy_id, hotkey, worker, session, job_id, diff, share_diff, hsh, acc, reason, upstream, block = zip(
+        *rows, strict=True
+    )
+    return (
+        [round(t * 1000) for t in ts],  # DateTime64(3) ticks
+        _texts(proxy_id),
+        _texts(hotkey),
+        _texts(worker),
+        _texts(session),
+        _texts(job_id),
+        [float(d) for d in diff],  # an int (or numpy float) difficulty must not break the batch
+        [float(d) for d in share_diff],
+        _texts(hsh),
+        [1 if a else 0 for a in acc],  # UInt8: any truthy value is 1, never out of range
+        _texts(reason),
+        _texts(upstream),
+        [1 if b else 0 for b in block],
+    )
+
+
+@dataclass
+class _Batch:
+    seq: int
+    token: str  # fixed when the batch is cut; kept through every retry and the spool
+    size: int
+    rows: list[ShareRow] | None = None
+    cols: _Columns | None = None
+
+    def columns(self) -> _Columns:
+        # Converted once, in a worker thread, the first time the batch is inserted or spooled.
+        if self.cols is None:
+            assert self.rows is not None
+            self.cols, self.rows = _to_columns(self.rows), None
+        return self.cols
+
+
+@dataclass(frozen=True)
+class _Spooled:
+    seq: int
+    size: int
+    path: Path
+
+
+class LedgerWriter:
+    """Writes ShareRows to `{database}.shares`. Create, `await start()`, `record()`, `await stop()`.
+
+    `record()` must be called from the event loop's thread. `connect` is blocking (it is called in
+    a worker thread) and must raise when ClickHouse is unreachable.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Client],
+        *,
+        spool_dir: Path,
+        database: str = "infinitehash",
+        ttl_days: int = 90,
+        batch_rows: int = 10_000,
+        flush_interval: float = 0.25,
+        metrics: ProxyMetrics | None = None,
+        max_retry_delay: float = 30.0,
+    ) -> None:
+        self._connect = connect
+        self._spool_dir = spool_dir
+        self._database = database
+        self._table = f"{database}.shares"
+        self._ttl_days = ttl_days
+        self._batch_rows = batch_rows
+        self._flush_interval = flush_interval
+        self._metrics = metrics
+        self._max_retry_delay = max_retry_delay
+
+        self._queue: list[ShareRow] = []  # recorded, not yet cut into a batch
+        self._pending: deque[_Batch] = deque()  # cut, not yet written nor spooled (newer than the spool)
+        self._spool: deque[_Spooled] = deque()  # on disk, oldest first
+        self._spool_rows = 0
+        self._rows_written = 0
+
+        self._run_id = uuid.uuid4().hex  # tokens are <run_id>-<seq>: unique across runs and proxies
+        self._next_seq = 0
+        self._client: Client | None = None
+        self._retry_delay = self._min_retry_delay = min(_RETRY_MIN, max_retry_delay)
+        self._retry_at = 0.0  # time.monotonic() before which the background task does not retry
+        self._lock = asyncio.Lock()  # one drain (hence one insert) at a time
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._reader: Client | None = None  # query()'s own client: reads never wait behind inserts
+        self._read_lock = asyncio.Lock()
+
+        if metrics is not None:
+            # Computed when Prometheus scrapes, so the share path pays nothing for them.
+            metrics.ledger_queue.set_function(lambda: self.queue_rows)
+            metrics.ledger_spool_batches.set_function(lambda: self.spooled_batches)
+            metrics.ledger_spool_rows.set_function(lambda: self.spooled_rows)
+
+    # -- read-only state ------------------------------------------------------------------------
+
+    @property
+    def queue_rows(self) -> int:
+        """Rows held in memory: recorded but neither written nor spooled."""
+        return len(self._queue) + sum(b.size for b in self._pending)
+
+    @property
+    def spooled_batches(self) -> int:
+        return len(self._spool)
+
+    @property
+    def spooled_rows(self) -> int:
+        return self._spool_rows
+
+    @property
+    def rows_written(self) -> int:
+        """Rows inserted into ClickHouse by this writer (replayed spool included)."""
+        return self._rows_written
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and migrate, then start the background task, which replays the spool first.
+
+        A ClickHouse that is down does not stop the proxy: the task keeps retrying with backoff
+        and spools batches meanwhile.
+        """
+        if self._task is not None:
+            raise RuntimeError("LedgerWriter already started")
+        await asyncio.to_thread(self._load_spool)
+        if self._spool:
+            log.info(
+                "ledger: %d batches (%d rows) spooled in %s by an earlier run; replaying them first",
+                len(self._spool), self._spool_rows, self._spool_dir,
+            )
+        async with self._lock:
+            if await self._ensure_client():
+                log.info("ledger: connected; schema up to date in database %s", self._database)
+            else:
+                log.warning(
+                    "ledger: ClickHouse is not reachable at start; the proxy runs on, shares are spooled "
+                    "to %s and written when it is back", self._spool_dir,
+                )
+        self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    def record(self, row: ShareRow) -> None:
+        """Queue one row. The share path's only ledger cost: an append and a length check."""
+        queue = self._queue
+        queue.append(row)
+        if len(queue) >= self._batch_rows:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write everything recorded so far, spool first, retrying now even during a backoff.
+
+        What ClickHouse does not take is spooled to disk.
+        """
+        self._cut()
+        async with self._lock:
+            await self._drain(force=True)
+
+    async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run a read query on the ledger (the proxy's HTTP API) in a worker thread.
+
+        Raises when ClickHouse is unreachable; the next call reconnects. With an embedded chdb
+        directory this is the only way for the proxy process to read it (one engine per process).
+        """
+        async with self._read_lock:
+            if self._reader is None:
+                self._reader = await asyncio.to_thread(self._connect)
+            reader = self._reader
+            try:
+                result = await asyncio.to_thread(reader.query, sql, parameters=parameters)
+            except Exception:
+                self._reader = None
+                await asyncio.to_thread(_close_quietly, reader)
+                raise
+            return [tuple(row) for row in result.result_rows]
+
+    async def stop(self) -> None:
+        """Final flush of the rows in memory; the spool stays on disk for the next start."""
+        if self._task is not None:
+            self._stopping = True
+            self._wake.set()
+            await self._task
+            self._task = None
+        self._cut()
+        async with self._lock:
+            # Replaying a long spool could outlast the shutdown grace period: leave it for next start.
+            await self._drain(force=True, replay=False)
+            if self._pending:
+                log.error(
+                    "ledger: %d rows could neither be written nor spooled to %s and are lost",
+                    self.queue_rows, self._spool_dir,
+                )
+            await self._drop_client()
+        async with self._read_lock:
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                await asyncio.to_thread(_close_quietly, reader)
+
+    # -- background task ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # races with the event being set, and the task would then never end.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._flush_interval):
+                        await self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    break
+                self._cut()
+                async with self._lock:
+                    await self._drain(force=False)
+            except Exception:
+                # The task must survive anything, or rows would pile up in memory unseen.
+                log.exception("ledger: writer cycle failed")
+                await asyncio.sleep(self._flush_interval)
+
+    def _cut(self) -> None:
+        rows, self._queue = self._queue, []
+        for i in range(0, len(rows), self._batch_rows):
+            chunk = rows[i : i + self._batch_rows]
+            seq, self._next_seq = self._next_seq, self._next_seq + 1
+            self._pending.append(_Batch(seq, f"{self._run_id}-{seq}", len(chunk), rows=chunk))
+
+    async def _drain(self, *, force: bool, replay: bool = True) -> None:
+        """Spooled batches first, then pending ones; whatever is not written goes to the spool."""
+        if (force or time.monotonic() >= self._retry_at) and await self._ensure_client():
+            if replay:
+                await self._replay(force)
+            while self._pending and not self._spool:
+                if not await self._insert(self._pending[0]):
+                    break
+                self._pending.popleft()
+        while self._pending:
+            if not await self._write_spool(self._pending[0]):
+                break  # disk trouble: keep it (and everything after it) in memory, retry next cycle
+            self._pending.popleft()
+
+    async def _replay(self, force: bool) -> None:
+        while self._spool:
+            if not force and len(self._queue) >= self._batch_rows:
+                return  # let the task cut the new rows (to the spool) so memory stays bounded
+            entry = self._spool[0]
+            batch = await asyncio.to_thread(self._read_spool, entry)
+            if batch is not None:
+                if not await self._insert(batch):
+                    return
+                # If we die before this unlink the batch is replayed again: its token makes that a no-op.
+                await asyncio.to_thread(entry.path.unlink, missing_ok=True)
+            self._spool.popleft()
+            self._spool_rows -= entry.size
+
+    # -- ClickHouse -----------------------------------------------------------------------------
+
+    async def _ensure_client(self) -> bool:
+        if self._client is not None:
+            return True
+        try:
+            self._client = await asyncio.to_thread(self._open)
+        except Exception as exc:
+            self._failed("cannot connect to ClickHouse or apply the schema", exc)
+            return False
+        return True
+
+    def _open(self) -> Client:
+        client = self._connect()
+        try:
+            apply_migrations(client, self._database, self._ttl_days)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def _insert(self, batch: _Batch) -> bool:
+        client = self._client
+        assert client is not None
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self._insert_sync, client, batch)
+        except Exception as exc:
+            self._failed(f"insert of {batch.size} rows failed; spooling", exc)
+            await self._drop_client()  # reconnect (and re-check the schema) before the next try
+            return False
+        if self._metrics is not None:
+            self._metrics.ledger_flush_seconds.observe(time.perf_counter() - started)
+            self._metrics.ledger_rows_written.inc(batch.size)
+        self._rows_written += batch.size
+        if self._retry_delay > self._min_retry_delay:
+            log.info("ledger: ClickHouse takes inserts again; %d batches left in the spool", len(self._spool))
+            self._retry_delay = self._min_retry_delay
+        return True
+
+    def _insert_sync(self, client: Client, batch: _Batch) -> None:
+        client.insert(
+            self._table,
+            batch.columns(),
+            column_names=_COLUMN_NAMES,
+            column_type_names=_COLUMN_TYPES,  # spares a DESCRIBE round trip per insert
+            column_oriented=True,
+            settings={"insert_deduplication_token": batch.token},
+        )
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(_close_quietly, client)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """Count and log a failed connect or insert, and schedule the next try (backoff + jitter)."""
+        if self._metrics is not None:
+            self._metrics.ledger_flush_errors.inc()
+        delay = self._retry_delay * random.uniform(0.5, 1.0)  # jitter: proxies do not retry in lockstep
+        self._retry_at = time.monotonic() + delay
+        self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
+        log.warning(
+            "ledger: %s: %s (retry in %.2fs; %d batches spooled in %s)",
+            what, _describe(exc), delay, len(self._spool), self._spool_dir,
+        )
+
+    # -- spool ----------------------------------------------------------------------------------
+
+    def _load_spool(self) -> None:
+        """Index the spool directory left by earlier runs (names only; files are read on replay)."""
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in self._spool_dir.glob("*.batch.tmp"):
+            # A crash between fsync and rename leaves a complete temp file: keep it if it decodes.
+            try:
+                _decode(tmp.read_bytes())
+                tmp.replace(tmp.with_suffix(""))
+            except (OSError, msgspec.MsgspecError):
+                # Torn write: the process died mid-spool, and with it the rows of that batch.
+                log.warning("ledger: deleting incomplete spool file %s left by a crash", tmp)
+                tmp.unlink(missing_ok=True)
+        entries: list[_Spooled] = []
+        max_seq = -1
+        for path in self._spool_dir.iterdir():
+            seq_text = path.name.split("-", 1)[0]
+            if seq_text.isdigit():
+                max_seq = max(max_seq, int(seq_text))  # .bad files too: never reuse a name
+            match = _SPOOL_NAME.match(path.name)
+            if match:
+                entries.append(_Spooled(int(match[1]), int(match[2]), path))
+        entries.sort(key=lambda e: e.seq)
+        self._spool = deque(entries)
+        self._spool_rows = sum(e.size for e in entries)
+        self._next_seq = max(self._next_seq, max_seq + 1)
+
+    async def _write_spool(self, batch: _Batch) -> bool:
+        try:
+            entry = await asyncio.to_thread(self._write_spool_sync, batch)
+        except Exception as exc:
+            log.error("ledger: cannot spool %d rows to %s: %s", batch.size, self._spool_dir, _describe(exc))
+            return False
+        self._spool.append(entry)
+        self._spool_rows += entry.size
+        return True
+
+    def _write_spool_sync(self, batch: _Batch) -> _Spooled:
+        # Atomic: temp file, fsync, rename, fsync the directory. A reader never sees half a batch.
+        data = _encode(_SpoolFile(batch.token, batch.columns()))
+        path = self._spool_dir / f"{batch.seq:012d}-{batch.size}.batch"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(self._spool_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return _Spooled(batch.seq, batch.size, path)
+
+    def _read_spool(self, entry: _Spooled) -> _Batch | None:
+        """The spooled batch, or None when the file is unreadable (then it is moved aside as .bad)."""
+        try:
+            spooled = _decode(entry.path.read_bytes())
+            sizes = {len(column) for column in spooled.columns}
+            if sizes != {entry.size}:
+                raise ValueError(f"column lengths {sorted(sizes)} != {entry.size} rows in the file name")
+        except (OSError, ValueError, msgspec.MsgspecError) as exc:
+            bad = entry.path.with_name(entry.path.name + ".bad")
+            log.error("ledger: corrupt spool file %s (%s); moved to %s", entry.path, exc, bad.name)
+            with contextlib.suppress(OSError):  # already gone: nothing to set aside
+                entry.path.replace(bad)
+            return None
+        return _Batch(entry.seq, spooled.token, entry.size, cols=spooled.columns)
+
+
+def _close_quietly(client: Client) -> None:
+    try:
+        client.close()
+    except Exception as exc:  # a client that is already broken: nothing left to release
+        log.debug("ledger: closing a ClickHouse client failed: %s", _describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    # Error text may embed a URL with credentials; truncate huge server messages too.
+    return redact(f"{type(exc).__name__}: {exc}")[:500]
