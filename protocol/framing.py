@@ -10,8 +10,9 @@ DEFAULT_MAX_LINE = 16 * 1024  # a mining.notify with a large coinbase and 16 bra
 class LineFramer:
     """Splits a byte stream into lines on `\\n` (a trailing `\\r` is dropped), across partial reads.
 
-    A line longer than `max_line` bytes yields one `LineTooLong` in its place; the framer skips the
-    rest of it up to the next newline, so a peer can never make us buffer more than `max_line` bytes.
+    A line longer than `max_line` bytes yields one `LineTooLong` in its place, as soon as it is known
+    (not at its newline, which may never come); the framer skips the rest of it up to the next
+    newline, so a peer can never make us buffer more than `max_line` bytes.
     Empty lines (keep-alives some miners send) are dropped.
     """
 
@@ -20,7 +21,7 @@ class LineFramer:
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         self.max_line = max_line
         self._buffer = b""
-        self._discarding = 0  # >0 while skipping the tail of an over-long line: bytes skipped so far
+        self._discarding = False  # skipping the tail of an over-long line already reported
         self._cr = False  # a max_line-long line's trailing `\r` held as a flag, not a byte, until its `\n`
 
     def feed(self, data: bytes) -> list[bytes | LineTooLong]:
@@ -34,8 +35,7 @@ class LineFramer:
             if end < 0:
                 break
             if self._discarding:
-                out.append(LineTooLong("line too long", self._discarding + end - start))
-                self._discarding = 0
+                self._discarding = False
             elif end - start > self.max_line and not (end - start == self.max_line + 1 and buffer[end - 1] == 13):
                 out.append(LineTooLong("line too long", end - start))
             else:
@@ -47,13 +47,13 @@ class LineFramer:
             start = end + 1
         rest = buffer[start:]
         if self._discarding:
-            self._discarding += len(rest)
             rest = b""
         elif len(rest) == self.max_line + 1 and rest.endswith(b"\r"):
             self._cr = True  # `\r\n` split across reads: the line may still be exactly max_line long
             rest = rest[:-1]
         elif len(rest) > self.max_line:
-            self._discarding = len(rest)
+            out.append(LineTooLong("line too long", len(rest)))  # length so far: at least this
+            self._discarding = True
             rest = b""
         self._buffer = rest
         return out
