@@ -1,0 +1,120 @@
+"""The proxy as one object with a small start/stop story (in the spirit of uvicorn's Server).
+
+    app = ProxyApp(config)
+    await app.start()   # ledger (migrations, spool replay), registry, Stratum listener, HTTP
+    ...
+    await app.stop()    # stop accepting, wait for in-flight verdicts, flush the ledger
+
+`run(config)` does both around SIGTERM/SIGINT for the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from proxy.clickhouse import LedgerTarget
+from proxy.config import ProxyConfig, parse_host_port
+from proxy.hotkeys import BittensorRegistry, HotkeyRegistry, RegisteredHotkeys
+from proxy.http import HTTPServer, build_app
+from proxy.ledger import LedgerWriter
+from proxy.metrics import ProxyMetrics
+from proxy.server import StratumProxy
+from proxy.session import SessionContext
+
+log = logging.getLogger("proxy")
+
+
+class ProxyApp:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        registry: HotkeyRegistry | None = None,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or ProxyMetrics()
+        target = LedgerTarget.parse(config.clickhouse_url, data_dir=config.data_dir)
+        self.ledger_target = target
+        self.ledger = LedgerWriter(
+            target.connect,
+            spool_dir=config.ledger_spool_dir,
+            database=target.database,
+            ttl_days=config.ttl_days,
+            batch_rows=config.ledger_batch_rows,
+            flush_interval=config.ledger_flush_interval,
+            metrics=self.metrics,
+        )
+        self.registered: RegisteredHotkeys | None = None
+        if config.require_registered:
+            source = registry or BittensorRegistry(config.netuid, config.network)
+            self.registered = RegisteredHotkeys(source, config.metagraph_refresh)
+        self.ctx = SessionContext(
+            account=config.account,
+            proxy_id=config.proxy_id,
+            limits=config.limits,
+            record=self.ledger.record,
+            metrics=self.metrics,
+            registered=self.registered,
+        )
+        self.stratum = StratumProxy(config, self.ctx, self.metrics)
+        host, port = parse_host_port(config.metrics, "metrics")
+        self.http = HTTPServer(build_app(self.metrics, self.ledger.query, target.database), host, port)
+
+    @property
+    def port(self) -> int:
+        return self.stratum.port
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port
+
+    async def start(self) -> None:
+        log.info("ledger: %s", self.ledger_target)
+        await self.ledger.start()
+        if self.registered is not None:
+            await self.registered.start()
+        await self.http.start()
+        await self.stratum.start()
+
+    async def stop(self) -> None:
+        log.info("stopping: no new sessions; waiting up to %.0fs for in-flight shares", self.config.shutdown_grace)
+        await self.stratum.stop(self.config.shutdown_grace)
+        if self.registered is not None:
+            await self.registered.stop()
+        await self.ledger.stop()
+        await self.http.stop()
+        log.info("stopped; ledger flushed (%d rows written)", self.ledger.rows_written)
+
+    async def __aenter__(self) -> ProxyApp:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+
+async def serve(config: ProxyConfig) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    app = ProxyApp(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    try:
+        await stop.wait()
+    finally:
+        await app.stop()
+
+
+def run(config: ProxyConfig) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

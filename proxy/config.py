@@ -1,0 +1,224 @@
+"""The proxy's one config object, and how it is read: defaults < TOML file < IH_* environment < flags.
+
+Every option has one name used everywhere: the field `session_timeout` is `--session-timeout`,
+`IH_SESSION_TIMEOUT` and `session_timeout = …` in the TOML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+LUXOR_URL = "stratum+tcp://btc.global.luxor.tech:700"
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Per-session costs and limits (in the spirit of aiorpcx): breaking one closes that session."""
+
+    max_line: int = 16 * 1024  # bytes; a notify with a large coinbase is ~3 KiB
+    handshake_timeout: float = 60.0  # seconds from connect to a successful authorize
+    idle_timeout: float = 900.0  # seconds without a line from the miner
+    max_sessions: int = 10_000
+    max_sessions_per_ip: int = 2_000  # farms sit behind one NAT address
+    submits_per_second: float = 100.0  # sustained, per session (an S21 at Luxor difficulty sends < 1/s)
+    submit_burst: float = 200.0
+    max_bad_lines: int = 20  # malformed lines per session before it is closed
+    submit_timeout: float = 20.0  # seconds to wait for the pool's verdict on a share
+    max_miner_buffer: int = 1024 * 1024  # bytes queued to a miner that does not read
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyConfig:
+    listen: str = "0.0.0.0:3333"
+    upstream: tuple[str, ...] = (LUXOR_URL,)
+    account: str = "infinite"
+    data_dir: Path = Path("data")
+    clickhouse_url: str | None = None  # None → chdb://<data_dir>/ledger
+    metrics: str = "127.0.0.1:9464"
+    proxy_id: str = dataclasses.field(default_factory=lambda: os.uname().nodename)
+    spool_dir: Path | None = None  # None → <data_dir>/spool
+    ttl_days: int = 90
+    require_registered: bool = False
+    netuid: int = 89
+    network: str = "finney"
+    metagraph_refresh: float = 300.0
+    upstream_connect_timeout: float = 10.0
+    shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight submits
+    ledger_batch_rows: int = 10_000
+    ledger_flush_interval: float = 0.25
+    log_level: str = "INFO"
+    limits: Limits = dataclasses.field(default_factory=Limits)
+
+    @property
+    def ledger_url(self) -> str:
+        return self.clickhouse_url or f"chdb://{self.data_dir / 'ledger'}"
+
+    @property
+    def ledger_spool_dir(self) -> Path:
+        return self.spool_dir or self.data_dir / "spool"
+
+
+# name → (help, parser for strings). Limits are options too, at the top level of flags/env/TOML.
+_HELP: dict[str, str] = {
+    "listen": "HOST:PORT where ASICs connect",
+    "upstream": "pool URL stratum+tcp://host:port; repeat for failover, in priority order",
+    "account": "pool account: worker names are <account>.<hotkey>.<workerID>",
+    "data_dir": "directory for the embedded ledger and the spool",
+    "clickhouse_url": "http(s)://user:pass@host:port/[db] for a ClickHouse server, chdb://PATH for an embedded "
+    "directory (default chdb://<data-dir>/ledger)",
+    "metrics": "HOST:PORT for Prometheus /metrics and the /api/v1/workers HTTP API",
+    "proxy_id": "name written in every ledger row (default: the host name)",
+    "spool_dir": "where batches ClickHouse did not take wait (default <data-dir>/spool)",
+    "ttl_days": "days the ledger keeps shares",
+    "require_registered": "refuse hotkeys not registered on the subnet (reads the metagraph)",
+    "netuid": "subnet for --require-registered",
+    "network": "bittensor network for --require-registered: finney, test or a ws(s):// URL",
+    "metagraph_refresh": "seconds between metagraph refreshes",
+    "upstream_connect_timeout": "seconds to wait for a pool connection",
+    "shutdown_grace": "seconds SIGTERM waits for the pool's verdict on in-flight shares",
+    "ledger_batch_rows": "rows per ledger insert at most",
+    "ledger_flush_interval": "seconds between ledger inserts at most",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "max_line": "longest line a miner may send, in bytes",
+    "handshake_timeout": "seconds a miner has to subscribe and authorize",
+    "idle_timeout": "seconds a miner may stay silent",
+    "max_sessions": "ASIC sessions at most",
+    "max_sessions_per_ip": "ASIC sessions per source address at most",
+    "submits_per_second": "sustained submits per second per session",
+    "submit_burst": "submits a session may send in a burst",
+    "max_bad_lines": "malformed lines a session may send before it is closed",
+    "submit_timeout": "seconds to wait for the pool's verdict on a share",
+    "max_miner_buffer": "bytes queued to a miner that does not read before it is closed",
+}
+
+_LIMIT_FIELDS = {f.name: f for f in dataclasses.fields(Limits)}
+_TOP_FIELDS = {f.name: f for f in dataclasses.fields(ProxyConfig) if f.name != "limits"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _field_type(name: str) -> Any:
+    field = _TOP_FIELDS.get(name) or _LIMIT_FIELDS[name]
+    return field.type
+
+
+def _convert(name: str, value: Any) -> Any:
+    """Turn a string (flag, env) or TOML value into the field's type."""
+    kind = str(_field_type(name))
+    try:
+        if "tuple" in kind:
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"expected true or false, got {value!r}")
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if "Path" in kind:
+            return Path(value) if value not in (None, "") else None
+        return str(value) if value is not None else None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ih-proxy",
+        description="SN89 InfiniteHash share proxy: ASICs → proxy → pool, with a verified share ledger. "
+        "Every option can also be set as IH_<NAME> in the environment or in a TOML file (--config).",
+    )
+    parser.add_argument("--config", type=Path, help="TOML file with any of the options below")
+    for name in [*_TOP_FIELDS, *_LIMIT_FIELDS]:
+        flag = "--" + name.replace("_", "-")
+        default = _default(name)
+        shown = ", ".join(default) if isinstance(default, tuple) else default
+        text = f"{_HELP[name]} (default: {shown}; env IH_{name.upper()})"
+        if str(_field_type(name)) == "bool":
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=text)
+        elif "tuple" in str(_field_type(name)):
+            parser.add_argument(flag, action="append", default=None, metavar="URL", help=text)
+        else:
+            parser.add_argument(flag, default=None, help=text)
+    return parser
+
+
+def _default(name: str) -> Any:
+    if name in _LIMIT_FIELDS:
+        return getattr(Limits(), name)
+    if name == "proxy_id":
+        return "the host name"
+    return getattr(ProxyConfig, name, None) if name != "upstream" else (LUXOR_URL,)
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> ProxyConfig:
+    """Read the config from flags, the environment and an optional TOML file."""
+    args = vars(build_parser().parse_args(argv))
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+
+    config_file = args.pop("config") or environ.get("IH_CONFIG")
+    if config_file:
+        try:
+            with open(config_file, "rb") as f:
+                table = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+        table = {**table, **table.pop("limits", {})}
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in _TOP_FIELDS and name not in _LIMIT_FIELDS:
+                raise ConfigError(f"unknown option {key!r} in {config_file}")
+            values[name] = _convert(name, value)
+
+    for name in [*_TOP_FIELDS, *_LIMIT_FIELDS]:
+        env_value = environ.get(f"IH_{name.upper()}")
+        if env_value is not None:
+            values[name] = _convert(name, env_value)
+        if args.get(name) is not None:
+            values[name] = _convert(name, args[name])
+
+    limits = Limits(**{k: values.pop(k) for k in list(values) if k in _LIMIT_FIELDS})
+    config = ProxyConfig(**values, limits=limits)
+    validate(config)
+    return config
+
+
+def validate(config: ProxyConfig) -> None:
+    from proxy.upstream import parse_pool_url
+
+    parse_host_port(config.listen, "listen")
+    parse_host_port(config.metrics, "metrics")
+    if not config.upstream:
+        raise ConfigError("at least one --upstream is needed")
+    for url in config.upstream:
+        parse_pool_url(url)
+    if not config.account or "." in config.account:
+        raise ConfigError("account must be a non-empty name without dots")
+    if config.ttl_days < 1:
+        raise ConfigError("ttl_days must be at least 1")
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)

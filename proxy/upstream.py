@@ -1,0 +1,107 @@
+"""Pool URLs in priority order, with health and backoff.
+
+Each new ASIC session asks for the best pool: the first URL not in backoff. A failed connection puts
+its URL in backoff (exponential, with jitter, capped); a success clears it. So when the primary comes
+back, the next sessions use it again while running sessions stay where they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+log = logging.getLogger("proxy.upstream")
+
+_SCHEMES = ("stratum+tcp", "stratum", "tcp")
+
+
+class PoolURLError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PoolURL:
+    host: str
+    port: int
+
+    @property
+    def label(self) -> str:
+        """host:port: what metrics and the ledger show (a pool URL carries no secrets we keep)."""
+        return f"{self.host}:{self.port}"
+
+
+def parse_pool_url(url: str) -> PoolURL:
+    parts = urlsplit(url if "://" in url else f"stratum+tcp://{url}")
+    if parts.scheme not in _SCHEMES:
+        raise PoolURLError(f"pool URL must be stratum+tcp://host:port, got scheme {parts.scheme!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise PoolURLError(f"pool URL must be stratum+tcp://host:port, got {url!r}")
+    return PoolURL(parts.hostname, port)
+
+
+@dataclass
+class _Health:
+    url: PoolURL
+    failures: int = 0
+    retry_at: float = 0.0  # monotonic time before which this URL is skipped
+
+
+@dataclass
+class Upstreams:
+    """The pool URLs in priority order and what we know of their health."""
+
+    urls: list[PoolURL]
+    base_backoff: float = 1.0
+    max_backoff: float = 60.0
+    _health: list[_Health] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise PoolURLError("at least one pool URL is needed")
+        self._health = [_Health(url) for url in self.urls]
+
+    @classmethod
+    def from_strings(cls, urls: tuple[str, ...] | list[str]) -> Upstreams:
+        return cls([parse_pool_url(u) for u in urls])
+
+    def candidates(self, now: float | None = None) -> list[PoolURL]:
+        """URLs to try, best first: healthy ones in priority order, then those in backoff (soonest
+        retry first) so a session is never refused while some pool might answer."""
+        now = time.monotonic() if now is None else now
+        healthy = [h.url for h in self._health if h.retry_at <= now]
+        waiting = sorted((h for h in self._health if h.retry_at > now), key=lambda h: h.retry_at)
+        return healthy + [h.url for h in waiting]
+
+    def succeeded(self, url: PoolURL) -> None:
+        health = self._find(url)
+        if health.failures:
+            log.info("pool %s is reachable again", url.label)
+        health.failures = 0
+        health.retry_at = 0.0
+
+    def failed(self, url: PoolURL, now: float | None = None) -> float:
+        """Record a failure; returns the backoff applied (seconds)."""
+        now = time.monotonic() if now is None else now
+        health = self._find(url)
+        health.failures += 1
+        backoff: float = min(self.max_backoff, self.base_backoff * 2.0 ** (health.failures - 1))
+        backoff *= random.uniform(0.5, 1.0)  # full jitter's milder cousin: spread, but keep the order
+        health.retry_at = now + backoff
+        return backoff
+
+    def is_healthy(self, url: PoolURL, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return self._find(url).retry_at <= now
+
+    def _find(self, url: PoolURL) -> _Health:
+        for health in self._health:
+            if health.url == url:
+                return health
+        raise KeyError(url)

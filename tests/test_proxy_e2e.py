@@ -1,0 +1,310 @@
+"""The real proxy between a simulated pool that verifies every share and a simulated ASIC fleet doing
+real sha256d work, with the ledger in the real ClickHouse engine. Afterwards the ledger must equal,
+per hotkey, exactly what the pool accepted — also when ClickHouse, the pool or the proxy itself is
+taken away in the middle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+import pytest
+
+from proxy.app import ProxyApp
+from proxy.clickhouse import LedgerTarget
+from proxy.config import Limits, ProxyConfig
+from simulation import Fleet, SimulatedASIC, SimulatedPool, run
+from simulation.hotkeys import bad_checksum, hotkeys, worker_name
+
+HOST = "127.0.0.1"
+HOTKEYS = hotkeys(3, namespace="e2e")
+TEST_TIMEOUT = 90.0
+REPO = Path(__file__).resolve().parent.parent
+# Powers of two: sums of difficulty are exact whatever the order, so totals compare with ==.
+DIFFICULTY = 2.0**-26
+
+
+def go(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(scenario(), TEST_TIMEOUT)
+
+    run(bounded())
+
+
+async def until(predicate: Callable[[], bool], what: str, *, steps: int = 2000) -> None:
+    for _ in range(steps):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def proxy_config(pools: list[SimulatedPool], data_dir: Path, clickhouse_url: str | None = None,
+                 **limits: Any) -> ProxyConfig:
+    return ProxyConfig(
+        listen=f"{HOST}:0",
+        upstream=tuple(f"stratum+tcp://{HOST}:{p.port}" for p in pools),
+        data_dir=data_dir,
+        clickhouse_url=clickhouse_url,
+        metrics=f"{HOST}:0",
+        proxy_id="e2e",
+        ledger_flush_interval=0.05,
+        limits=Limits(**limits),
+    )
+
+
+def ledger_by_hotkey(client: Any) -> dict[str, float]:
+    rows = client.query(
+        "SELECT hotkey, sum(difficulty) FROM infinitehash.shares WHERE accepted = 1 GROUP BY hotkey"
+    ).result_rows
+    return {hotkey: float(total) for hotkey, total in rows}
+
+
+def ledger_counts(client: Any) -> dict[str, int]:
+    rows = client.query(
+        "SELECT if(accepted = 1, 'accepted', reject_reason), count() FROM infinitehash.shares GROUP BY 1"
+    ).result_rows
+    return {reason: int(n) for reason, n in rows}
+
+
+def read_ledger(data_dir: Path, read: Callable[[Any], Any]) -> Any:
+    client = LedgerTarget.parse(None, data_dir=data_dir).connect()
+    try:
+        return read(client)
+    finally:
+        client.close()
+
+
+def test_the_ledger_equals_what_the_pool_accepted_and_bad_shares_never_reach_it(tmp_path: Path) -> None:
+    fleet_stats: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=3) as pool:
+            app = ProxyApp(proxy_config([pool], tmp_path))
+            await app.start()
+            # Every 4th share is deliberately bad: duplicate, low difficulty, stale, bad extranonce2,
+            # bad version bits, malformed, unauthorized worker.
+            fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS, 6, max_shares=40, bad_every=4,
+                                      profiles=("bitaxe", "antminer", "cpuminer"))
+            await fleet.run(timeout=60)
+            # A worker whose hotkey checksum is wrong is refused at authorize, before the pool.
+            refused = SimulatedASIC(HOST, app.port, worker_name(bad_checksum(HOTKEYS[0]), "evil"))
+            with pytest.raises(Exception, match=r"24|SS58"):
+                await refused.connect(timeout=10)
+            await refused.stop(drain=False)
+            await app.stop()
+            fleet_stats["lost"] = fleet.lost
+            fleet_stats["rejected"] = fleet.rejected_by_code()
+            fleet_stats["pool"] = pool.accepted_by_hotkey()
+            fleet_stats["pool_submits"] = list(pool.submits_seen)
+            fleet_stats["pool_workers"] = {w for s in pool.sessions.values() for w in s.workers}
+
+    go(scenario)
+    assert fleet_stats["lost"] == 0
+    # Bad shares were answered by the proxy with their codes ...
+    assert {21, 22, 23, 24, 20} <= set(fleet_stats["rejected"])
+    # ... and none of them reached the pool: everything the pool saw, it accepted.
+    assert fleet_stats["pool_submits"] and all(s.error is None for s in fleet_stats["pool_submits"])
+    assert not any("evil" in w for w in fleet_stats["pool_workers"])
+    by_hotkey = read_ledger(tmp_path, ledger_by_hotkey)
+    assert by_hotkey == fleet_stats["pool"]
+    assert set(by_hotkey) == set(HOTKEYS)
+    counts = read_ledger(tmp_path, ledger_counts)
+    assert counts["accepted"] == len(fleet_stats["pool_submits"])
+    assert {"duplicate", "stale", "low-difficulty", "malformed", "unauthorized"} <= set(counts)
+
+
+def test_clickhouse_down_for_a_while_spools_and_replays_exactly_once(tmp_path: Path) -> None:
+    from tests.clickhouse_http import ClickHouseHTTPServer
+
+    result: dict[str, Any] = {}
+    server = ClickHouseHTTPServer(tmp_path / "clickhouse")
+    server.start()
+    try:
+        async def scenario() -> None:
+            async with SimulatedPool(difficulty=DIFFICULTY, seed=4) as pool:
+                app = ProxyApp(proxy_config([pool], tmp_path / "proxy", clickhouse_url=server.url))
+                await app.start()
+                fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS, 3, max_shares=60, mode="rate", rate=40.0)
+                await fleet.start()
+                await until(lambda: pool.accepted_count >= 20, "shares before the outage")
+                server.stop()  # ClickHouse goes away: inserts fail, batches are spooled
+                await until(lambda: app.ledger.spooled_batches >= 2, "batches spooled during the outage")
+                server.start()  # back: the spool is replayed in order
+                await fleet.wait(timeout=60)
+                await fleet.stop()
+                await app.stop()
+                result["pool"] = pool.accepted_by_hotkey()
+                result["accepted"] = pool.accepted_count
+                result["spooled_after_stop"] = app.ledger.spooled_batches
+                result["flush_errors"] = app.metrics.ledger_flush_errors._value.get()
+
+        go(scenario)
+        client = clickhouse_connect.get_client(host=HOST, port=server.port)
+        try:
+            assert result["spooled_after_stop"] == 0
+            assert result["flush_errors"] > 0  # the outage really happened
+            assert ledger_by_hotkey(client) == result["pool"]
+            assert ledger_counts(client)["accepted"] == result["accepted"]
+            per_minute = client.query(
+                "SELECT hotkey, sum(accepted_difficulty) FROM infinitehash.shares_per_minute GROUP BY hotkey"
+            ).result_rows
+            assert {h: float(d) for h, d in per_minute} == result["pool"]
+        finally:
+            client.close()
+    finally:
+        server.close()
+
+
+def test_the_upstream_dying_sends_asics_back_and_the_next_pool_takes_over(tmp_path: Path) -> None:
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=5) as primary, \
+                SimulatedPool(difficulty=DIFFICULTY, seed=6) as backup:
+            app = ProxyApp(proxy_config([primary, backup], tmp_path))
+            await app.start()
+            fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS, 3, max_shares=50, mode="rate", rate=40.0,
+                                      reconnect=True, max_reconnects=20, reconnect_delay=0.05)
+            await fleet.start()
+            await until(lambda: primary.accepted_count >= 15, "shares on the primary")
+            await primary.stop()
+            primary.disconnect_all(abort=True)
+            await fleet.wait(timeout=60)
+            await fleet.stop()
+            await app.stop()
+            result["pool"] = {
+                hk: primary.accepted_by_hotkey().get(hk, 0.0) + backup.accepted_by_hotkey().get(hk, 0.0)
+                for hk in HOTKEYS
+            }
+            result["backup"] = backup.accepted_count
+            result["reconnects"] = sum(a.reconnects for a in fleet.asics)
+            result["fleet_accepted"] = fleet.accepted_by_hotkey()
+
+    go(scenario)
+    assert result["reconnects"] >= 3  # every ASIC was told (disconnected) and came back
+    assert result["backup"] > 0  # the next URL took over
+    by_hotkey = read_ledger(tmp_path, ledger_by_hotkey)
+    assert by_hotkey == {hk: d for hk, d in result["pool"].items() if d}
+
+
+async def closed_by_peer(reader: asyncio.StreamReader) -> None:
+    """Read until the proxy closes the connection (EOF, or a reset when our writes were unread)."""
+    try:
+        for _ in range(100_000):
+            if not await asyncio.wait_for(reader.read(65536), 30):
+                return
+    except ConnectionResetError:
+        return
+    raise AssertionError("the proxy kept the connection open")
+
+
+def in_flight(fleet: Fleet) -> int:
+    return sum(asic.in_flight for asic in fleet.asics)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_sigterm_with_shares_in_flight_records_every_one(tmp_path: Path) -> None:
+    port = _free_port()
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        # The pool takes its time to answer, so shares are in flight when SIGTERM arrives.
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=7, reply_delay=0.5) as pool:
+            env = {**os.environ, "IH_LOG_LEVEL": "INFO"}
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy", "--listen", f"{HOST}:{port}", "--upstream",
+                 f"stratum+tcp://{HOST}:{pool.port}", "--data-dir", str(tmp_path), "--metrics", f"{HOST}:0",
+                 "--proxy-id", "sigterm"],
+                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )
+            try:
+                for _ in range(300):
+                    try:
+                        socket.create_connection((HOST, port), timeout=0.2).close()
+                        break
+                    except OSError:
+                        await asyncio.sleep(0.1)
+                fleet = Fleet.for_hotkeys(HOST, port, HOTKEYS, 3, mode="rate", rate=20.0, duration=30,
+                                          reconnect=False)
+                await fleet.start()
+                await until(lambda: pool.accepted_count >= 10 and in_flight(fleet) > 0, "shares in flight")
+                result["in_flight_at_sigterm"] = in_flight(fleet)
+                proc.send_signal(signal.SIGTERM)
+                rc = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 60)
+                await fleet.stop()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                out = proc.stdout.read().decode() if proc.stdout else ""
+            result["rc"] = rc
+            result["log"] = out
+            result["pool"] = pool.accepted_by_hotkey()
+            result["accepted"] = pool.accepted_count
+
+    go(scenario)
+    assert result["rc"] == 0, result["log"][-3000:]
+    assert result["in_flight_at_sigterm"] > 0
+    assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]
+    assert read_ledger(tmp_path, ledger_counts).get("accepted") == result["accepted"]
+
+
+def test_a_flood_of_junk_and_a_slow_socket_cost_only_their_own_sessions(tmp_path: Path) -> None:
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=8) as pool:
+            app = ProxyApp(proxy_config([pool], tmp_path, max_bad_lines=50, max_miner_buffer=64 * 1024))
+            await app.start()
+            fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS, 3, max_shares=60, mode="rate", rate=30.0)
+            await fleet.start()
+
+            # A flood of malformed lines: answered, then the session is closed.
+            flood_r, flood_w = await asyncio.open_connection(HOST, app.port)
+            flood_w.write(b"".join(b'{"id": %d, "method": "mining.submit", "params": [1,2]}\n' % i
+                                   for i in range(5000)))
+            await closed_by_peer(flood_r)
+            # An over-long line: closed without buffering it.
+            long_r, long_w = await asyncio.open_connection(HOST, app.port)
+            long_w.write(b"{" + b"x" * 200_000)
+            await closed_by_peer(long_r)
+            # A slow socket: asks for a lot and never reads the answers.
+            slow = socket.create_connection((HOST, app.port))
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            slow.sendall(b'{"id":1,"method":"mining.subscribe","params":["slow"]}\n' + b"".join(
+                b'{"id":%d,"method":"mining.extranonce.subscribe","params":[]}\n' % i for i in range(2, 3000)))
+
+            await fleet.wait(timeout=60)
+            await fleet.stop()
+            slow.close()
+            flood_w.close()
+            long_w.close()
+            await app.stop()
+            closed = app.metrics.registry.get_sample_value
+            result["closed_flood"] = closed("ih_sessions_closed_total", {"reason": "too many malformed lines"})
+            result["closed_long"] = closed("ih_sessions_closed_total", {"reason": "line too long"})
+            result["malformed_rows"] = closed("ih_shares_total", {"outcome": "refused", "reason": "malformed"})
+            result["pool"] = pool.accepted_by_hotkey()
+            result["fleet_lost"] = fleet.lost
+            result["fleet_rejected"] = fleet.rejected
+
+    go(scenario)
+    assert result["closed_flood"] == 1 and result["closed_long"] == 1
+    assert result["malformed_rows"] == 51  # each answered and ledgered until the limit closed the session
+    assert result["fleet_lost"] == 0 and result["fleet_rejected"] == 0
+    assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]

@@ -1,0 +1,329 @@
+"""The passthrough session, sans-I/O: lines in, lines out, ledger rows. No sockets needed."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import msgspec
+import pytest
+from bittensor_wallet import Keypair
+
+from protocol.messages import Notify, encode_notification, encode_request
+from protocol.work import Job
+from proxy.config import Limits
+from proxy.hotkeys import RegisteredHotkeys
+from proxy.ledger import ShareRow
+from proxy.metrics import ProxyMetrics
+from proxy.session import MinerSession, SessionContext
+
+HOTKEY = Keypair.create_from_uri("//Alice").ss58_address
+OTHER = Keypair.create_from_uri("//Bob").ss58_address
+WORKER = f"infinite.{HOTKEY}.rig1"
+EN1 = "57a6f098"
+TINY = 2.0**-30  # about one hash in four meets it
+
+
+def notify(job_id: str = "j1", clean: bool = True, ntime: str = "64b3f3ec") -> Notify:
+    return Notify(
+        job_id=job_id,
+        prevhash="171592f223740e92d223f6e68bff25279af7ac4f2246451e0000000200000000",
+        coinb1="02000000010000000000000000000000000000000000000000000000000000000000000000ffffffff1903c943",
+        coinb2="ffffffff0100f2052a010000001976a914000000000000000000000000000000000000000088ac00000000",
+        merkle_branch=["175335649d5e8746982969ec88f52e85ac9917106fba5468e699c8879ab974a1"] * 3,
+        version="20000000",
+        nbits="192495f8",
+        ntime=ntime,
+        clean_jobs=clean,
+    )
+
+
+class Harness:
+    """A session with a clock, a ledger list and a scripted pool."""
+
+    def __init__(self, limits: Limits | None = None, registered: RegisteredHotkeys | None = None) -> None:
+        self.rows: list[ShareRow] = []
+        self.metrics = ProxyMetrics()
+        self.ctx = SessionContext("infinite", "test-proxy", limits or Limits(), self.rows.append, self.metrics,
+                                  registered)
+        self.now = 1000.0
+        self.session = MinerSession(self.ctx, "s1", "pool:3333", self.now)
+        self._miner_ids = itertools.count(1)
+
+    # miner side
+    def miner(self, method: str, params: list[Any], request_id: Any = "auto") -> Any:
+        rid = next(self._miner_ids) if request_id == "auto" else request_id
+        self.session.miner_line(encode_request(rid, method, params).rstrip(b"\n"), self.now)
+        return rid
+
+    def to_pool(self) -> list[dict[str, Any]]:
+        out = [msgspec.json.decode(line) for line in self.session.to_pool]
+        self.session.to_pool.clear()
+        return out
+
+    def to_miner(self) -> list[dict[str, Any]]:
+        out = [msgspec.json.decode(line) for line in self.session.to_miner]
+        self.session.to_miner.clear()
+        return out
+
+    # pool side
+    def pool(self, obj: dict[str, Any]) -> None:
+        self.session.pool_line(msgspec.json.encode(obj), self.now)
+
+    def pool_notify(self, n: Notify) -> None:
+        self.session.pool_line(encode_notification("mining.notify", n.params()).rstrip(b"\n"), self.now)
+
+    def handshake(self, difficulty: float = TINY, worker: str = WORKER) -> None:
+        self.miner("mining.subscribe", ["bitaxe/BM1370"])
+        sub = self.to_pool()[-1]
+        self.pool({"id": sub["id"], "result": [[["mining.notify", "x"]], EN1, 4], "error": None})
+        self.miner("mining.authorize", [worker, "x"])
+        auth = self.to_pool()[-1]
+        self.pool({"id": auth["id"], "result": True, "error": None})
+        self.pool({"id": None, "method": "mining.set_difficulty", "params": [difficulty]})
+        self.pool_notify(notify())
+        self.to_miner()
+
+    def mine(self, job_id: str = "j1", start: int = 0, want_difficulty: float = TINY) -> tuple[str, str, str]:
+        """Find a real share for the session's job: (extranonce2, ntime, nonce)."""
+        job = Job(notify(job_id), EN1, 4, 0.0)
+        for nonce in range(start, start + 10_000):
+            share = job.hash_share("00000001", "64b3f3ec", f"{nonce:08x}", None, 0)
+            if share.difficulty >= want_difficulty:
+                return "00000001", "64b3f3ec", f"{nonce:08x}"
+        raise AssertionError("no share found in 10,000 nonces")
+
+
+def test_replies_are_readdressed_to_the_miners_id_and_relayed_unchanged() -> None:
+    h = Harness()
+    h.miner("mining.subscribe", ["bitaxe"], request_id="abc")
+    (forwarded,) = h.to_pool()
+    assert forwarded["method"] == "mining.subscribe" and forwarded["id"] != "abc"
+    result = [[["mining.set_difficulty", "1"], ["mining.notify", "1"]], EN1, 4]
+    h.pool({"id": forwarded["id"], "result": result, "error": None})
+    assert h.to_miner() == [{"id": "abc", "result": result, "error": None}]
+    assert h.session.extranonce1 == EN1 and h.session.extranonce2_size == 4
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("somebody.rig1", "not a valid SS58"),
+        (f"infinite.{HOTKEY[:-1]}X.rig1", "not a valid SS58"),  # checksum broken
+        (f"other.{HOTKEY}.rig1", "must start with 'infinite.'"),
+        (f"infinite.{HOTKEY}.bad name", "workerID"),
+        (f"infinite.{HOTKEY}", "not a valid SS58"),
+        ("", "worker name must be"),
+    ],
+)
+def test_a_bad_worker_name_is_refused_with_24_and_never_reaches_the_pool(name: str, reason: str) -> None:
+    h = Harness()
+    h.miner("mining.authorize", [name, "x"], request_id=7)
+    assert h.to_pool() == []
+    (answer,) = h.to_miner()
+    assert answer["id"] == 7 and answer["error"][0] == 24 and reason in answer["error"][1]
+
+
+def test_a_bare_hotkey_name_is_forwarded_with_the_account_and_either_spelling_submits() -> None:
+    h = Harness()
+    h.handshake(worker=f"{HOTKEY}.rig1")
+    en2, ntime, nonce = h.mine()
+    h.miner("mining.submit", [f"{HOTKEY}.rig1", "j1", en2, ntime, nonce])
+    (forwarded,) = h.to_pool()
+    assert forwarded["params"][0] == WORKER
+
+
+def test_a_valid_share_is_forwarded_and_the_pools_verdict_is_ledgered_with_the_jobs_difficulty() -> None:
+    h = Harness()
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    rid = h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce])
+    (forwarded,) = h.to_pool()
+    assert forwarded["params"] == [WORKER, "j1", en2, ntime, nonce]
+    h.pool({"id": forwarded["id"], "result": True, "error": None})
+    assert h.to_miner() == [{"id": rid, "result": True, "error": None}]
+    (row,) = h.rows
+    assert row.accepted == 1 and row.hotkey == HOTKEY and row.worker == WORKER
+    assert row.difficulty == TINY and row.share_difficulty >= TINY and len(row.hash) == 64
+    assert row.reject_reason == "" and row.upstream == "pool:3333" and row.session == "s1"
+
+
+def test_bad_shares_are_answered_by_the_proxy_and_never_forwarded() -> None:
+    h = Harness()
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce])
+    h.to_pool()
+    # duplicate, with the hex in upper case: the same header
+    h.miner("mining.submit", [WORKER, "j1", en2.upper(), ntime.upper(), nonce.upper()], request_id=10)
+    h.miner("mining.submit", [WORKER, "nope", en2, ntime, nonce], request_id=11)  # unknown job
+    h.miner("mining.submit", [WORKER, "j1", "0001", ntime, nonce], request_id=12)  # wrong extranonce2 size
+    h.miner("mining.submit", [WORKER, "j1", en2, "00000001", nonce], request_id=13)  # ntime out of window
+    h.miner("mining.submit", [f"infinite.{OTHER}.rig", "j1", en2, ntime, nonce], request_id=14)  # not authorized
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce, "00002000"], request_id=15)  # no mask negotiated
+    assert h.to_pool() == []
+    errors = {a["id"]: a["error"][0] for a in h.to_miner()}
+    assert errors == {10: 22, 11: 21, 12: 20, 13: 20, 14: 24, 15: 20}
+    reasons = [r.reject_reason for r in h.rows]
+    assert reasons == ["duplicate", "stale", "malformed", "ntime", "unauthorized", "version-mask"]
+    assert all(r.accepted == 0 for r in h.rows)
+
+
+def test_low_difficulty_is_refused_with_23() -> None:
+    h = Harness()
+    h.handshake(difficulty=1e12)
+    h.miner("mining.submit", [WORKER, "j1", "00000001", "64b3f3ec", "00000000"], request_id=3)
+    assert h.to_pool() == []
+    assert h.to_miner()[0]["error"][0] == 23
+    assert h.rows[0].reject_reason == "low-difficulty" and h.rows[0].share_difficulty > 0
+
+
+def test_set_difficulty_applies_to_jobs_notified_after_it() -> None:
+    h = Harness()
+    h.handshake(difficulty=TINY)
+    h.pool({"id": None, "method": "mining.set_difficulty", "params": [TINY * 2]})
+    h.pool_notify(notify("j2", clean=False))
+    assert h.session.jobs["j1"].difficulty == TINY
+    assert h.session.jobs["j2"].difficulty == TINY * 2
+    # clean_jobs makes earlier jobs stale
+    h.pool_notify(notify("j3", clean=True))
+    assert list(h.session.jobs) == ["j3"]
+
+
+def test_cpuminer_style_repeated_ids_get_each_their_own_verdict() -> None:
+    h = Harness()
+    h.handshake()
+    shares = [h.mine(start=0)]
+    shares.append(h.mine(start=int(shares[0][2], 16) + 1))
+    for en2, ntime, nonce in shares:
+        h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=4)
+    first, second = h.to_pool()
+    assert first["id"] != second["id"]
+    # the pool answers out of order: rejection for the second, acceptance for the first
+    h.pool({"id": second["id"], "result": None, "error": [23, "Low difficulty share", None]})
+    h.pool({"id": first["id"], "result": True, "error": None})
+    assert [a["id"] for a in h.to_miner()] == [4, 4]
+    by_nonce = {r.hash: r for r in h.rows}
+    assert sorted(r.accepted for r in by_nonce.values()) == [0, 1]
+    assert {r.reject_reason for r in h.rows if not r.accepted} == {"pool: Low difficulty share"}
+
+
+@pytest.mark.parametrize(
+    "reply, reason",
+    [
+        ({"result": False, "error": None, "reject-reason": "Above target 2"}, "pool: Above target 2"),
+        ({"result": False, "error": "Stale"}, "pool: Stale"),
+        (
+            {"jsonrpc": "2.0", "error": {"code": 22, "message": "duplicate share", "data": None}},
+            "pool: duplicate share",
+        ),
+    ],
+)
+def test_every_pool_rejection_shape_is_relayed_unchanged_and_ledgered(reply: dict[str, Any], reason: str) -> None:
+    h = Harness()
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=9)
+    (forwarded,) = h.to_pool()
+    h.pool({"id": forwarded["id"], **reply})
+    (answer,) = h.to_miner()
+    assert answer["id"] == 9
+    assert answer["result"] == reply.get("result") and answer["error"] == reply.get("error")
+    assert answer.get("reject-reason") == reply.get("reject-reason")
+    assert h.rows[-1].accepted == 0 and h.rows[-1].reject_reason == reason
+
+
+def test_unanswered_submits_time_out_with_an_answer_and_a_ledger_row() -> None:
+    h = Harness(Limits(submit_timeout=5.0))
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=5)
+    h.to_pool()
+    h.session.expire(h.now + 4.0)
+    assert h.to_miner() == [] and h.rows == []
+    h.session.expire(h.now + 6.0)
+    (answer,) = h.to_miner()
+    assert answer["id"] == 5 and answer["error"][0] == 20
+    assert h.rows[-1].reject_reason == "timeout" and h.rows[-1].accepted == 0
+
+
+def test_losing_the_pool_answers_everything_in_flight_and_closes_the_session() -> None:
+    h = Harness()
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=5)
+    h.session.pool_lost("reset")
+    assert h.to_miner()[0]["id"] == 5
+    assert h.rows[-1].reject_reason == "timeout"
+    assert h.session.close_reason is not None and "pool connection lost" in h.session.close_reason
+
+
+def test_version_rolling_uses_the_mask_both_sides_agreed_on() -> None:
+    h = Harness()
+    h.miner("mining.configure", [["version-rolling"], {"version-rolling.mask": "ffffffff"}])
+    configure = h.to_pool()[-1]
+    h.pool({"id": configure["id"], "result": {"version-rolling": True, "version-rolling.mask": "1fffe000"},
+            "error": None})
+    h.handshake()
+    assert h.session.version_mask == 0x1FFFE000
+    h.miner("mining.submit", [WORKER, "j1", "00000001", "64b3f3ec", "00000000", "20000000"], request_id=8)
+    assert h.to_miner()[0]["error"][0] == 20 and h.rows[-1].reject_reason == "version-mask"
+
+
+def test_malformed_lines_cost_only_this_session_and_too_many_close_it() -> None:
+    h = Harness(Limits(max_bad_lines=3))
+    h.session.miner_line(b'{"id":1,"method":"mining.submit","params":["user", "1", "ab", 0, 1.5]}', h.now)
+    (answer,) = h.to_miner()
+    assert answer["id"] == 1 and answer["error"][0] == 20
+    assert h.rows[-1].reject_reason == "malformed"
+    for junk in (b"not json", b"[1,2]", b'{"id":2,"method":"mining.configure","params":[["version-rolling"],'
+                 b'{"version-rolling.min-bit-count":-1}]}'):
+        h.session.miner_line(junk, h.now)
+    assert h.session.close_reason is not None and "malformed" in h.session.close_reason
+    assert h.to_pool() == []
+
+
+def test_a_submit_flood_closes_the_session() -> None:
+    h = Harness(Limits(submits_per_second=10, submit_burst=5))
+    h.handshake()
+    for i in range(6):
+        h.miner("mining.submit", [WORKER, "j1", "00000001", "64b3f3ec", f"{i:08x}"])
+    assert h.session.close_reason == "submit rate limit exceeded"
+
+
+def test_a_notify_before_the_subscribe_reply_becomes_a_job_once_extranonce1_is_known() -> None:
+    h = Harness()
+    h.miner("mining.subscribe", [])
+    (sub,) = h.to_pool()
+    h.pool_notify(notify("early"))
+    assert h.session.jobs == {}
+    h.pool({"id": sub["id"], "result": [[["mining.notify", "x"]], EN1, 4], "error": None})
+    assert list(h.session.jobs) == ["early"]
+
+
+def test_pool_requests_are_answered_by_the_proxy_and_reconnect_is_never_relayed() -> None:
+    h = Harness()
+    h.miner("mining.subscribe", ["cgminer/4.10"])
+    h.to_pool()
+    h.pool({"id": 99, "method": "client.get_version", "params": []})
+    (answer,) = h.to_pool()
+    assert answer["id"] == 99 and "cgminer/4.10" in answer["result"]
+    h.pool({"id": None, "method": "client.reconnect", "params": ["evil.example", 3333, 0]})
+    assert h.to_miner() == [] and h.session.close_reason == "pool asked to reconnect"
+
+
+class _FixedRegistry:
+    async def registered_hotkeys(self) -> set[str]:
+        return {HOTKEY}
+
+
+def test_with_require_registered_only_metagraph_hotkeys_may_authorize() -> None:
+    import asyncio
+
+    registered = RegisteredHotkeys(_FixedRegistry())
+    asyncio.run(registered.refresh())
+    h = Harness(registered=registered)
+    h.miner("mining.authorize", [f"infinite.{OTHER}.rig1", "x"], request_id=1)
+    assert h.to_pool() == [] and "not registered" in h.to_miner()[0]["error"][1]
+    h.miner("mining.authorize", [WORKER, "x"], request_id=2)
+    assert h.to_pool()[0]["params"][0] == WORKER
