@@ -217,7 +217,8 @@ class PoolConnection(asyncio.Protocol):
             self.miner.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.miner.transport is not None and not self.miner._closed:
+        # (Not while shutting down: then miners stay paused so no new share starts.)
+        if self.miner.transport is not None and not self.miner._closed and self.miner.server.accepting:
             self.miner.transport.resume_reading()
 
     def transport_close(self) -> None:
@@ -330,6 +331,11 @@ class StratumProxy:
         self.accepting = False
         if self._server is not None:
             self._server.close()
+        # No new shares from here on (they wait unread in the kernel and die with the connection,
+        # never having reached the pool); the ones in flight get their verdict and their ledger row.
+        for connection in self._connections:
+            if connection.transport is not None and not connection.transport.is_closing():
+                connection.transport.pause_reading()
         deadline = time.monotonic() + grace
         while self.in_flight() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
