@@ -182,7 +182,8 @@ def load_config(
                 table = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
-        table = {**table, **table.pop("limits", {})}
+        limits_table = table.pop("limits", {})  # limits may sit in their own [limits] table
+        table = {**table, **limits_table}
         for key, value in table.items():
             name = key.replace("-", "_")
             if name not in _TOP_FIELDS and name not in _LIMIT_FIELDS:
@@ -203,14 +204,22 @@ def load_config(
 
 
 def validate(config: ProxyConfig) -> None:
+    from proxy.clickhouse import LedgerTarget, redact
     from proxy.upstream import parse_pool_url
 
     parse_host_port(config.listen, "listen")
     parse_host_port(config.metrics, "metrics")
     if not config.upstream:
         raise ConfigError("at least one --upstream is needed")
-    for url in config.upstream:
-        parse_pool_url(url)
+    try:
+        for url in config.upstream:
+            parse_pool_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"upstream: {exc}") from None
+    try:
+        LedgerTarget.parse(config.clickhouse_url, data_dir=config.data_dir)
+    except ValueError as exc:
+        raise ConfigError(f"clickhouse_url: {redact(str(exc))}") from None
     if not config.account or "." in config.account:
         raise ConfigError("account must be a non-empty name without dots")
     if config.ttl_days < 1:

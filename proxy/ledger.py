@@ -185,6 +185,8 @@ class LedgerWriter:
             metrics.ledger_queue.set_function(lambda: self.queue_rows)
             metrics.ledger_spool_batches.set_function(lambda: self.spooled_batches)
             metrics.ledger_spool_rows.set_function(lambda: self.spooled_rows)
+            self._lag_oldest = metrics.ledger_ingest_lag.labels("oldest")
+            self._lag_newest = metrics.ledger_ingest_lag.labels("newest")
 
     # -- read-only state ------------------------------------------------------------------------
 
@@ -378,6 +380,11 @@ class LedgerWriter:
         if self._metrics is not None:
             self._metrics.ledger_flush_seconds.observe(time.perf_counter() - started)
             self._metrics.ledger_rows_written.inc(batch.size)
+            ticks = batch.columns()[0]  # row ts in ms; already converted by the insert
+            if ticks:
+                now_ms = time.time() * 1000.0
+                self._lag_oldest.observe((now_ms - min(ticks)) / 1000.0)
+                self._lag_newest.observe((now_ms - max(ticks)) / 1000.0)
         self._rows_written += batch.size
         if self._retry_delay > self._min_retry_delay:
             log.info("ledger: ClickHouse takes inserts again; %d batches left in the spool", len(self._spool))

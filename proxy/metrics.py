@@ -50,7 +50,8 @@ class ProxyMetrics:
         )
         self.proxy_latency = Histogram(
             "ih_proxy_submit_latency_seconds",
-            "Time the proxy adds to a submit: ASIC line in to upstream write, plus reply in to ASIC write",
+            "Time the proxy adds per read that carried shares or verdicts: bytes in to bytes written "
+            "(ASIC to pool and pool to ASIC are observed separately)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -86,6 +87,16 @@ class ProxyMetrics:
             "ih_ledger_flush_seconds",
             "Time to write one batch to ClickHouse",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        # Share received → its batch committed in ClickHouse. Observed twice per written batch, not
+        # per row (too costly at 20k shares/s): row="oldest" is the batch's oldest row, the worst lag
+        # of any row in it; row="newest" its newest row, the best.
+        self.ledger_ingest_lag = Histogram(
+            "ih_ledger_ingest_lag_seconds",
+            "Share received → its batch committed in ClickHouse, for each written batch's oldest and newest row",
+            ["row"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
             registry=r,
         )
         self.ledger_flush_errors = Counter(

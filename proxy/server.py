@@ -63,11 +63,14 @@ class MinerConnection(asyncio.Protocol):
         if session is None or self._closed:
             return
         now = time.monotonic()
+        shares = session.shares_handled
         for line in self._framer.feed(data):
             session.miner_line(line, now)
             if session.close_reason is not None:
                 break
         self.flush()
+        if session.shares_handled != shares:
+            self.server.metrics.proxy_latency.observe(time.monotonic() - now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._miner_gone = True
@@ -202,9 +205,12 @@ class PoolConnection(asyncio.Protocol):
         if session is None:
             return
         now = time.monotonic()
+        shares = session.shares_handled
         for line in self._framer.feed(data):
             session.pool_line(line, now)
         self.miner.flush()
+        if session.shares_handled != shares:
+            self.miner.server.metrics.proxy_latency.observe(time.monotonic() - now)
         if self.miner._closed and not session.pending_submits:
             self.transport_close()
 

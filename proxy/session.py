@@ -136,6 +136,7 @@ class MinerSession:
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self.bad_lines = 0
+        self.shares_handled = 0  # submits judged plus pool verdicts relayed: the layer times bursts by it
         self._tokens = ctx.limits.submit_burst
         self._tokens_at = now
 
@@ -236,6 +237,7 @@ class MinerSession:
 
     def _submit(self, message: Submit, now: float) -> None:
         p = message.params
+        self.shares_handled += 1
         if not self._take_token(now):
             self.close("submit rate limit exceeded")
             self._answer_error(message.id, ErrorCode.OTHER, "rate limit exceeded")
@@ -392,6 +394,7 @@ class MinerSession:
             self.to_miner.append(encode_reply(pending.miner_id, reply))
 
     def _submit_verdict(self, pending: _Pending, reply: Reply, now: float) -> None:
+        self.shares_handled += 1
         share, worker, job = pending.share, pending.worker, pending.job
         assert share is not None and worker is not None and job is not None
         self.ctx.metrics.upstream_latency.observe(now - pending.sent_at)

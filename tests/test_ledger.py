@@ -340,7 +340,8 @@ def test_outage_spools_then_replays_in_the_background(tmp_path: Path) -> None:
             for row in rows[700:]:
                 w.record(row)
             # No flush(): the background task finds ClickHouse back and replays, oldest first.
-            await wait_until(lambda: w.rows_written == len(rows), "the replay")
+            # (The spool file is removed just after its rows count as written: wait for both.)
+            await wait_until(lambda: w.rows_written == len(rows) and not w.spooled_batches, "the replay")
             assert (w.spooled_batches, w.spooled_rows, w.queue_rows) == (0, 0, 0)
             await w.stop()
 

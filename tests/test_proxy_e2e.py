@@ -7,6 +7,7 @@ taken away in the middle.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import clickhouse_connect
 import pytest
 
@@ -101,6 +103,13 @@ def test_the_ledger_equals_what_the_pool_accepted_and_bad_shares_never_reach_it(
             with pytest.raises(Exception, match=r"24|SS58"):
                 await refused.connect(timeout=10)
             await refused.stop(drain=False)
+            # The validators' API answers from the same ledger (once the last batch is in it).
+            await app.ledger.flush()
+            fleet_stats["api"] = await get_json(
+                app.http_port, "/api/v1/workers",
+                pattern="infinite.*", start_time="2000-01-01T00:00:00Z", end_time="2100-01-01T00:00:00Z",
+            )
+            fleet_stats["metrics"] = await get_text(app.http_port, "/metrics")
             await app.stop()
             fleet_stats["lost"] = fleet.lost
             fleet_stats["rejected"] = fleet.rejected_by_code()
@@ -121,6 +130,40 @@ def test_the_ledger_equals_what_the_pool_accepted_and_bad_shares_never_reach_it(
     counts = read_ledger(tmp_path, ledger_counts)
     assert counts["accepted"] == len(fleet_stats["pool_submits"])
     assert {"duplicate", "stale", "low-difficulty", "malformed", "unauthorized"} <= set(counts)
+    # /api/v1/workers: one entry per worker, hashrate = Σ difficulty · 2^32 / window seconds
+    window = (dt.datetime(2100, 1, 1) - dt.datetime(2000, 1, 1)).total_seconds()
+    workers = {w["worker_id"]: w["hashrate"] for w in fleet_stats["api"]["workers"]}
+    assert len(workers) == 6 and all(w.startswith("infinite.") for w in workers)
+    api_by_hotkey: dict[str, float] = {}
+    for worker, hashrate in workers.items():
+        hotkey = worker.split(".")[1]
+        api_by_hotkey[hotkey] = api_by_hotkey.get(hotkey, 0.0) + hashrate * window / 2**32
+    assert api_by_hotkey == pytest.approx(fleet_stats["pool"], rel=1e-9)
+    assert 'ih_shares_total{outcome="accepted",reason=""}' in fleet_stats["metrics"]
+    assert "ih_proxy_submit_latency_seconds_count" in fleet_stats["metrics"]
+
+
+def test_sessions_per_address_are_limited_and_the_limit_costs_no_one_else(tmp_path: Path) -> None:
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=9) as pool:
+            app = ProxyApp(proxy_config([pool], tmp_path, max_sessions_per_ip=2))
+            await app.start()
+            fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS[:2], 2, max_shares=10, mode="rate", rate=5.0)
+            await fleet.start()
+            await until(lambda: fleet.accepted >= 2, "both sessions mining")
+            third_r, _ = await asyncio.open_connection(HOST, app.port)
+            await closed_by_peer(third_r)  # the third from one address is refused at once
+            await fleet.wait(timeout=30)
+            await fleet.stop()
+            result["refused"] = app.metrics.registry.get_sample_value(
+                "ih_connections_refused_total", {"reason": "too many sessions from one address"})
+            result["accepted"] = fleet.accepted
+            await app.stop()
+
+    go(scenario)
+    assert result["refused"] == 1 and result["accepted"] == 20
 
 
 def test_clickhouse_down_for_a_while_spools_and_replays_exactly_once(tmp_path: Path) -> None:
@@ -206,6 +249,18 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> None:
     except ConnectionResetError:
         return
     raise AssertionError("the proxy kept the connection open")
+
+
+async def get_json(port: int, path: str, **params: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(f"http://{HOST}:{port}{path}", params=params) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+async def get_text(port: int, path: str) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"http://{HOST}:{port}{path}") as r:
+        assert r.status == 200
+        return await r.text()
 
 
 def in_flight(fleet: Fleet) -> int:

@@ -327,3 +327,21 @@ def test_with_require_registered_only_metagraph_hotkeys_may_authorize() -> None:
     assert h.to_pool() == [] and "not registered" in h.to_miner()[0]["error"][1]
     h.miner("mining.authorize", [WORKER, "x"], request_id=2)
     assert h.to_pool()[0]["params"][0] == WORKER
+
+
+def test_a_session_that_never_authorizes_is_closed_after_the_handshake_timeout() -> None:
+    h = Harness(Limits(handshake_timeout=30.0))
+    h.miner("mining.subscribe", [])
+    h.session.expire(h.now + 29.0)
+    assert h.session.close_reason is None
+    h.session.expire(h.now + 31.0)
+    assert h.session.close_reason is not None and "handshake" in h.session.close_reason
+
+
+def test_a_silent_miner_is_closed_after_the_idle_timeout() -> None:
+    h = Harness(Limits(idle_timeout=60.0))
+    h.handshake()
+    h.session.expire(h.now + 59.0)
+    assert h.session.close_reason is None
+    h.session.expire(h.now + 61.0)
+    assert h.session.close_reason == "idle timeout"
