@@ -6,7 +6,12 @@ one process without clashing. Metric names are the operators' contract: change t
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Latency buckets in seconds: the proxy adds tens of microseconds, pools answer in milliseconds.
 _LATENCY_BUCKETS = (
@@ -38,29 +43,21 @@ class ProxyMetrics:
             "ih_authorize", "mining.authorize outcomes", ["outcome"], registry=r
         )
 
-        # Shares.
-        self.shares = Counter(
-            "ih_shares", "Shares judged, by outcome and reason", ["outcome", "reason"], registry=r
-        )
-        self.accepted_difficulty = Counter(
-            "ih_accepted_difficulty", "Sum of assigned difficulty of pool-accepted shares", registry=r
-        )
-        self.block_candidates = Counter(
-            "ih_block_candidates", "Shares whose hash met the network target", registry=r
-        )
-        self.proxy_latency = Histogram(
+        # Shares: counted on the share path with plain Python numbers (prometheus_client's objects
+        # take a lock per call, ~1 µs each) and exported by `_ShareCollector` when Prometheus scrapes.
+        # Everything here is touched only from the event loop's thread.
+        self.share_counts: dict[tuple[str, str], int] = {}  # (outcome, reason) → shares
+        self.accepted_difficulty = 0.0  # Σ assigned difficulty of pool-accepted shares
+        self.block_candidates = 0
+        self.proxy_latency = LocalHistogram(
             "ih_proxy_submit_latency_seconds",
             "Time the proxy adds per read that carried shares or verdicts: bytes in to bytes written "
             "(ASIC to pool and pool to ASIC are observed separately)",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
-        self.upstream_latency = Histogram(
-            "ih_upstream_submit_latency_seconds",
-            "Time from forwarding a submit to the pool's answer",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        self.upstream_latency = LocalHistogram(
+            "ih_upstream_submit_latency_seconds", "Time from forwarding a submit to the pool's answer"
         )
+        r.register(_ShareCollector(self))
 
         # Upstream pools.
         self.upstream_up = Gauge(
@@ -102,3 +99,51 @@ class ProxyMetrics:
         self.ledger_flush_errors = Counter(
             "ih_ledger_flush_errors", "Batches that ClickHouse did not take (then spooled)", registry=r
         )
+
+    def count_share(self, outcome: str, reason: str) -> None:
+        key = (outcome, reason)
+        self.share_counts[key] = self.share_counts.get(key, 0) + 1
+
+
+class LocalHistogram:
+    """A histogram for the event loop's thread only: an observation is a bisect and two adds."""
+
+    __slots__ = ("buckets", "counts", "help", "name", "sum")
+
+    def __init__(self, name: str, help: str, buckets: tuple[float, ...] = _LATENCY_BUCKETS) -> None:
+        self.name = name
+        self.help = help
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1  # first bucket with value <= its bound
+        self.sum += value
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            running += count
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return HistogramMetricFamily(self.name, self.help, buckets=cumulative, sum_value=self.sum)
+
+
+class _ShareCollector(Collector):
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        shares = CounterMetricFamily("ih_shares", "Shares judged, by outcome and reason", labels=["outcome", "reason"])
+        for (outcome, reason), count in sorted(m.share_counts.items()):
+            shares.add_metric([outcome, reason], count)
+        yield shares
+        yield CounterMetricFamily(
+            "ih_accepted_difficulty", "Sum of assigned difficulty of pool-accepted shares", value=m.accepted_difficulty
+        )
+        yield CounterMetricFamily(
+            "ih_block_candidates", "Shares whose hash met the network target", value=m.block_candidates
+        )
+        yield m.proxy_latency.family()
+        yield m.upstream_latency.family()

@@ -184,7 +184,9 @@ class MinerConnection(asyncio.Protocol):
         if session is None:
             return
         session.expire(now)
-        self.flush()
+        # Most sessions have nothing to say once a second: only flush the ones that do.
+        if session.to_miner or session.to_pool or session.close_reason is not None:
+            self.flush()
         if self._closed and not session.pending_submits:
             self._close_pool()
 

@@ -15,7 +15,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -75,14 +75,6 @@ class SessionContext:
     record: Callable[[ShareRow], None]
     metrics: ProxyMetrics
     registered: RegisteredHotkeys | None = None  # None: any valid hotkey may mine
-    _share_counters: dict[tuple[str, str], Any] = field(default_factory=dict)
-
-    def count_share(self, outcome: str, reason: str) -> None:
-        # prometheus_client's labels() lookup is slow; keep the bound children.
-        counter = self._share_counters.get((outcome, reason))
-        if counter is None:
-            counter = self._share_counters[(outcome, reason)] = self.metrics.shares.labels(outcome, reason)
-        counter.inc()
 
 
 class _Pending:
@@ -150,6 +142,8 @@ class MinerSession:
 
     @property
     def pending_submits(self) -> int:
+        if not self._pending:  # the common case, checked on every pool read: no scan
+            return 0
         return sum(1 for p in self._pending.values() if p.kind == "mining.submit")
 
     def close(self, reason: str) -> None:
@@ -288,7 +282,7 @@ class MinerSession:
         self, worker: Worker | None, job_id: str, difficulty: float, share: Share | None, reason: str,
         worker_name: str = "",
     ) -> None:
-        self.ctx.count_share("refused", reason)
+        self.ctx.metrics.count_share("refused", reason)
         self.ctx.record(ShareRow(
             time.time(), self.ctx.proxy_id,
             worker.hotkey if worker else "", worker.full_name if worker else worker_name[:128],
@@ -401,14 +395,14 @@ class MinerSession:
         accepted = reply.result == _TRUE and reply.error == _NULL
         if accepted:
             reason = ""
-            self.ctx.count_share("accepted", "")
-            self.ctx.metrics.accepted_difficulty.inc(job.difficulty)
+            self.ctx.metrics.count_share("accepted", "")
+            self.ctx.metrics.accepted_difficulty += job.difficulty
         else:
             failure = reply.failure()
             reason = f"pool: {failure.message if failure else 'rejected'}"[:120]
-            self.ctx.count_share("rejected", "pool")
+            self.ctx.metrics.count_share("rejected", "pool")
         if share.is_block:
-            self.ctx.metrics.block_candidates.inc()
+            self.ctx.metrics.block_candidates += 1
             log.warning(
                 "BLOCK CANDIDATE session %s worker %s job %s hash %s accepted=%s",
                 self.session_id, worker.full_name, job.job_id, share.hex_hash, accepted,
@@ -448,7 +442,7 @@ class MinerSession:
         if pending.kind == "mining.submit" and pending.share is not None and pending.job is not None:
             worker = pending.worker
             assert worker is not None
-            self.ctx.count_share("unanswered", "timeout")
+            self.ctx.metrics.count_share("unanswered", "timeout")
             self.ctx.record(ShareRow(
                 pending.received, self.ctx.proxy_id, worker.hotkey, worker.full_name, self.session_id,
                 pending.job.job_id, pending.job.difficulty, pending.share.difficulty, pending.share.hex_hash,

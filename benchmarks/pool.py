@@ -1,0 +1,70 @@
+"""The benchmark's pool: `simulation.SimulatedPool` in its own process, answering every submit.
+
+    python -m benchmarks.pool [--verify sample|none|all] [--sample-every 100] [--job-interval 30]
+
+Prints {"port": N} when listening, then takes JSON commands on stdin:
+    {"op": "stats"}  -> accepted/rejected counts and open connections
+    {"op": "exit"}   (or EOF)
+The pool difficulty is 2**-33: every hash meets it, so every unique share is valid, while the proxy
+in front still hashes each one. With verify="sample" the pool hashes one share in `sample_every`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any, cast
+
+from benchmarks.common import HOST, POOL_DIFFICULTY, commands, raise_fd_limit, reply
+from simulation import SimulatedPool, run
+from simulation.pool import VerifyMode
+
+
+async def serve(args: argparse.Namespace) -> None:
+    pool = SimulatedPool(
+        host=HOST,
+        difficulty=POOL_DIFFICULTY,
+        verify=cast(VerifyMode, args.verify),
+        sample_every=args.sample_every,
+        job_interval=args.job_interval,
+        record_submits=False,
+        seed=89,
+    )
+    await pool.start()
+    inbox = await commands()
+    reply({"port": pool.port, "fd_limit": raise_fd_limit()})
+    try:
+        while True:
+            command = await inbox.get()
+            op = command.get("op")
+            if op == "exit":
+                break
+            if op == "stats":
+                stats: dict[str, Any] = {
+                    "accepted": pool.accepted_count,
+                    "rejected": pool.rejected_count,
+                    "rejected_by_code": {str(k): v for k, v in pool.rejected_by_code.items()},
+                    "sessions": len(pool.sessions),
+                    "connections_total": pool.connections_total,
+                    "jobs_sent": pool.jobs_sent,
+                }
+                reply(stats)
+            else:
+                reply({"error": f"unknown op {op!r}"})
+    finally:
+        await asyncio.wait_for(pool.stop(), 30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pool", description=__doc__)
+    parser.add_argument("--verify", choices=("all", "sample", "none"), default="sample")
+    parser.add_argument("--sample-every", type=int, default=100)
+    parser.add_argument("--job-interval", type=float, default=30.0, help="seconds between new jobs (0: never)")
+    args = parser.parse_args()
+    raise_fd_limit()
+    run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
