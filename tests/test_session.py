@@ -84,11 +84,13 @@ class Harness:
         self.pool_notify(notify())
         self.to_miner()
 
-    def mine(self, job_id: str = "j1", start: int = 0, want_difficulty: float = TINY) -> tuple[str, str, str]:
+    def mine(
+        self, job_id: str = "j1", start: int = 0, want_difficulty: float = TINY, job: Notify | None = None
+    ) -> tuple[str, str, str]:
         """Find a real share for the session's job: (extranonce2, ntime, nonce)."""
-        job = Job(notify(job_id), EN1, 4, 0.0)
+        work = Job(job or notify(job_id), EN1, 4, 0.0)
         for nonce in range(start, start + 10_000):
-            share = job.hash_share("00000001", "64b3f3ec", f"{nonce:08x}", None, 0)
+            share = work.hash_share("00000001", "64b3f3ec", f"{nonce:08x}", None, 0)
             if share.difficulty >= want_difficulty:
                 return "00000001", "64b3f3ec", f"{nonce:08x}"
         raise AssertionError("no share found in 10,000 nonces")
@@ -345,3 +347,37 @@ def test_a_silent_miner_is_closed_after_the_idle_timeout() -> None:
     assert h.session.close_reason is None
     h.session.expire(h.now + 61.0)
     assert h.session.close_reason == "idle timeout"
+
+
+def test_a_share_that_meets_the_network_target_is_a_block_candidate_counted_and_ledgered() -> None:
+    h = Harness()
+    h.handshake()
+    regtest = msgspec.structs.replace(notify("blk"), nbits="207fffff")  # target ~2^255: every hash meets it
+    h.pool_notify(regtest)
+    en2, ntime, nonce = h.mine(job=regtest)
+    h.miner("mining.submit", [WORKER, "blk", en2, ntime, nonce])
+    (forwarded,) = h.to_pool()
+    h.pool({"id": forwarded["id"], "result": True, "error": None})
+    assert h.rows[-1].block == 1 and h.rows[-1].accepted == 1
+    assert h.metrics.block_candidates == 1
+
+
+class _FlakyRegistry:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def registered_hotkeys(self) -> set[str]:
+        self.calls += 1
+        if self.calls > 1:
+            raise ConnectionError("chain unreachable")
+        return {HOTKEY}
+
+
+def test_a_chain_outage_keeps_the_last_good_set_of_registered_hotkeys() -> None:
+    import asyncio
+
+    registered = RegisteredHotkeys(_FlakyRegistry())
+    assert not registered.loaded and HOTKEY not in registered
+    assert asyncio.run(registered.refresh()) is True
+    assert asyncio.run(registered.refresh()) is False  # the chain is down now
+    assert HOTKEY in registered and OTHER not in registered
