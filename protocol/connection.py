@@ -156,7 +156,8 @@ class StratumConnection(asyncio.Protocol):
         self._pending.add(request_id, future)
         self.send(encode_request(request_id, method, params))
         await self.drain()
-        return await asyncio.wait_for(future, timeout)
+        async with asyncio.timeout(timeout):  # (not wait_for: on 3.11 it can swallow a cancellation)
+            return await future
 
     def close(self) -> None:
         if self._transport is not None:

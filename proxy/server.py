@@ -100,10 +100,10 @@ class MinerConnection(asyncio.Protocol):
             if self._closed:
                 return
             try:
-                _, pool = await asyncio.wait_for(
-                    loop.create_connection(lambda: PoolConnection(self), url.host, url.port),
-                    server.config.upstream_connect_timeout,
-                )
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
+                # stop() sends, and shutdown would wait on this task forever.
+                async with asyncio.timeout(server.config.upstream_connect_timeout):
+                    _, pool = await loop.create_connection(lambda: PoolConnection(self), url.host, url.port)
             except (TimeoutError, OSError) as exc:
                 backoff = server.upstreams.failed(url)
                 server.metrics.upstream_connects.labels(url.label, "failed").inc()
