@@ -107,7 +107,7 @@ class Share:
 
     @property
     def hex_hash(self) -> str:
-        return self.hash[::-1].hex()
+        return display_hash(self.hash)
 
 
 class Job:

@@ -49,6 +49,7 @@ from protocol.messages import (
     encode_reply,
     encode_request,
     encode_result,
+    is_hex,
     subscribe_result,
 )
 from protocol.work import Job, Share, ShareRejected
@@ -204,7 +205,7 @@ class MinerSession:
         self.bad_lines += 1
         self._answer_error(error.id, ErrorCode.OTHER, error.reason[:200])
         if isinstance(error, InvalidMessage) and error.method == "mining.submit":
-            self._record_refusal(None, "", 0.0, None, "malformed")
+            self._record(time.time(), None, "", 0.0, None, "malformed")
         if self.bad_lines > self.ctx.limits.max_bad_lines:
             self.close(f"too many malformed lines ({self.bad_lines})")
 
@@ -238,22 +239,23 @@ class MinerSession:
             return
         worker = self.workers.get(p.worker)
         if worker is None:
-            self._refuse(message.id, ErrorCode.UNAUTHORIZED, "Unauthorized worker", None, p.job_id, 0.0, None,
-                         "unauthorized", p.worker)
+            self._answer_error(message.id, ErrorCode.UNAUTHORIZED, "Unauthorized worker")
+            self._record(time.time(), None, p.job_id, 0.0, None, "unauthorized", worker_name=p.worker)
             return
         if self.extranonce1 is None:
-            self._refuse(message.id, ErrorCode.NOT_SUBSCRIBED, "Not subscribed", worker, p.job_id, 0.0, None,
-                         "not-subscribed")
+            self._answer_error(message.id, ErrorCode.NOT_SUBSCRIBED, "Not subscribed")
+            self._record(time.time(), worker, p.job_id, 0.0, None, "not-subscribed")
             return
         job = self.jobs.get(p.job_id)
         if job is None:
-            self._refuse(message.id, ErrorCode.JOB_NOT_FOUND, "Job not found", worker, p.job_id, 0.0, None, "stale")
+            self._answer_error(message.id, ErrorCode.JOB_NOT_FOUND, "Job not found")
+            self._record(time.time(), worker, p.job_id, 0.0, None, "stale")
             return
         try:
             share = job.check_share(p.extranonce2, p.ntime, p.nonce, p.version_bits, self.version_mask)
         except ShareRejected as rejected:
-            self._refuse(message.id, rejected.code, rejected.message, worker, p.job_id, job.difficulty,
-                         rejected.share, rejected.reason)
+            self._answer_error(message.id, rejected.code, rejected.message)
+            self._record(time.time(), worker, p.job_id, job.difficulty, rejected.share, rejected.reason)
             return
         params = [worker.full_name, p.job_id, p.extranonce2, p.ntime, p.nonce]
         if p.version_bits is not None:
@@ -271,24 +273,21 @@ class MinerSession:
         self._tokens -= 1.0
         return True
 
-    def _refuse(
-        self, miner_id: Any, code: int, message: str, worker: Worker | None, job_id: str,
-        difficulty: float, share: Share | None, reason: str, worker_name: str = "",
+    def _record(
+        self, received: float, worker: Worker | None, job_id: str, difficulty: float, share: Share | None,
+        reason: str, *, worker_name: str = "",
     ) -> None:
-        self._answer_error(miner_id, code, message)
-        self._record_refusal(worker, job_id, difficulty, share, reason, worker_name)
+        """Count a judged share and write its ledger row: accepted when `reason` is empty.
 
-    def _record_refusal(
-        self, worker: Worker | None, job_id: str, difficulty: float, share: Share | None, reason: str,
-        worker_name: str = "",
-    ) -> None:
-        self.ctx.metrics.count_share("refused", reason)
+        `difficulty` is the job's (the credit); `share` is None when it never hashed.
+        """
+        self.ctx.metrics.count_share(*_metric_labels(reason))
         self.ctx.record(ShareRow(
-            time.time(), self.ctx.proxy_id,
+            received, self.ctx.proxy_id,
             worker.hotkey if worker else "", worker.full_name if worker else worker_name[:128],
             self.session_id, job_id[:64], difficulty,
             share.difficulty if share else 0.0, share.hex_hash if share else "",
-            0, reason, self.upstream, 1 if share is not None and share.is_block else 0,
+            0 if reason else 1, reason, self.upstream, 1 if share is not None and share.is_block else 0,
         ))
 
     # --- from the pool -----------------------------------------------------------------------------
@@ -312,8 +311,7 @@ class MinerSession:
             self.extranonce2_size = message.extranonce2_size
             self.to_miner.append(line + b"\n")
         elif isinstance(message, SetVersionMask):
-            self.pool_mask = message.mask
-            self.version_mask = self.pool_mask & self.requested_mask
+            self._grant_mask(message.mask)
             self.to_miner.append(line + b"\n")
         elif isinstance(message, Reconnect):
             # Never relay: the miner would leave the proxy for the pool. It reconnects to us instead,
@@ -325,6 +323,11 @@ class MinerSession:
             log.warning("session %s: bad line from pool %s: %s", self.session_id, self.upstream, message.reason)
         else:  # ShowMessage and anything else harmless: the miner may display it
             self.to_miner.append(line + b"\n")
+
+    def _grant_mask(self, pool_mask: int) -> None:
+        """The pool granted version bits: a share may roll only those both sides agreed on."""
+        self.pool_mask = pool_mask
+        self.version_mask = pool_mask & self.requested_mask
 
     def _pool_request(self, message: ServerRequest) -> None:
         if message.id is None:
@@ -378,12 +381,8 @@ class MinerSession:
             value = reply.value()
             if isinstance(value, dict) and value.get("version-rolling") is True:
                 mask = value.get("version-rolling.mask")
-                if isinstance(mask, str) and 0 < len(mask) <= 8:
-                    try:
-                        self.pool_mask = int(mask, 16)
-                    except ValueError:
-                        self.pool_mask = 0
-                    self.version_mask = self.pool_mask & self.requested_mask
+                self._grant_mask(int(mask, 16) if isinstance(mask, str) and 0 < len(mask) <= 8 and is_hex(mask)
+                                 else 0)
         if pending.miner_id is not None:
             self.to_miner.append(encode_reply(pending.miner_id, reply))
 
@@ -395,23 +394,17 @@ class MinerSession:
         accepted = reply.result == _TRUE and reply.error == _NULL
         if accepted:
             reason = ""
-            self.ctx.metrics.count_share("accepted", "")
             self.ctx.metrics.accepted_difficulty += job.difficulty
         else:
             failure = reply.failure()
             reason = f"pool: {failure.message if failure else 'rejected'}"[:120]
-            self.ctx.metrics.count_share("rejected", "pool")
         if share.is_block:
             self.ctx.metrics.block_candidates += 1
             log.warning(
                 "BLOCK CANDIDATE session %s worker %s job %s hash %s accepted=%s",
                 self.session_id, worker.full_name, job.job_id, share.hex_hash, accepted,
             )
-        self.ctx.record(ShareRow(
-            pending.received, self.ctx.proxy_id, worker.hotkey, worker.full_name, self.session_id,
-            job.job_id, job.difficulty, share.difficulty, share.hex_hash,
-            1 if accepted else 0, reason, self.upstream, 1 if share.is_block else 0,
-        ))
+        self._record(pending.received, worker, job.job_id, job.difficulty, share, reason)
 
     # --- time and loss -----------------------------------------------------------------------------
 
@@ -439,15 +432,21 @@ class MinerSession:
 
     def _unanswered(self, pending: _Pending, message: str) -> None:
         self._answer_error(pending.miner_id, ErrorCode.OTHER, message)
-        if pending.kind == "mining.submit" and pending.share is not None and pending.job is not None:
-            worker = pending.worker
-            assert worker is not None
-            self.ctx.metrics.count_share("unanswered", "timeout")
-            self.ctx.record(ShareRow(
-                pending.received, self.ctx.proxy_id, worker.hotkey, worker.full_name, self.session_id,
-                pending.job.job_id, pending.job.difficulty, pending.share.difficulty, pending.share.hex_hash,
-                0, "timeout", self.upstream, 1 if pending.share.is_block else 0,
-            ))
+        job = pending.job
+        if pending.kind == "mining.submit" and job is not None:
+            self._record(pending.received, pending.worker, job.job_id, job.difficulty, pending.share, "timeout")
+
+
+def _metric_labels(reason: str) -> tuple[str, str]:
+    """(outcome, reason) labels of `ih_shares_total` for a ledger reason: pool messages are free text,
+    so they share one label."""
+    if not reason:
+        return "accepted", ""
+    if reason == "timeout":
+        return "unanswered", "timeout"
+    if reason.startswith("pool:"):
+        return "rejected", "pool"
+    return "refused", reason
 
 
 def _subscribe_params(message: Subscribe) -> list[Any]:
