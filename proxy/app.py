@@ -15,7 +15,7 @@ import logging
 import signal
 from typing import Any
 
-from proxy.clickhouse import LedgerTarget
+from ledger.target import LedgerTarget
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.hotkeys import BittensorRegistry, HotkeyRegistry, RegisteredHotkeys
 from proxy.http import HTTPServer, build_app

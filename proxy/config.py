@@ -204,7 +204,7 @@ def load_config(
 
 
 def validate(config: ProxyConfig) -> None:
-    from proxy.clickhouse import LedgerTarget, redact
+    from ledger.target import LedgerTarget, redact
     from proxy.upstream import parse_pool_url
 
     parse_host_port(config.listen, "listen")

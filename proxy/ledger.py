@@ -33,8 +33,8 @@ from typing import Any, NamedTuple
 import msgspec
 from clickhouse_connect.driver.client import Client
 
-from proxy.clickhouse import redact
-from proxy.ledger_schema import SHARES_COLUMNS, apply_migrations
+from ledger.schema import SHARES_COLUMNS, apply_migrations
+from ledger.target import redact
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
+from ledger.target import LedgerTarget
 from proxy.app import ProxyApp
-from proxy.clickhouse import LedgerTarget
 from proxy.config import Limits, ProxyConfig
 from simulation import Fleet, SimulatedPool, run
 from simulation.hotkeys import hotkeys

@@ -27,9 +27,7 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from proxy.clickhouse import DEFAULT_DATABASE, LedgerTarget, redact
-from proxy.ledger import LedgerWriter, ShareRow
-from proxy.ledger_schema import (
+from ledger.schema import (
     DEDUP_WINDOW,
     MIGRATIONS,
     SHARES_COLUMNS,
@@ -38,6 +36,8 @@ from proxy.ledger_schema import (
     apply_migrations,
     current_ttl_days,
 )
+from ledger.target import DEFAULT_DATABASE, LedgerTarget, redact
+from proxy.ledger import LedgerWriter, ShareRow
 from proxy.metrics import ProxyMetrics
 from tests.clickhouse_http import ClickHouseHTTPServer
 
@@ -502,7 +502,7 @@ _CHILD = textwrap.dedent(
     """
     import asyncio, logging, sys
     from pathlib import Path
-    from proxy.clickhouse import LedgerTarget
+    from ledger.target import LedgerTarget
     from proxy.ledger import LedgerWriter
     from tests.test_ledger import make_rows
 

@@ -21,8 +21,8 @@ import aiohttp
 import clickhouse_connect
 import pytest
 
+from ledger.target import LedgerTarget
 from proxy.app import ProxyApp
-from proxy.clickhouse import LedgerTarget
 from proxy.config import Limits, ProxyConfig
 from simulation import Fleet, SimulatedASIC, SimulatedPool, run
 from simulation.hotkeys import bad_checksum, hotkeys, worker_name

@@ -1,7 +1,7 @@
 """Ledger → hashrate against the real engine, and the ``python -m scorer --json`` contract.
 
 The ledger is written by the proxy's own writer (proxy.ledger.LedgerWriter, which applies the schema
-of proxy/ledger_schema.py) into a chdb directory; the scorer reads it in-process, as a subprocess
+of ledger/schema.py) into a chdb directory; the scorer reads it in-process, as a subprocess
 (``chdb://``), and through the ClickHouse HTTP interface (tests/clickhouse_http.py, chdb behind HTTP).
 Share timestamps are fixed (2024) and the TTL is set long enough to keep them.
 """
