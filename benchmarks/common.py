@@ -111,12 +111,17 @@ async def commands() -> asyncio.Queue[dict[str, Any]]:
 class Child:
     """A helper process driven by JSON lines; every wait has a timeout."""
 
-    def __init__(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
-                 stderr: Any = None) -> None:
+    def __init__(self, name: str, argv: list[str], *, env: dict[str, str] | None = None, stderr: Any = None) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-            text=True, bufsize=1,
+            argv,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            bufsize=1,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, name=f"{name}-out", daemon=True).start()

@@ -58,8 +58,9 @@ class BenchASIC(SimulatedASIC):
             en2, nonce = 0, n & 0xFFFFFFFF
         mask = work.mask
         vbits = ((n << ((mask & -mask).bit_length() - 1)) & mask) if mask else 0
-        share = ShareParams(work.job_id, en2.to_bytes(size, "big").hex(), work.ntime, f"{nonce:08x}",
-                            self._version_param(vbits))
+        share = ShareParams(
+            work.job_id, en2.to_bytes(size, "big").hex(), work.ntime, f"{nonce:08x}", self._version_param(vbits)
+        )
         self.last_share = share
         return share
 
@@ -91,10 +92,16 @@ class Generator:
         async def one(index: int) -> BenchASIC | None:
             async with semaphore:
                 asic = BenchASIC(
-                    HOST, port, f"infinite.{self.keys[index % len(self.keys)]}.w{index}",
+                    HOST,
+                    port,
+                    f"infinite.{self.keys[index % len(self.keys)]}.w{index}",
                     profile=self.profiles[index % len(self.profiles)],  # type: ignore[arg-type]
-                    record_submits=False, reconnect=False, handshake_timeout=CONNECT_TIMEOUT,
-                    max_in_flight=64, drain_timeout=5.0, seed=index,
+                    record_submits=False,
+                    reconnect=False,
+                    handshake_timeout=CONNECT_TIMEOUT,
+                    max_in_flight=64,
+                    drain_timeout=5.0,
+                    seed=index,
                 )
                 asic.fresh_en2 = self.fresh
                 try:
@@ -112,8 +119,12 @@ class Generator:
             task.cancel()
         connected = [t.result() for t in done if not t.cancelled() and t.exception() is None]
         self.asics = [a for a in connected if a is not None]
-        return {"connected": len(self.asics), "failed": sessions - len(self.asics),
-                "seconds": time.perf_counter() - started, "errors": errors}
+        return {
+            "connected": len(self.asics),
+            "failed": sessions - len(self.asics),
+            "seconds": time.perf_counter() - started,
+            "errors": errors,
+        }
 
     async def run(self, mode: str, duration: float, pipeline: int, rate: float) -> dict[str, Any]:
         before = [(a.submitted, a.accepted, a.rejected, a.lost) for a in self.asics]
@@ -147,9 +158,17 @@ class Generator:
             for code, n in asic.rejected_by_code.items():
                 rejected_codes[str(code)] = rejected_codes.get(str(code), 0) + n
         return {
-            "done": True, "elapsed": elapsed, "submitted": totals[0], "accepted": totals[1],
-            "rejected": totals[2], "lost": totals[3], "replied": replied, "unfinished": len(pending),
-            "latency_hist": counts, "latency_max": latency_max, "rejected_by_code": rejected_codes,
+            "done": True,
+            "elapsed": elapsed,
+            "submitted": totals[0],
+            "accepted": totals[1],
+            "rejected": totals[2],
+            "lost": totals[3],
+            "replied": replied,
+            "unfinished": len(pending),
+            "latency_hist": counts,
+            "latency_max": latency_max,
+            "rejected_by_code": rejected_codes,
         }
 
     async def close(self) -> dict[str, Any]:
@@ -170,15 +189,24 @@ async def serve(args: argparse.Namespace) -> None:
             if op == "exit":
                 break
             if op == "connect":
-                reply(await generator.connect(
-                    int(command["port"]), int(command["sessions"]), int(command.get("offset", 0)),
-                    int(command.get("concurrency", 200)), float(command.get("timeout", 120.0)),
-                ))
+                reply(
+                    await generator.connect(
+                        int(command["port"]),
+                        int(command["sessions"]),
+                        int(command.get("offset", 0)),
+                        int(command.get("concurrency", 200)),
+                        float(command.get("timeout", 120.0)),
+                    )
+                )
             elif op == "run":
-                reply(await generator.run(
-                    str(command["mode"]), float(command["duration"]), int(command.get("pipeline", 1)),
-                    float(command.get("rate", 1.0)),
-                ))
+                reply(
+                    await generator.run(
+                        str(command["mode"]),
+                        float(command["duration"]),
+                        int(command.get("pipeline", 1)),
+                        float(command.get("rate", 1.0)),
+                    )
+                )
             elif op == "close":
                 reply(await generator.close())
             else:

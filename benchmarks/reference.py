@@ -85,8 +85,13 @@ async def _serve_echo() -> None:
 
 
 def echo_two_processes_us() -> float:
-    child = subprocess.Popen([sys.executable, "-m", "benchmarks.reference", "--echo-server"], cwd=REPO,
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.reference", "--echo-server"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline())

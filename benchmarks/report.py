@@ -53,9 +53,11 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
                     "p99 added ms": "" if path == "direct" else _fmt(r["p99_ms"] - d["p99_ms"], "+.2f"),
                     "proxy CPU µs/share": "" if path == "direct" else _fmt(r["cpu_us_per_share"].get("proxy"), ".1f"),
                     "proxy CPU %": "" if path == "direct" else _fmt(r["cpu_percent"].get("proxy"), ".0f"),
-                    "RSS KiB/session": "" if path == "direct" or mode == "rate"
+                    "RSS KiB/session": ""
+                    if path == "direct" or mode == "rate"
                     else _fmt(proxy["rss_per_session"] / KIB, ".1f"),
-                    "ingest lag p99 s": "" if path == "direct"
+                    "ingest lag p99 s": ""
+                    if path == "direct"
                     else _fmt(r.get("ingest_lag", {}).get("oldest", {}).get("p99_s"), ".2f"),
                 }
                 out.append(row)
@@ -68,8 +70,10 @@ def _table(table: list[dict[str, str]], markdown: bool) -> str:
     heads = list(table[0])
     widths = {h: max(len(h), *(len(r[h]) for r in table)) for h in heads}
     if markdown:
-        lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---:" if h not in ("path", "load") else "---"
-                                                                   for h in heads) + "|"]
+        lines = [
+            "| " + " | ".join(heads) + " |",
+            "|" + "|".join("---:" if h not in ("path", "load") else "---" for h in heads) + "|",
+        ]
         lines += ["| " + " | ".join(r[h] for h in heads) + " |" for r in table]
         return "\n".join(lines)
     lines = ["  ".join(h.rjust(widths[h]) for h in heads)]
@@ -93,6 +97,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     best = max(scenarios, key=lambda s: s["proxy"]["closed"]["shares_per_s"])
     cpu = at["proxy"]["closed"]["cpu_us_per_share"].get("proxy", float("nan"))
     cpu_rate = at["proxy"]["rate"]["cpu_us_per_share"].get("proxy", float("nan"))
+
     def lag(s: dict[str, Any], mode: str) -> float:
         value: float = s["proxy"][mode].get("ingest_lag", {}).get("oldest", {}).get("p99_s", float("nan"))
         return value
@@ -115,16 +120,32 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "one_core_capacity": 1e6 / cpu if cpu and not math.isnan(cpu) else None,
             "other_processes_cpu_us_per_share": others,
         },
-        "cpu_us_per_share": {"target": TARGET_CPU_US, "measured": cpu, "at_half_load": cpu_rate,
-                             "at_sessions": at["sessions"]},
-        "added_latency_ms": {"target_p99": TARGET_ADDED_P99_MS, "measured": added, "at_sessions": at["sessions"],
-                             "offered_rate": at["proxy"]["rate"]["offered_rate"]},
-        "rss_kib_per_session": {"target": TARGET_RSS_KIB, "measured": rss_kib, "at_sessions": largest["sessions"],
-                                "all": {s["sessions"]: s["proxy"]["rss_per_session"] / KIB for s in scenarios}},
-        "ingest_lag_p99_s": {"target": TARGET_LAG_P99_S, "measured": lag(at, "closed"), "at_half_load": lag(at, "rate"),
-                             "at_sessions": at["sessions"],
-                             "method": "oldest row of each written batch (the batch's worst lag)",
-                             "all_windows_lag_and_flush_p99_s": lags},
+        "cpu_us_per_share": {
+            "target": TARGET_CPU_US,
+            "measured": cpu,
+            "at_half_load": cpu_rate,
+            "at_sessions": at["sessions"],
+        },
+        "added_latency_ms": {
+            "target_p99": TARGET_ADDED_P99_MS,
+            "measured": added,
+            "at_sessions": at["sessions"],
+            "offered_rate": at["proxy"]["rate"]["offered_rate"],
+        },
+        "rss_kib_per_session": {
+            "target": TARGET_RSS_KIB,
+            "measured": rss_kib,
+            "at_sessions": largest["sessions"],
+            "all": {s["sessions"]: s["proxy"]["rss_per_session"] / KIB for s in scenarios},
+        },
+        "ingest_lag_p99_s": {
+            "target": TARGET_LAG_P99_S,
+            "measured": lag(at, "closed"),
+            "at_half_load": lag(at, "rate"),
+            "at_sessions": at["sessions"],
+            "method": "oldest row of each written batch (the batch's worst lag)",
+            "all_windows_lag_and_flush_p99_s": lags,
+        },
         "sessions_50k_gib": rss_kib * 50_000 / 2**20,
     }
 
@@ -137,8 +158,13 @@ def targets_text(results: dict[str, Any]) -> str:
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    sp, cpu, lat, mem, lag = (t["shares_per_s"], t["cpu_us_per_share"], t["added_latency_ms"],
-                              t["rss_kib_per_session"], t["ingest_lag_p99_s"])
+    sp, cpu, lat, mem, lag = (
+        t["shares_per_s"],
+        t["cpu_us_per_share"],
+        t["added_latency_ms"],
+        t["rss_kib_per_session"],
+        t["ingest_lag_p99_s"],
+    )
     others = ", ".join(f"{k} {v:.0f}" for k, v in sp["other_processes_cpu_us_per_share"].items())
     lines = [
         "targets (reported, not asserted):",
@@ -172,8 +198,14 @@ def checks_text(results: dict[str, Any]) -> str:
         p, d = s["proxy"], s["direct"]
         rejected = sum(s[path][mode]["rejected"] for path in ("proxy", "direct") for mode in ("closed", "rate"))
         lost = sum(s[path][mode]["lost"] for path in ("proxy", "direct") for mode in ("closed", "rate"))
-        ok = (p["ledger_rows_accepted"] == p["shares_accepted"] and not rejected and not lost
-              and p["exit_code"] == 0 and not p["connect"]["failed"] and not d["connect"]["failed"])
+        ok = (
+            p["ledger_rows_accepted"] == p["shares_accepted"]
+            and not rejected
+            and not lost
+            and p["exit_code"] == 0
+            and not p["connect"]["failed"]
+            and not d["connect"]["failed"]
+        )
         lines.append(
             f"  {s['sessions']:>6,} sessions: connected in {p['connect']['seconds']:.1f} s (proxy) / "
             f"{d['connect']['seconds']:.1f} s (direct); rejected {rejected}, lost {lost}; ledger rows "
@@ -307,10 +339,18 @@ def plot(results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, [s["proxy"]["closed"]["cpu_us_per_share"]["proxy"] for s in scenarios], "s-",
-            label="proxy CPU µs/share (closed loop)")
-    ax.plot(x, [s["proxy"]["rate"]["cpu_us_per_share"]["proxy"] for s in scenarios], "s--",
-            label="proxy CPU µs/share (half load)")
+    ax.plot(
+        x,
+        [s["proxy"]["closed"]["cpu_us_per_share"]["proxy"] for s in scenarios],
+        "s-",
+        label="proxy CPU µs/share (closed loop)",
+    )
+    ax.plot(
+        x,
+        [s["proxy"]["rate"]["cpu_us_per_share"]["proxy"] for s in scenarios],
+        "s--",
+        label="proxy CPU µs/share (half load)",
+    )
     ax.plot(x, [s["proxy"]["rss_per_session"] / KIB for s in scenarios], "^-", label="proxy RSS KiB/session")
     ax.axhline(TARGET_CPU_US, color="C0", ls=":", lw=1, label="CPU target 30 µs")
     ax.axhline(TARGET_RSS_KIB, color="C2", ls=":", lw=1, label="RSS target 20 KiB")

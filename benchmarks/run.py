@@ -99,18 +99,31 @@ class Proxy:
         self.metrics_port = free_port()
         self.proxy_id = proxy_id
         self.argv = [
-            sys.executable, "-m", "proxy",
-            "--listen", f"{HOST}:{self.port}",
-            "--upstream", f"stratum+tcp://{HOST}:{pool_port}",
-            "--clickhouse-url", f"http://{HOST}:{clickhouse_port}/",
-            "--metrics", f"{HOST}:{self.metrics_port}",
-            "--data-dir", str(workdir),
-            "--proxy-id", proxy_id,
-            "--log-level", "WARNING",
-            "--max-sessions", "20000",
-            "--max-sessions-per-ip", "20000",
-            "--submits-per-second", UNLIMITED,
-            "--submit-burst", UNLIMITED,
+            sys.executable,
+            "-m",
+            "proxy",
+            "--listen",
+            f"{HOST}:{self.port}",
+            "--upstream",
+            f"stratum+tcp://{HOST}:{pool_port}",
+            "--clickhouse-url",
+            f"http://{HOST}:{clickhouse_port}/",
+            "--metrics",
+            f"{HOST}:{self.metrics_port}",
+            "--data-dir",
+            str(workdir),
+            "--proxy-id",
+            proxy_id,
+            "--log-level",
+            "WARNING",
+            "--max-sessions",
+            "20000",
+            "--max-sessions-per-ip",
+            "20000",
+            "--submits-per-second",
+            UNLIMITED,
+            "--submit-burst",
+            UNLIMITED,
         ]
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
@@ -176,8 +189,9 @@ def bucket_quantile(cumulative: dict[float, float], q: float) -> float:
     return bounds[-1]
 
 
-def histogram_delta(before: str, after: str, family_name: str, label: str = "",
-                    threshold: float | None = None) -> dict[str, Any]:
+def histogram_delta(
+    before: str, after: str, family_name: str, label: str = "", threshold: float | None = None
+) -> dict[str, Any]:
     """Quantiles of what a histogram observed between two scrapes, per label value."""
     b, a = histogram_buckets(before, family_name, label), histogram_buckets(after, family_name, label)
     out: dict[str, Any] = {}
@@ -205,11 +219,16 @@ class Bench:
         py = sys.executable
         log = open(workdir / "helpers.log", "ab")  # noqa: SIM115 - lives as long as the run
         self.helper_log = log
-        self.clickhouse = Child("clickhouse", [py, "-m", "tests.clickhouse_http", "--data-dir",
-                                               str(workdir / "clickhouse"), "--port", "0"], stderr=log)
+        self.clickhouse = Child(
+            "clickhouse",
+            [py, "-m", "tests.clickhouse_http", "--data-dir", str(workdir / "clickhouse"), "--port", "0"],
+            stderr=log,
+        )
         self.pool = Child("pool", [py, "-m", "benchmarks.pool", "--verify", args.pool_verify], stderr=log)
-        self.generators = [Child(f"loadgen{i}", [py, "-m", "benchmarks.loadgen", "--en2", args.en2], stderr=log)
-                           for i in range(args.generators)]
+        self.generators = [
+            Child(f"loadgen{i}", [py, "-m", "benchmarks.loadgen", "--en2", args.en2], stderr=log)
+            for i in range(args.generators)
+        ]
         self.clickhouse_port = int(self.clickhouse.receive(120)["value"])
         # ClickHouse's insert and merge threads come in bursts that take both cores for tens of
         # milliseconds; in production it has a machine of its own. Here it yields to the share path.
@@ -246,14 +265,26 @@ class Bench:
         shares = _split(sessions, len(self.generators))
         offset = 0
         for generator, n in zip(self.generators, shares, strict=True):
-            generator.send({"op": "connect", "port": port, "sessions": n, "offset": offset,
-                            "concurrency": self.args.connect_concurrency, "timeout": self.args.connect_timeout})
+            generator.send(
+                {
+                    "op": "connect",
+                    "port": port,
+                    "sessions": n,
+                    "offset": offset,
+                    "concurrency": self.args.connect_concurrency,
+                    "timeout": self.args.connect_timeout,
+                }
+            )
             offset += 1_000_000  # worker indexes never collide between generators
         answers = [g.receive(self.args.connect_timeout + 60) for g in self.generators]
         connected = sum(a["connected"] for a in answers)
         errors = [e for a in answers for e in a["errors"]]
-        return {"connected": connected, "failed": sum(a["failed"] for a in answers),
-                "seconds": max(a["seconds"] for a in answers), "errors": errors[:3]}
+        return {
+            "connected": connected,
+            "failed": sum(a["failed"] for a in answers),
+            "seconds": max(a["seconds"] for a in answers),
+            "errors": errors[:3],
+        }
 
     def disconnect(self) -> float:
         answers = [g.request({"op": "close"}, 120) for g in self.generators]
@@ -296,16 +327,19 @@ class Bench:
             "max_ms": max(a["latency_max"] for a in answers) * 1e3,
             "cpu_us_per_share": {
                 name: (cpu_after[name] - cpu_before[name]) / replied * 1e6
-                for name in cpu_after if name in cpu_before and replied
+                for name in cpu_after
+                if name in cpu_before and replied
             },
             "cpu_percent": {
                 name: (cpu_after[name] - cpu_before[name]) / elapsed * 100
-                for name in cpu_after if name in cpu_before and elapsed > 0
+                for name in cpu_after
+                if name in cpu_before and elapsed > 0
             },
         }
         if self.proxy is not None:
-            result["ingest_lag"] = histogram_delta(metrics_before, metrics_after, "ih_ledger_ingest_lag_seconds",
-                                                   "row", threshold=2.0)
+            result["ingest_lag"] = histogram_delta(
+                metrics_before, metrics_after, "ih_ledger_ingest_lag_seconds", "row", threshold=2.0
+            )
             result["ledger_flush"] = histogram_delta(metrics_before, metrics_after, "ih_ledger_flush_seconds").get("")
             result["proxy_cpu_split_us_per_share"] = {
                 k: (threads_after[k] - threads_before[k]) / replied * 1e6 for k in threads_after if replied
@@ -318,8 +352,13 @@ class Bench:
         args = self.args
         out: dict[str, Any] = {"sessions": sessions}
         proxy_id = f"bench-{sessions}"
-        self.proxy = Proxy(self.workdir / f"proxy-{sessions}", self.pool_port, self.clickhouse_port, proxy_id,
-                           self.workdir / "proxy.log")
+        self.proxy = Proxy(
+            self.workdir / f"proxy-{sessions}",
+            self.pool_port,
+            self.clickhouse_port,
+            proxy_id,
+            self.workdir / "proxy.log",
+        )
         proxy = self.proxy
         out["proxy_command"] = " ".join(Path(a).name if a == sys.executable else a for a in proxy.argv)
         # Warm-up: every code path once (imports, metric children, the ledger client), then idle RSS.
@@ -333,8 +372,10 @@ class Bench:
         connect = self.connect(proxy.port, sessions)
         time.sleep(0.5)
         connected_rss = rss(proxy.pid)
-        _say(f"  proxy : {connect['connected']} sessions in {connect['seconds']:.1f}s"
-             + (f" ({connect['failed']} failed: {connect['errors']})" if connect["failed"] else ""))
+        _say(
+            f"  proxy : {connect['connected']} sessions in {connect['seconds']:.1f}s"
+            + (f" ({connect['failed']} failed: {connect['errors']})" if connect["failed"] else "")
+        )
         closed = self.run("closed", args.duration, 0.0, sessions)
         rate = closed["shares_per_s"] / 2
         _say(f"  proxy : closed {closed['shares_per_s']:,.0f}/s; rate {rate:,.0f}/s ...")
@@ -342,8 +383,12 @@ class Bench:
         after_rss = rss(proxy.pid)
         self.disconnect()
         out["proxy"] = {
-            "connect": connect, "closed": closed, "rate": paced,
-            "idle_rss": idle_rss, "connected_rss": connected_rss, "after_runs_rss": after_rss,
+            "connect": connect,
+            "closed": closed,
+            "rate": paced,
+            "idle_rss": idle_rss,
+            "connected_rss": connected_rss,
+            "after_runs_rss": after_rss,
             "rss_per_session": (connected_rss - idle_rss) / max(1, connect["connected"]),
         }
         proxied_accepted = warm["accepted"] + closed["accepted"] + paced["accepted"]
@@ -359,9 +404,11 @@ class Bench:
         paced_d = self.run("rate", args.duration, rate, sessions)
         self.disconnect()
         out["direct"] = {"connect": connect, "closed": closed_d, "rate": paced_d}
-        _say(f"  direct: closed {closed_d['shares_per_s']:,.0f}/s; "
-             f"p99 at {rate:,.0f}/s: direct {paced_d['p99_ms']:.2f} ms, proxy {paced['p99_ms']:.2f} ms; "
-             f"proxy CPU {closed['cpu_us_per_share'].get('proxy', float('nan')):.0f} us/share")
+        _say(
+            f"  direct: closed {closed_d['shares_per_s']:,.0f}/s; "
+            f"p99 at {rate:,.0f}/s: direct {paced_d['p99_ms']:.2f} ms, proxy {paced['p99_ms']:.2f} ms; "
+            f"proxy CPU {closed['cpu_us_per_share'].get('proxy', float('nan')):.0f} us/share"
+        )
         return out
 
     def ledger_rows(self, proxy_id: str) -> int:
@@ -417,8 +464,11 @@ def environment() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sessions", default=",".join(map(str, DEFAULT_SESSIONS)),
-                        help="session counts, comma-separated (default %(default)s)")
+    parser.add_argument(
+        "--sessions",
+        default=",".join(map(str, DEFAULT_SESSIONS)),
+        help="session counts, comma-separated (default %(default)s)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement window")
     parser.add_argument("--quick", action="store_true", help="100 and 1,000 sessions, 5 s windows")
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
@@ -435,13 +485,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     env = environment()
-    _say(f"benchmark: {env['cpu']}, {env['cores']} cores, Python {env['python']}, uvloop {env['uvloop']}; "
-         f"sessions {sessions}, {args.duration:g} s windows")
+    _say(
+        f"benchmark: {env['cpu']}, {env['cores']} cores, Python {env['python']}, uvloop {env['uvloop']}; "
+        f"sessions {sessions}, {args.duration:g} s windows"
+    )
     refs = reference.measure()
-    _say("reference: sha256d {sha256d_header_ns:.0f} ns, share check (12 branches, fresh en2) "
-         "{share_check_fresh_en2_ns:.0f} ns, uvloop echo round trip {uvloop_echo_round_trip_us:.1f} us "
-         "(two processes {uvloop_echo_two_processes_us:.1f} us), sans-I/O session "
-         "{sans_io_session_share_ns:.0f} ns/share".format(**refs))
+    _say(
+        "reference: sha256d {sha256d_header_ns:.0f} ns, share check (12 branches, fresh en2) "
+        "{share_check_fresh_en2_ns:.0f} ns, uvloop echo round trip {uvloop_echo_round_trip_us:.1f} us "
+        "(two processes {uvloop_echo_two_processes_us:.1f} us), sans-I/O session "
+        "{sans_io_session_share_ns:.0f} ns/share".format(**refs)
+    )
 
     workdir = Path(tempfile.mkdtemp(prefix="ih-bench-"))
     bench = Bench(args, workdir)
@@ -461,10 +515,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": ("uv run python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
         "environment": env,
         "settings": {
-            "duration_s": args.duration, "generators": args.generators, "pool_verify": args.pool_verify,
-            "pool_difficulty": POOL_DIFFICULTY, "extranonce2": args.en2, "merkle_branches": 12,
+            "duration_s": args.duration,
+            "generators": args.generators,
+            "pool_verify": args.pool_verify,
+            "pool_difficulty": POOL_DIFFICULTY,
+            "extranonce2": args.en2,
+            "merkle_branches": 12,
             "ledger": "ClickHouse HTTP server process (tests/clickhouse_http.py over chdb, nice 19), proxy default "
-                      "batching (10,000 rows or 0.25 s)",
+            "batching (10,000 rows or 0.25 s)",
         },
         "reference": refs,
         "scenarios": scenarios,

@@ -47,7 +47,8 @@ def _session(metrics: Any, rows: list[ShareRow]) -> tuple[MinerSession, str]:
         session.miner_line(line, now)
     for line in (
         b'{"id":1,"result":{"version-rolling":true,"version-rolling.mask":"1fffe000"},"error":null}',
-        b'{"id":2,"result":[[["mining.set_difficulty","1"],["mining.notify","1"]],"' + EXTRANONCE1.encode()
+        b'{"id":2,"result":[[["mining.set_difficulty","1"],["mining.notify","1"]],"'
+        + EXTRANONCE1.encode()
         + b'",4],"error":null}',
         b'{"id":3,"result":true,"error":null}',
         b'{"id":4,"result":true,"error":null}',
@@ -151,8 +152,9 @@ def measure() -> dict[str, float]:
 
 def main() -> int:
     figures = measure()
-    s, check, metrics, glue = (figures[k] for k in ("session_share_ns", "share_check_ns", "metrics_ns",
-                                                     "framing_glue_ns"))
+    s, check, metrics, glue = (
+        figures[k] for k in ("session_share_ns", "share_check_ns", "metrics_ns", "framing_glue_ns")
+    )
     print(f"sans-I/O session, per share (submit + verdict):  {s / 1000:6.1f} µs")
     print(f"  of which the share check (14 sha256d):          {check / 1000:6.1f} µs")
     print(f"  the rest (decode, encode, checks, ledger row):  {(s - check) / 1000:6.1f} µs")

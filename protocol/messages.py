@@ -208,17 +208,13 @@ def configure_options(message: Configure) -> ConfigureOptions | InvalidMessage:
         if isinstance(raw_bits, str) and raw_bits.isdigit():
             raw_bits = int(raw_bits)
         if isinstance(raw_bits, bool) or not isinstance(raw_bits, int) or not 0 <= raw_bits <= 32:
-            return InvalidMessage(
-                "version-rolling.min-bit-count must be 0..32", message.id, "mining.configure"
-            )
+            return InvalidMessage("version-rolling.min-bit-count must be 0..32", message.id, "mining.configure")
         min_bits = raw_bits
     min_diff = None
     if "minimum-difficulty" in ext:
         value = opts.get("minimum-difficulty.value")
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            return InvalidMessage(
-                "minimum-difficulty.value must be a number >= 0", message.id, "mining.configure"
-            )
+            return InvalidMessage("minimum-difficulty.value must be a number >= 0", message.id, "mining.configure")
         min_diff = float(value)
     return ConfigureOptions(
         version_rolling="version-rolling" in ext,
@@ -271,8 +267,15 @@ class Notify(msgspec.Struct, frozen=True):
 
     def params(self) -> list[Any]:
         return [
-            self.job_id, self.prevhash, self.coinb1, self.coinb2, self.merkle_branch,
-            self.version, self.nbits, self.ntime, self.clean_jobs,
+            self.job_id,
+            self.prevhash,
+            self.coinb1,
+            self.coinb2,
+            self.merkle_branch,
+            self.version,
+            self.nbits,
+            self.ntime,
+            self.clean_jobs,
         ]
 
 
@@ -356,8 +359,11 @@ def _notification(method: str, params: list[Any], request_id: Any) -> ServerMess
     if method == "mining.set_extranonce":
         en1, size = params[0], params[1]
         if (
-            not isinstance(en1, str) or not is_hex(en1)
-            or isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= 32
+            not isinstance(en1, str)
+            or not is_hex(en1)
+            or isinstance(size, bool)
+            or not isinstance(size, int)
+            or not 0 < size <= 32
         ):
             raise ValueError("expected [extranonce1 hex, extranonce2_size]")
         return SetExtranonce(en1.lower(), size)

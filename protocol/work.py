@@ -215,7 +215,8 @@ class Job:
             raise ShareRejected(ErrorCode.DUPLICATE, "duplicate", "Duplicate share", share)
         if share.difficulty < self.difficulty:
             raise ShareRejected(
-                ErrorCode.LOW_DIFFICULTY, "low-difficulty",
+                ErrorCode.LOW_DIFFICULTY,
+                "low-difficulty",
                 f"Low difficulty share ({share.difficulty:.6g} < {self.difficulty:.6g})",
                 share,
             )

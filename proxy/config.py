@@ -167,9 +167,7 @@ def _default(name: str) -> Any:
     return getattr(ProxyConfig, name, None) if name != "upstream" else (LUXOR_URL,)
 
 
-def load_config(
-    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-) -> ProxyConfig:
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ProxyConfig:
     """Read the config from flags, the environment and an optional TOML file."""
     args = vars(build_parser().parse_args(argv))
     environ = os.environ if environ is None else environ

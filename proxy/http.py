@@ -75,9 +75,7 @@ def build_app(metrics: ProxyMetrics, query: Query, database: str) -> web.Applica
             log.warning("workers query failed: %s", type(exc).__name__)
             raise web.HTTPServiceUnavailable(text="the ledger is not reachable right now") from None
         seconds = (end - start).total_seconds()
-        workers = [
-            {"worker_id": worker, "hashrate": difficulty * 2**32 / seconds} for worker, difficulty in rows
-        ]
+        workers = [{"worker_id": worker, "hashrate": difficulty * 2**32 / seconds} for worker, difficulty in rows]
         return web.json_response({"workers": workers})
 
     async def health(request: web.Request) -> web.Response:

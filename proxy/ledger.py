@@ -67,8 +67,19 @@ assert tuple(_COLUMN_NAMES) == ShareRow._fields, "ShareRow must list the shares 
 
 # A batch in column form, as inserted and as spooled; typed so a replayed file is validated.
 _Columns = tuple[
-    list[int], list[str], list[str], list[str], list[str], list[str],
-    list[float], list[float], list[str], list[int], list[str], list[str], list[int],
+    list[int],
+    list[str],
+    list[str],
+    list[str],
+    list[str],
+    list[str],
+    list[float],
+    list[float],
+    list[str],
+    list[int],
+    list[str],
+    list[str],
+    list[int],
 ]
 
 
@@ -222,7 +233,9 @@ class LedgerWriter:
         if self._spool:
             log.info(
                 "ledger: %d batches (%d rows) spooled in %s by an earlier run; replaying them first",
-                len(self._spool), self._spool_rows, self._spool_dir,
+                len(self._spool),
+                self._spool_rows,
+                self._spool_dir,
             )
         async with self._lock:
             if await self._ensure_client():
@@ -230,7 +243,8 @@ class LedgerWriter:
             else:
                 log.warning(
                     "ledger: ClickHouse is not reachable at start; the proxy runs on, shares are spooled "
-                    "to %s and written when it is back", self._spool_dir,
+                    "to %s and written when it is back",
+                    self._spool_dir,
                 )
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
@@ -282,7 +296,8 @@ class LedgerWriter:
             if self._pending:
                 log.error(
                     "ledger: %d rows could neither be written nor spooled to %s and are lost",
-                    self.queue_rows, self._spool_dir,
+                    self.queue_rows,
+                    self._spool_dir,
                 )
             await self._drop_client()
         async with self._read_lock:
@@ -415,7 +430,11 @@ class LedgerWriter:
         self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
         log.warning(
             "ledger: %s: %s (retry in %.2fs; %d batches spooled in %s)",
-            what, _describe(exc), delay, len(self._spool), self._spool_dir,
+            what,
+            _describe(exc),
+            delay,
+            len(self._spool),
+            self._spool_dir,
         )
 
     # -- spool ----------------------------------------------------------------------------------

@@ -15,7 +15,22 @@ from prometheus_client.registry import Collector
 
 # Latency buckets in seconds: the proxy adds tens of microseconds, pools answer in milliseconds.
 _LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 
 
@@ -27,21 +42,13 @@ class ProxyMetrics:
         r = self.registry
 
         # Connections and sessions.
-        self.connections_total = Counter(
-            "ih_connections", "ASIC connections accepted", registry=r
-        )
+        self.connections_total = Counter("ih_connections", "ASIC connections accepted", registry=r)
         self.connections_refused = Counter(
             "ih_connections_refused", "ASIC connections refused by a limit", ["reason"], registry=r
         )
-        self.sessions = Gauge(
-            "ih_sessions", "ASIC sessions by state", ["state"], registry=r
-        )
-        self.sessions_closed = Counter(
-            "ih_sessions_closed", "ASIC sessions closed, by reason", ["reason"], registry=r
-        )
-        self.authorize = Counter(
-            "ih_authorize", "mining.authorize outcomes", ["outcome"], registry=r
-        )
+        self.sessions = Gauge("ih_sessions", "ASIC sessions by state", ["state"], registry=r)
+        self.sessions_closed = Counter("ih_sessions_closed", "ASIC sessions closed, by reason", ["reason"], registry=r)
+        self.authorize = Counter("ih_authorize", "mining.authorize outcomes", ["outcome"], registry=r)
 
         # Shares: counted on the share path with plain Python numbers (prometheus_client's objects
         # take a lock per call, ~1 µs each) and exported by `_ShareCollector` when Prometheus scrapes.
@@ -74,12 +81,8 @@ class ProxyMetrics:
         self.ledger_spool_batches = Gauge(
             "ih_ledger_spool_batches", "Batches spooled to disk waiting for ClickHouse", registry=r
         )
-        self.ledger_spool_rows = Gauge(
-            "ih_ledger_spool_rows", "Share rows in batches spooled to disk", registry=r
-        )
-        self.ledger_rows_written = Counter(
-            "ih_ledger_rows_written", "Share rows written to ClickHouse", registry=r
-        )
+        self.ledger_spool_rows = Gauge("ih_ledger_spool_rows", "Share rows in batches spooled to disk", registry=r)
+        self.ledger_rows_written = Counter("ih_ledger_rows_written", "Share rows written to ClickHouse", registry=r)
         self.ledger_flush_seconds = Histogram(
             "ih_ledger_flush_seconds",
             "Time to write one batch to ClickHouse",

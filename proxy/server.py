@@ -168,8 +168,9 @@ class MinerConnection(asyncio.Protocol):
         if not self._closed:
             self._closed = True
             self.server.metrics.sessions_closed.labels(_reason_label(reason)).inc()
-            log.info("session %s from %s closed: %s", self.session.session_id if self.session else "-",
-                     self.peer_ip, reason)
+            log.info(
+                "session %s from %s closed: %s", self.session.session_id if self.session else "-", self.peer_ip, reason
+            )
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         if self.session is None or not self.session.pending_submits:
@@ -275,8 +276,9 @@ class StratumProxy:
         )
         self.accepting = True
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="session-sweeper")
-        log.info("listening for ASICs on %s:%d; pools: %s", host, self.port,
-                 ", ".join(u.label for u in self.upstreams.urls))
+        log.info(
+            "listening for ASICs on %s:%d; pools: %s", host, self.port, ", ".join(u.label for u in self.upstreams.urls)
+        )
 
     def admit(self, connection: MinerConnection) -> str | None:
         """Why a new connection is refused, or None to admit it."""

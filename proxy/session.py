@@ -261,8 +261,13 @@ class MinerSession:
         if p.version_bits is not None:
             params.append(p.version_bits)
         # Kept even when the miner sent no id: the pool's verdict is what the ledger records.
-        self._forward(message.id, "mining.submit", params, now,
-                      _Pending("mining.submit", message.id, now, worker, job, share, time.time()))
+        self._forward(
+            message.id,
+            "mining.submit",
+            params,
+            now,
+            _Pending("mining.submit", message.id, now, worker, job, share, time.time()),
+        )
 
     def _take_token(self, now: float) -> bool:
         limits = self.ctx.limits
@@ -274,21 +279,38 @@ class MinerSession:
         return True
 
     def _record(
-        self, received: float, worker: Worker | None, job_id: str, difficulty: float, share: Share | None,
-        reason: str, *, worker_name: str = "",
+        self,
+        received: float,
+        worker: Worker | None,
+        job_id: str,
+        difficulty: float,
+        share: Share | None,
+        reason: str,
+        *,
+        worker_name: str = "",
     ) -> None:
         """Count a judged share and write its ledger row: accepted when `reason` is empty.
 
         `difficulty` is the job's (the credit); `share` is None when it never hashed.
         """
         self.ctx.metrics.count_share(*_metric_labels(reason))
-        self.ctx.record(ShareRow(
-            received, self.ctx.proxy_id,
-            worker.hotkey if worker else "", worker.full_name if worker else worker_name[:128],
-            self.session_id, job_id[:64], difficulty,
-            share.difficulty if share else 0.0, share.hex_hash if share else "",
-            0 if reason else 1, reason, self.upstream, 1 if share is not None and share.is_block else 0,
-        ))
+        self.ctx.record(
+            ShareRow(
+                received,
+                self.ctx.proxy_id,
+                worker.hotkey if worker else "",
+                worker.full_name if worker else worker_name[:128],
+                self.session_id,
+                job_id[:64],
+                difficulty,
+                share.difficulty if share else 0.0,
+                share.hex_hash if share else "",
+                0 if reason else 1,
+                reason,
+                self.upstream,
+                1 if share is not None and share.is_block else 0,
+            )
+        )
 
     # --- from the pool -----------------------------------------------------------------------------
 
@@ -381,8 +403,7 @@ class MinerSession:
             value = reply.value()
             if isinstance(value, dict) and value.get("version-rolling") is True:
                 mask = value.get("version-rolling.mask")
-                self._grant_mask(int(mask, 16) if isinstance(mask, str) and 0 < len(mask) <= 8 and is_hex(mask)
-                                 else 0)
+                self._grant_mask(int(mask, 16) if isinstance(mask, str) and 0 < len(mask) <= 8 and is_hex(mask) else 0)
         if pending.miner_id is not None:
             self.to_miner.append(encode_reply(pending.miner_id, reply))
 
@@ -402,7 +423,11 @@ class MinerSession:
             self.ctx.metrics.block_candidates += 1
             log.warning(
                 "BLOCK CANDIDATE session %s worker %s job %s hash %s accepted=%s",
-                self.session_id, worker.full_name, job.job_id, share.hex_hash, accepted,
+                self.session_id,
+                worker.full_name,
+                job.job_id,
+                share.hex_hash,
+                accepted,
             )
         self._record(pending.received, worker, job.job_id, job.difficulty, share, reason)
 
@@ -457,4 +482,3 @@ def _subscribe_params(message: Subscribe) -> list[Any]:
         if p.session_id is not None:
             params.append(p.session_id)
     return params
-

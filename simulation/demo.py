@@ -58,14 +58,23 @@ async def run_demo(data_dir: Path, seconds: float, n_hotkeys: int, n_asics: int)
     )
     app = ProxyApp(config)
     await app.start()
-    print(f"pool on 127.0.0.1:{pool.port}, proxy on 127.0.0.1:{app.port}, "
-          f"metrics on http://127.0.0.1:{app.http_port}/metrics; mining for {seconds:.0f}s ...", flush=True)
+    print(
+        f"pool on 127.0.0.1:{pool.port}, proxy on 127.0.0.1:{app.port}, "
+        f"metrics on http://127.0.0.1:{app.http_port}/metrics; mining for {seconds:.0f}s ...",
+        flush=True,
+    )
     # Mixed devices; one in ten shares is deliberately bad (duplicate, stale, low difficulty, ...),
     # which the proxy must answer itself and never forward.
     fleet = Fleet.for_hotkeys(
-        "127.0.0.1", app.port, keys, n_asics,
-        profiles=("bitaxe", "antminer", "cpuminer"), mode="rate", rate=SHARES_PER_SECOND,
-        duration=seconds, bad_every=10,
+        "127.0.0.1",
+        app.port,
+        keys,
+        n_asics,
+        profiles=("bitaxe", "antminer", "cpuminer"),
+        mode="rate",
+        rate=SHARES_PER_SECOND,
+        duration=seconds,
+        bad_every=10,
     )
     started = time.monotonic()
     await fleet.start()
@@ -100,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the fleet mines (default 20)")
     parser.add_argument("--hotkeys", type=int, default=4, help="miners (hotkeys) in the fleet (default 4)")
     parser.add_argument("--asics", type=int, default=8, help="ASIC sessions, spread over the hotkeys (default 8)")
-    parser.add_argument("--data-dir", type=Path, default=Path("demo-data"),
-                        help="where the embedded ledger goes; emptied first (default demo-data)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("demo-data"),
+        help="where the embedded ledger goes; emptied first (default demo-data)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -116,13 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "yes" if r.matches else f"NO: pool accepted {r.pool_difficulty:.6g}"
         print(f"{r.hotkey:<50} {r.ledger_shares:>9} {r.refused:>8} {hashrate:>10.0f} H/s  {verdict}")
     ok = bool(results) and all(r.matches for r in results)
-    print("\nevery hotkey's ledgered difficulty equals what the pool accepted" if ok
-          else "\nMISMATCH between the ledger and the pool")
+    print(
+        "\nevery hotkey's ledgered difficulty equals what the pool accepted"
+        if ok
+        else "\nMISMATCH between the ledger and the pool"
+    )
     # The scorer reads whole minutes that are over: end its window at the next minute boundary.
     end = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
-    print(f"\nscore it:  uv run ih-scorer --dry-run --clickhouse-url chdb://{args.data_dir}/ledger "
-          f"--metagraph-file {args.data_dir}/metagraph.json --burn-uid 0 --window 5m "
-          f"--end {end.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+    print(
+        f"\nscore it:  uv run ih-scorer --dry-run --clickhouse-url chdb://{args.data_dir}/ledger "
+        f"--metagraph-file {args.data_dir}/metagraph.json --burn-uid 0 --window 5m "
+        f"--end {end.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    )
     return 0 if ok else 1
 
 

@@ -112,19 +112,28 @@ PROFILES: dict[str, DeviceProfile] = {
     # ESP-Miner: subscribe, configure(ffffffff, no min-bit-count), suggest_difficulty, authorize;
     # always sends version bits (00000000 when it may not roll).
     "bitaxe": DeviceProfile(
-        "bitaxe", "bitaxe/BM1370/v2.9.0",
+        "bitaxe",
+        "bitaxe/BM1370/v2.9.0",
         ("mining.subscribe", "mining.configure", "mining.suggest_difficulty", "mining.authorize"),
-        configure_mask="ffffffff", version_bits="always",
+        configure_mask="ffffffff",
+        version_bits="always",
     ),
     # bmminer: configure(1fffe000, min-bit-count 2) BEFORE subscribe, authorize, extranonce.subscribe.
     "antminer": DeviceProfile(
-        "antminer", "bmminer/2.0.0",
+        "antminer",
+        "bmminer/2.0.0",
         ("mining.configure", "mining.subscribe", "mining.authorize", "mining.extranonce.subscribe"),
-        configure_mask="1fffe000", min_bit_count=2, version_bits="rolling",
+        configure_mask="1fffe000",
+        min_bit_count=2,
+        version_bits="rolling",
     ),
     # cpuminer: subscribe, authorize; no configure; every submit has id 4; no version bits.
     "cpuminer": DeviceProfile(
-        "cpuminer", "cpuminer/2.5.1", ("mining.subscribe", "mining.authorize"), submit_id=4, version_bits="never",
+        "cpuminer",
+        "cpuminer/2.5.1",
+        ("mining.subscribe", "mining.authorize"),
+        submit_id=4,
+        version_bits="never",
     ),
 }
 
@@ -212,12 +221,27 @@ class _Work:
     and nonce, with the header's first 64 bytes hashed once (the midstate, as ASICs do)."""
 
     __slots__ = (
-        "_bits", "_en2", "_en2_hex", "_merkle", "_mid", "_nonce", "_shift", "_tail", "_vbits", "_vindex",
-        "checked", "difficulty", "job", "mask", "ntime", "target",
+        "_bits",
+        "_en2",
+        "_en2_hex",
+        "_merkle",
+        "_mid",
+        "_nonce",
+        "_shift",
+        "_tail",
+        "_vbits",
+        "_vindex",
+        "checked",
+        "difficulty",
+        "job",
+        "mask",
+        "ntime",
+        "target",
     )
 
-    def __init__(self, notify: Notify, extranonce1: str, extranonce2_size: int, difficulty: float,
-                 mask: int, extranonce2: int) -> None:
+    def __init__(
+        self, notify: Notify, extranonce1: str, extranonce2_size: int, difficulty: float, mask: int, extranonce2: int
+    ) -> None:
         self.job = Job(notify, extranonce1, extranonce2_size, difficulty)
         self.ntime = notify.ntime
         self.difficulty = difficulty
@@ -904,8 +928,15 @@ class SimulatedASIC:
             fields.append(params.version_bits)
         return encode_request(record.request_id, "mining.submit", fields)
 
-    def _new_record(self, kind: str, params: ShareParams | None, difficulty: float, auto: bool,
-                    worker: str | None = None, request_id: Any = None) -> SubmitRecord:
+    def _new_record(
+        self,
+        kind: str,
+        params: ShareParams | None,
+        difficulty: float,
+        auto: bool,
+        worker: str | None = None,
+        request_id: Any = None,
+    ) -> SubmitRecord:
         if request_id is None:
             request_id = self.profile.submit_id if self.profile.submit_id is not None else next(self._ids)
         record = SubmitRecord(kind, worker or self.worker, params, difficulty, request_id, auto)
@@ -945,9 +976,12 @@ class SimulatedASIC:
         if kind == "malformed":
             request_id = self.profile.submit_id if self.profile.submit_id is not None else next(self._ids)
             self._new_record(kind, None, work.difficulty, True, request_id=request_id)
-            self._send(msgspec.json.encode(
-                {"id": request_id, "method": "mining.submit", "params": [self.worker, work.job_id, "ab", 0, 1.5]}
-            ) + b"\n")
+            self._send(
+                msgspec.json.encode(
+                    {"id": request_id, "method": "mining.submit", "params": [self.worker, work.job_id, "ab", 0, 1.5]}
+                )
+                + b"\n"
+            )
         else:
             params, worker = self._bad_share(kind, work) if kind != "valid" else (None, None)
             if params is None:
@@ -1057,8 +1091,9 @@ class SimulatedASIC:
 
     # --- for tests: crafted shares --------------------------------------------------------------------
 
-    def find_share(self, *, low_difficulty: bool = False, job_id: str | None = None,
-                   max_hashes: int = 10_000_000) -> ShareParams:
+    def find_share(
+        self, *, low_difficulty: bool = False, job_id: str | None = None, max_hashes: int = 10_000_000
+    ) -> ShareParams:
         """Grind a share on the current job (or `job_id`) that meets its difficulty, or with
         low_difficulty=True one that does not. The cursor advances: the share is fresh."""
         work = self._works.get(job_id) if job_id is not None else self._work
@@ -1093,8 +1128,9 @@ class SimulatedASIC:
         self._write(self._submit_line(record))
         return await asyncio.wait_for(future, timeout)
 
-    async def submit_share(self, share: ShareParams, *, worker: str | None = None,
-                           timeout: float = 10.0) -> SubmitRecord:
+    async def submit_share(
+        self, share: ShareParams, *, worker: str | None = None, timeout: float = 10.0
+    ) -> SubmitRecord:
         return await self.submit(*share, worker=worker, timeout=timeout)
 
     async def request(self, method: str, params: list[Any], *, timeout: float = 10.0) -> Reply:
@@ -1173,8 +1209,15 @@ class Fleet:
         seed = asic_options.pop("seed", 0)
         offset = asic_options.pop("bad_offset", 0)
         self.asics = [
-            SimulatedASIC(host, port, worker, profile=profiles[i % len(profiles)],
-                          seed=None if seed is None else seed + i, bad_offset=offset + i, **asic_options)
+            SimulatedASIC(
+                host,
+                port,
+                worker,
+                profile=profiles[i % len(profiles)],
+                seed=None if seed is None else seed + i,
+                bad_offset=offset + i,
+                **asic_options,
+            )
             for i, worker in enumerate(workers)
         ]
         self.connect_concurrency = max(1, connect_concurrency)
@@ -1184,8 +1227,14 @@ class Fleet:
 
     @classmethod
     def for_hotkeys(
-        cls, host: str, port: int, hotkeys: Sequence[str], asics: int | None = None, *,
-        account: str = "infinite", **options: Any,
+        cls,
+        host: str,
+        port: int,
+        hotkeys: Sequence[str],
+        asics: int | None = None,
+        *,
+        account: str = "infinite",
+        **options: Any,
     ) -> Fleet:
         """`asics` devices (default one per hotkey) spread round-robin over the hotkeys."""
         return cls(host, port, worker_names(hotkeys, asics, account=account), **options)

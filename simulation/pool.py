@@ -264,8 +264,16 @@ class PoolSession(asyncio.Protocol):
         if pool.record_submits:
             pool.submits_seen.append(
                 PoolSubmit(
-                    self.number, self.extranonce1, params.worker, params.job_id, params.extranonce2,
-                    params.ntime, params.nonce, params.version_bits, difficulty, code,
+                    self.number,
+                    self.extranonce1,
+                    params.worker,
+                    params.job_id,
+                    params.extranonce2,
+                    params.ntime,
+                    params.nonce,
+                    params.version_bits,
+                    difficulty,
+                    code,
                 )
             )
         line = encode_result(message.id, True) if error is None else pool._encode_error(message.id, error)
@@ -590,7 +598,9 @@ class SimulatedPool:
         return sum(
             1
             for s in self.submits_seen
-            if s.job_id == job_id and s.extranonce2.lower() == en2 and s.nonce.lower() == nonce
+            if s.job_id == job_id
+            and s.extranonce2.lower() == en2
+            and s.nonce.lower() == nonce
             and s.ntime.lower() == ntime
             and (bits is None or (s.version_bits or "").lower() == bits)
         )
@@ -668,16 +678,23 @@ class SimulatedPool:
         script_head = b"\x03" + height + bytes([len(_COINBASE_TAG)]) + _COINBASE_TAG + bytes([extranonce_size])
         coinb1 = (
             struct.pack("<I", 1)  # tx version
-            + b"\x01" + b"\x00" * 32 + b"\xff\xff\xff\xff"  # one input: the null outpoint
-            + bytes([len(script_head) + extranonce_size]) + script_head
+            + b"\x01"
+            + b"\x00" * 32
+            + b"\xff\xff\xff\xff"  # one input: the null outpoint
+            + bytes([len(script_head) + extranonce_size])
+            + script_head
         )
         payout = b"\x00\x14" + self._rng.randbytes(20)  # P2WPKH
         commitment = b"\x6a\x24\xaa\x21\xa9\xed" + self._rng.randbytes(32)  # OP_RETURN witness commitment
         coinb2 = (
             b"\xff\xff\xff\xff"  # sequence
             + b"\x02"
-            + struct.pack("<q", _BLOCK_SUBSIDY + self._rng.randrange(10_000_000)) + bytes([len(payout)]) + payout
-            + struct.pack("<q", 0) + bytes([len(commitment)]) + commitment
+            + struct.pack("<q", _BLOCK_SUBSIDY + self._rng.randrange(10_000_000))
+            + bytes([len(payout)])
+            + payout
+            + struct.pack("<q", 0)
+            + bytes([len(commitment)])
+            + commitment
             + b"\x00\x00\x00\x00"  # lock time
         )
         notify = Notify(

@@ -146,7 +146,12 @@ def writer(connect: Callable[[], Client], spool: Path, **kw: Any) -> LedgerWrite
 def test_urls_parse_and_never_show_the_password(tmp_path: Path) -> None:
     t = LedgerTarget.parse("https://ops:p%40ss@ch.example:9440/ledger", data_dir=tmp_path)
     assert (t.kind, t.host, t.port, t.username, t.password, t.database) == (
-        "https", "ch.example", 9440, "ops", "p@ss", "ledger",
+        "https",
+        "ch.example",
+        9440,
+        "ops",
+        "p@ss",
+        "ledger",
     )
     assert "p@ss" not in str(t) and "p@ss" not in repr(t)
     assert LedgerTarget.parse("http://ch:8123", data_dir=tmp_path).database == DB
@@ -533,7 +538,10 @@ def test_sigkill_in_the_middle_loses_and_doubles_nothing(tmp_path: Path) -> None
         server.fail_next(3, inserts_only=True)  # the first inserts fail: the child spools and replays
         child = subprocess.Popen(
             [sys.executable, "-c", _CHILD, server.url, str(spool), repr(BASE_TS)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         acknowledged = 0
         try:

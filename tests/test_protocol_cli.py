@@ -19,15 +19,26 @@ KEYS = {"hash", "difficulty", "version", "network_difficulty", "block"}
 def share_command(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "protocol", "share", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
 def vector01() -> tuple[list[Any], str, list[Any], dict[str, str]]:
     v = fields("01")
     notify = [
-        "683", v["prevhash(stratum)"], v["coinb1"], v["coinb2"], v["merkle_branch"].split(","),
-        v["job_version"], v["nbits"], v["ntime"], True,
+        "683",
+        v["prevhash(stratum)"],
+        v["coinb1"],
+        v["coinb2"],
+        v["merkle_branch"].split(","),
+        v["job_version"],
+        v["nbits"],
+        v["ntime"],
+        True,
     ]
     submit = ["worker", "683", v["extranonce2"], v["ntime"], v["nonce"]]
     return notify, v["extranonce1"], submit, v
@@ -107,9 +118,12 @@ def _bad_inputs() -> list[Any]:
     for name, change, extra in cases:
         values = {**good, **change}
         argv = [
-            "--notify", values["notify"] if isinstance(values["notify"], str) else json.dumps(values["notify"]),
-            "--extranonce1", values["extranonce1"],
-            "--submit", values["submit"] if isinstance(values["submit"], str) else json.dumps(values["submit"]),
+            "--notify",
+            values["notify"] if isinstance(values["notify"], str) else json.dumps(values["notify"]),
+            "--extranonce1",
+            values["extranonce1"],
+            "--submit",
+            values["submit"] if isinstance(values["submit"], str) else json.dumps(values["submit"]),
             *extra,
         ]
         out.append(pytest.param(argv, id=name))

@@ -156,8 +156,10 @@ def test_notifications_before_a_reply_reach_on_message(loop_factory: Callable[[]
             conn.send(id1_version_mask())
             conn.send(vector_line("02", "mining.set_difficulty") + vector_line("02", "mining.notify"))
             conn.send(b'{"id":99,"result":true,"error":null}\n')  # a reply nobody waits for
-            conn.send(b'{"id":1,"error":null,"result":[[["mining.notify","57a6f098"]],"57a6f098",4]}\n'
-                      b'{"id":null,"method":"client.show_message","params":["after"]}\n')
+            conn.send(
+                b'{"id":1,"error":null,"result":[[["mining.notify","57a6f098"]],"57a6f098",4]}\n'
+                b'{"id":null,"method":"client.show_message","params":["after"]}\n'
+            )
 
         seen: list[Message] = []
         after = asyncio.Event()

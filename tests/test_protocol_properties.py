@@ -49,12 +49,25 @@ from protocol.messages import (
 
 CLIENT_TYPES = (Subscribe, Authorize, Configure, ExtranonceSubscribe, SuggestDifficulty, Submit, Request)
 SERVER_TYPES = (
-    Reply, SetDifficulty, Notify, SetExtranonce, SetVersionMask, Reconnect, ShowMessage, ServerRequest,
+    Reply,
+    SetDifficulty,
+    Notify,
+    SetExtranonce,
+    SetVersionMask,
+    Reconnect,
+    ShowMessage,
+    ServerRequest,
 )
 CLIENT_METHODS = [str(t.__struct_config__.tag) for t in CLIENT_TYPES[:-1]]
 SERVER_METHODS = [
-    "mining.notify", "mining.set_difficulty", "mining.set_extranonce", "mining.set_version_mask",
-    "client.reconnect", "client.show_message", "client.get_version", "mining.ping",
+    "mining.notify",
+    "mining.set_difficulty",
+    "mining.set_extranonce",
+    "mining.set_version_mask",
+    "client.reconnect",
+    "client.show_message",
+    "client.get_version",
+    "mining.ping",
 ]
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -83,7 +96,10 @@ subscribes = st.builds(
     Subscribe,
     id=request_ids,
     params=st.builds(
-        SubscribeParams, user_agent=opt_text, session_id=opt_text, host=opt_text,
+        SubscribeParams,
+        user_agent=opt_text,
+        session_id=opt_text,
+        host=opt_text,
         port=st.none() | st.integers(0, 65535) | st.text(max_size=6),
     ),
 )
@@ -94,8 +110,10 @@ configures = st.builds(
     Configure,
     params=st.builds(
         ConfigureParams,
-        extensions=st.lists(st.sampled_from(["version-rolling", "minimum-difficulty", "subscribe-extranonce"])
-                            | st.text(max_size=12), max_size=4),
+        extensions=st.lists(
+            st.sampled_from(["version-rolling", "minimum-difficulty", "subscribe-extranonce"]) | st.text(max_size=12),
+            max_size=4,
+        ),
         options=st.dictionaries(st.text(max_size=30), json_values, max_size=4),
     ),
     id=request_ids,
@@ -109,8 +127,13 @@ suggests = st.builds(
 submits = st.builds(
     Submit,
     params=st.builds(
-        SubmitParams, worker=st.text(max_size=80), job_id=st.text(max_size=20), extranonce2=hex_bytes,
-        ntime=hex8, nonce=hex8, version_bits=st.none() | hex8,
+        SubmitParams,
+        worker=st.text(max_size=80),
+        job_id=st.text(max_size=20),
+        extranonce2=hex_bytes,
+        ntime=hex8,
+        nonce=hex8,
+        version_bits=st.none() | hex8,
     ),
     id=request_ids,
 )
@@ -140,7 +163,10 @@ def messy_json(value: Any) -> st.SearchStrategy[str]:
     """`value` as JSON text with arbitrary (valid) spacing and escaping, as different pools format it."""
     return st.builds(
         lambda item, comma, colon, ascii_only: json.dumps(item, separators=(comma, colon), ensure_ascii=ascii_only),
-        st.just(value), st.sampled_from([",", ", ", " ,  "]), st.sampled_from([":", ": ", " : "]), st.booleans(),
+        st.just(value),
+        st.sampled_from([",", ", ", " ,  "]),
+        st.sampled_from([":", ": ", " : "]),
+        st.booleans(),
     )
 
 

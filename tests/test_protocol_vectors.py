@@ -79,8 +79,15 @@ def vector01_job(difficulty: float) -> tuple[Job, dict[str, str]]:
     v = fields("01")
     notify = parse_notify(
         [
-            "slush-683", v["prevhash(stratum)"], v["coinb1"], v["coinb2"], v["merkle_branch"].split(","),
-            v["job_version"], v["nbits"], v["ntime"], True,
+            "slush-683",
+            v["prevhash(stratum)"],
+            v["coinb1"],
+            v["coinb2"],
+            v["merkle_branch"].split(","),
+            v["job_version"],
+            v["nbits"],
+            v["ntime"],
+            True,
         ]
     )
     return Job(notify, v["extranonce1"], len(v["extranonce2"]) // 2, difficulty), v
@@ -227,8 +234,11 @@ def test_configure_min_bit_count_negative_is_refused() -> None:
 
 def test_configure_min_bit_count_as_string_or_number_is_accepted_alike() -> None:
     lines = [
-        x for x in json_lines("06")
-        if x.method == "mining.configure" and "version-rolling.min-bit-count" in params(x)[1] and not x.must_be_rejected
+        x
+        for x in json_lines("06")
+        if x.method == "mining.configure"
+        and "version-rolling.min-bit-count" in params(x)[1]
+        and not x.must_be_rejected
         and x.value["id"] == 0
     ]
     assert [type(params(x)[1]["version-rolling.min-bit-count"]) for x in lines] == [str, int]
@@ -237,8 +247,10 @@ def test_configure_min_bit_count_as_string_or_number_is_accepted_alike() -> None
         configure = decode_client_message(line.data)
         assert isinstance(configure, Configure)
         options.append(configure_options(configure))
-    assert options[0] == options[1] == ConfigureOptions(
-        version_rolling=True, version_rolling_mask=0x1FFFFFE0, version_rolling_min_bit_count=16
+    assert (
+        options[0]
+        == options[1]
+        == ConfigureOptions(version_rolling=True, version_rolling_mask=0x1FFFFFE0, version_rolling_min_bit_count=16)
     )
 
 
@@ -249,7 +261,9 @@ def test_configure_bip310_example_and_devices_without_min_bit_count() -> None:
         return configure_options(configure)
 
     assert options("06", lambda x: x.value["id"] == 1) == ConfigureOptions(  # BIP310's own example
-        version_rolling=True, version_rolling_mask=0x1FFFE000, version_rolling_min_bit_count=2,
+        version_rolling=True,
+        version_rolling_mask=0x1FFFE000,
+        version_rolling_min_bit_count=2,
         minimum_difficulty=2048.0,
     )
     assert options("06", lambda x: x.value["id"] == 2) == ConfigureOptions(  # Bitaxe: no min-bit-count
@@ -391,10 +405,13 @@ def test_client_requests_from_device_transcripts() -> None:
     submit = decode_client_message(only("07", lambda x: x.prefix == "tx:" and x.method == "mining.submit").data)
     assert isinstance(submit, Submit)
     assert (len(submit.params.job_id), len(submit.params.extranonce2), submit.params.version_bits) == (
-        16, 16, "01660000"
+        16,
+        16,
+        "01660000",
     )
-    nerdminer = decode_client_message(only("07", lambda x: x.method == "mining.suggest_difficulty"
-                                           and params(x)[0] < 1).data)
+    nerdminer = decode_client_message(
+        only("07", lambda x: x.method == "mining.suggest_difficulty" and params(x)[0] < 1).data
+    )
     assert isinstance(nerdminer, SuggestDifficulty) and nerdminer.params.difficulty == 0.00015
     extranonce = decode_client_message(only("07", lambda x: x.method == "mining.extranonce.subscribe").data)
     assert extranonce == ExtranonceSubscribe(id=5, params=[])

@@ -42,9 +42,15 @@ def make_notify(
 ) -> Notify:
     return parse_notify(
         [
-            "job-1", PREVHASH, coinb1, coinb2,
+            "job-1",
+            PREVHASH,
+            coinb1,
+            coinb2,
             [sha256d(bytes([i])).hex() for i in range(branches)],
-            version, nbits, f"{NTIME:08x}", True,
+            version,
+            nbits,
+            f"{NTIME:08x}",
+            True,
         ]
     )
 
@@ -53,9 +59,7 @@ def make_job(*, difficulty: float = 1e-12, extranonce2_size: int = 4, **notify: 
     return Job(make_notify(**notify), EN1, extranonce2_size, difficulty)  # type: ignore[arg-type]
 
 
-def reference_header(
-    notify: Notify, extranonce1: str, extranonce2: str, ntime: str, nonce: str, version: int
-) -> bytes:
+def reference_header(notify: Notify, extranonce1: str, extranonce2: str, ntime: str, nonce: str, version: int) -> bytes:
     """The 80-byte header built from scratch, field by field, as the Stratum docs describe it."""
     coinbase = bytes.fromhex(notify.coinb1 + extranonce1 + extranonce2 + notify.coinb2)
     root = sha256d(coinbase)
@@ -64,7 +68,9 @@ def reference_header(
     prev = bytes.fromhex(notify.prevhash)
     prev = b"".join(prev[i : i + 4][::-1] for i in range(0, 32, 4))
     return (
-        struct.pack("<I", version) + prev + root
+        struct.pack("<I", version)
+        + prev
+        + root
         + struct.pack("<III", int(ntime, 16), int(notify.nbits, 16), int(nonce, 16))
     )
 

@@ -63,7 +63,10 @@ def test_bad_settings_are_clear_errors(argv: list[str], message: str) -> None:
 
 def test_the_command_line_reports_bad_settings_with_exit_2() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "proxy", "--upstream", "ftp://x:1"], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "proxy", "--upstream", "ftp://x:1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert result.returncode == 2 and "upstream" in result.stderr and "Traceback" not in result.stderr

@@ -50,8 +50,9 @@ async def until(predicate: Callable[[], bool], what: str, *, steps: int = 2000) 
     raise AssertionError(f"gave up waiting for {what}")
 
 
-def proxy_config(pools: list[SimulatedPool], data_dir: Path, clickhouse_url: str | None = None,
-                 **limits: Any) -> ProxyConfig:
+def proxy_config(
+    pools: list[SimulatedPool], data_dir: Path, clickhouse_url: str | None = None, **limits: Any
+) -> ProxyConfig:
     return ProxyConfig(
         listen=f"{HOST}:0",
         upstream=tuple(f"stratum+tcp://{HOST}:{p.port}" for p in pools),
@@ -95,8 +96,9 @@ def test_the_ledger_equals_what_the_pool_accepted_and_bad_shares_never_reach_it(
             await app.start()
             # Every 4th share is deliberately bad: duplicate, low difficulty, stale, bad extranonce2,
             # bad version bits, malformed, unauthorized worker.
-            fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS, 6, max_shares=40, bad_every=4,
-                                      profiles=("bitaxe", "antminer", "cpuminer"))
+            fleet = Fleet.for_hotkeys(
+                HOST, app.port, HOTKEYS, 6, max_shares=40, bad_every=4, profiles=("bitaxe", "antminer", "cpuminer")
+            )
             await fleet.run(timeout=60)
             # A worker whose hotkey checksum is wrong is refused at authorize, before the pool.
             refused = SimulatedASIC(HOST, app.port, worker_name(bad_checksum(HOTKEYS[0]), "evil"))
@@ -106,8 +108,11 @@ def test_the_ledger_equals_what_the_pool_accepted_and_bad_shares_never_reach_it(
             # The validators' API answers from the same ledger (once the last batch is in it).
             await app.ledger.flush()
             fleet_stats["api"] = await get_json(
-                app.http_port, "/api/v1/workers",
-                pattern="infinite.*", start_time="2000-01-01T00:00:00Z", end_time="2100-01-01T00:00:00Z",
+                app.http_port,
+                "/api/v1/workers",
+                pattern="infinite.*",
+                start_time="2000-01-01T00:00:00Z",
+                end_time="2100-01-01T00:00:00Z",
             )
             fleet_stats["metrics"] = await get_text(app.http_port, "/metrics")
             await app.stop()
@@ -158,7 +163,8 @@ def test_sessions_per_address_are_limited_and_the_limit_costs_no_one_else(tmp_pa
             await fleet.wait(timeout=30)
             await fleet.stop()
             result["refused"] = app.metrics.registry.get_sample_value(
-                "ih_connections_refused_total", {"reason": "too many sessions from one address"})
+                "ih_connections_refused_total", {"reason": "too many sessions from one address"}
+            )
             result["accepted"] = fleet.accepted
             await app.stop()
 
@@ -173,6 +179,7 @@ def test_clickhouse_down_for_a_while_spools_and_replays_exactly_once(tmp_path: P
     server = ClickHouseHTTPServer(tmp_path / "clickhouse")
     server.start()
     try:
+
         async def scenario() -> None:
             async with SimulatedPool(difficulty=DIFFICULTY, seed=4) as pool:
                 app = ProxyApp(proxy_config([pool], tmp_path / "proxy", clickhouse_url=server.url))
@@ -212,12 +219,24 @@ def test_the_upstream_dying_sends_asics_back_and_the_next_pool_takes_over(tmp_pa
     result: dict[str, Any] = {}
 
     async def scenario() -> None:
-        async with SimulatedPool(difficulty=DIFFICULTY, seed=5) as primary, \
-                SimulatedPool(difficulty=DIFFICULTY, seed=6) as backup:
+        async with (
+            SimulatedPool(difficulty=DIFFICULTY, seed=5) as primary,
+            SimulatedPool(difficulty=DIFFICULTY, seed=6) as backup,
+        ):
             app = ProxyApp(proxy_config([primary, backup], tmp_path))
             await app.start()
-            fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS, 3, max_shares=50, mode="rate", rate=40.0,
-                                      reconnect=True, max_reconnects=20, reconnect_delay=0.05)
+            fleet = Fleet.for_hotkeys(
+                HOST,
+                app.port,
+                HOTKEYS,
+                3,
+                max_shares=50,
+                mode="rate",
+                rate=40.0,
+                reconnect=True,
+                max_reconnects=20,
+                reconnect_delay=0.05,
+            )
             await fleet.start()
             await until(lambda: primary.accepted_count >= 15, "shares on the primary")
             await primary.stop()
@@ -283,10 +302,25 @@ def test_sigterm_with_shares_in_flight_records_every_one(tmp_path: Path) -> None
         async with SimulatedPool(difficulty=DIFFICULTY, seed=7, reply_delay=0.5) as pool:
             env = {**os.environ, "IH_LOG_LEVEL": "INFO"}
             proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "--listen", f"{HOST}:{port}", "--upstream",
-                 f"stratum+tcp://{HOST}:{pool.port}", "--data-dir", str(tmp_path), "--metrics", f"{HOST}:0",
-                 "--proxy-id", "sigterm"],
-                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "proxy",
+                    "--listen",
+                    f"{HOST}:{port}",
+                    "--upstream",
+                    f"stratum+tcp://{HOST}:{pool.port}",
+                    "--data-dir",
+                    str(tmp_path),
+                    "--metrics",
+                    f"{HOST}:0",
+                    "--proxy-id",
+                    "sigterm",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
             try:
                 for _ in range(300):
@@ -295,8 +329,7 @@ def test_sigterm_with_shares_in_flight_records_every_one(tmp_path: Path) -> None
                         break
                     except OSError:
                         await asyncio.sleep(0.1)
-                fleet = Fleet.for_hotkeys(HOST, port, HOTKEYS, 3, mode="rate", rate=20.0, duration=30,
-                                          reconnect=False)
+                fleet = Fleet.for_hotkeys(HOST, port, HOTKEYS, 3, mode="rate", rate=20.0, duration=30, reconnect=False)
                 await fleet.start()
                 await until(lambda: pool.accepted_count >= 10 and in_flight(fleet) > 0, "shares in flight")
                 result["in_flight_at_sigterm"] = in_flight(fleet)
@@ -331,8 +364,9 @@ def test_a_flood_of_junk_and_a_slow_socket_cost_only_their_own_sessions(tmp_path
 
             # A flood of malformed lines: answered, then the session is closed.
             flood_r, flood_w = await asyncio.open_connection(HOST, app.port)
-            flood_w.write(b"".join(b'{"id": %d, "method": "mining.submit", "params": [1,2]}\n' % i
-                                   for i in range(5000)))
+            flood_w.write(
+                b"".join(b'{"id": %d, "method": "mining.submit", "params": [1,2]}\n' % i for i in range(5000))
+            )
             await closed_by_peer(flood_r)
             # An over-long line: closed without buffering it.
             long_r, long_w = await asyncio.open_connection(HOST, app.port)
@@ -341,8 +375,12 @@ def test_a_flood_of_junk_and_a_slow_socket_cost_only_their_own_sessions(tmp_path
             # A slow socket: asks for a lot and never reads the answers.
             slow = socket.create_connection((HOST, app.port))
             slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            slow.sendall(b'{"id":1,"method":"mining.subscribe","params":["slow"]}\n' + b"".join(
-                b'{"id":%d,"method":"mining.extranonce.subscribe","params":[]}\n' % i for i in range(2, 3000)))
+            slow.sendall(
+                b'{"id":1,"method":"mining.subscribe","params":["slow"]}\n'
+                + b"".join(
+                    b'{"id":%d,"method":"mining.extranonce.subscribe","params":[]}\n' % i for i in range(2, 3000)
+                )
+            )
 
             await fleet.wait(timeout=60)
             await fleet.stop()

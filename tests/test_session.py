@@ -44,8 +44,9 @@ class Harness:
     def __init__(self, limits: Limits | None = None, registered: RegisteredHotkeys | None = None) -> None:
         self.rows: list[ShareRow] = []
         self.metrics = ProxyMetrics()
-        self.ctx = SessionContext("infinite", "test-proxy", limits or Limits(), self.rows.append, self.metrics,
-                                  registered)
+        self.ctx = SessionContext(
+            "infinite", "test-proxy", limits or Limits(), self.rows.append, self.metrics, registered
+        )
         self.now = 1000.0
         self.session = MinerSession(self.ctx, "s1", "pool:3333", self.now)
         self._miner_ids = itertools.count(1)
@@ -264,8 +265,9 @@ def test_version_rolling_uses_the_mask_both_sides_agreed_on() -> None:
     h = Harness()
     h.miner("mining.configure", [["version-rolling"], {"version-rolling.mask": "ffffffff"}])
     configure = h.to_pool()[-1]
-    h.pool({"id": configure["id"], "result": {"version-rolling": True, "version-rolling.mask": "1fffe000"},
-            "error": None})
+    h.pool(
+        {"id": configure["id"], "result": {"version-rolling": True, "version-rolling.mask": "1fffe000"}, "error": None}
+    )
     h.handshake()
     assert h.session.version_mask == 0x1FFFE000
     h.miner("mining.submit", [WORKER, "j1", "00000001", "64b3f3ec", "00000000", "20000000"], request_id=8)
@@ -278,8 +280,11 @@ def test_malformed_lines_cost_only_this_session_and_too_many_close_it() -> None:
     (answer,) = h.to_miner()
     assert answer["id"] == 1 and answer["error"][0] == 20
     assert h.rows[-1].reject_reason == "malformed"
-    for junk in (b"not json", b"[1,2]", b'{"id":2,"method":"mining.configure","params":[["version-rolling"],'
-                 b'{"version-rolling.min-bit-count":-1}]}'):
+    for junk in (
+        b"not json",
+        b"[1,2]",
+        b'{"id":2,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.min-bit-count":-1}]}',
+    ):
         h.session.miner_line(junk, h.now)
     assert h.session.close_reason is not None and "malformed" in h.session.close_reason
     assert h.to_pool() == []

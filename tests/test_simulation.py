@@ -124,10 +124,18 @@ def test_fleet_accounting_matches_pool(use_uvloop: bool) -> None:
 @pytest.mark.parametrize(
     ("profile", "methods", "mask", "params"),
     [
-        ("bitaxe", ["mining.subscribe", "mining.configure", "mining.suggest_difficulty", "mining.authorize"],
-         0x1FFFE000, 6),
-        ("antminer", ["mining.configure", "mining.subscribe", "mining.authorize", "mining.extranonce.subscribe"],
-         0x1FFFE000, 6),
+        (
+            "bitaxe",
+            ["mining.subscribe", "mining.configure", "mining.suggest_difficulty", "mining.authorize"],
+            0x1FFFE000,
+            6,
+        ),
+        (
+            "antminer",
+            ["mining.configure", "mining.subscribe", "mining.authorize", "mining.extranonce.subscribe"],
+            0x1FFFE000,
+            6,
+        ),
         ("cpuminer", ["mining.subscribe", "mining.authorize"], 0, 5),
     ],
 )
@@ -158,7 +166,13 @@ def test_cpuminer_same_id_submits_are_all_answered_in_order() -> None:
     async def scenario() -> None:
         async with SimulatedPool() as pool:
             asic = SimulatedASIC(
-                HOST, pool.port, worker(), profile="cpuminer", pipeline=4, max_shares=40, bad_every=3,
+                HOST,
+                pool.port,
+                worker(),
+                profile="cpuminer",
+                pipeline=4,
+                max_shares=40,
+                bad_every=3,
                 bad_kinds=("duplicate", "low-difficulty", "stale"),
             )
             await asic.run(timeout=20)
@@ -177,7 +191,12 @@ def test_bad_shares_mixed_into_a_fleet_get_their_codes() -> None:
     async def scenario() -> None:
         async with SimulatedPool() as pool:
             fleet = Fleet.for_hotkeys(
-                HOST, pool.port, HOTKEYS, 3, max_shares=2 * len(BAD_KINDS) + 2, bad_every=2,
+                HOST,
+                pool.port,
+                HOTKEYS,
+                3,
+                max_shares=2 * len(BAD_KINDS) + 2,
+                bad_every=2,
                 profiles=("bitaxe", "antminer", "cpuminer"),
             )
             await fleet.run(timeout=20)
@@ -300,11 +319,16 @@ def test_pool_answers_handshake_requests_like_a_pool() -> None:
             assert subscribe_result(result) is not None
             configure = await one.request(
                 "mining.configure",
-                [["version-rolling", "minimum-difficulty", "info"],
-                 {"version-rolling.mask": "e0c0e000", "minimum-difficulty.value": 2048}],
+                [
+                    ["version-rolling", "minimum-difficulty", "info"],
+                    {"version-rolling.mask": "e0c0e000", "minimum-difficulty.value": 2048},
+                ],
             )
             assert configure.value() == {
-                "version-rolling": True, "version-rolling.mask": "00c0e000", "minimum-difficulty": True, "info": False,
+                "version-rolling": True,
+                "version-rolling.mask": "00c0e000",
+                "minimum-difficulty": True,
+                "info": False,
             }
             assert (await one.request("mining.extranonce.subscribe", [])).value() is True
             assert (await one.request("mining.suggest_difficulty", [0.00015])).value() is True
@@ -355,9 +379,7 @@ def test_reject_every() -> None:
     go(scenario)
 
 
-@pytest.mark.parametrize(
-    ("shape", "code"), [("list", 21), ("string", 20), ("jsonrpc2", 21), ("reject-reason", 20)]
-)
+@pytest.mark.parametrize(("shape", "code"), [("list", 21), ("string", 20), ("jsonrpc2", 21), ("reject-reason", 20)])
 def test_error_shapes(shape: str, code: int) -> None:
     """The codes a miner can read: bare strings and ckpool's reject-reason carry none (→ 20)."""
 
@@ -383,9 +405,10 @@ def test_verify_modes() -> None:
         async with SimulatedPool(verify="none") as pool, SimulatedASIC(HOST, pool.port, worker()) as asic:
             assert (await asic.submit_share(asic.find_share(low_difficulty=True))).accepted
             assert (await asic.submit_share(asic.find_share()._replace(job_id="gone"))).error_code == 21
-        async with SimulatedPool(verify="sample", sample_every=2) as pool, SimulatedASIC(
-            HOST, pool.port, worker()
-        ) as asic:
+        async with (
+            SimulatedPool(verify="sample", sample_every=2) as pool,
+            SimulatedASIC(HOST, pool.port, worker()) as asic,
+        ):
             verdicts = [(await asic.submit_share(asic.find_share(low_difficulty=True))).error_code for _ in range(4)]
             assert verdicts == [None, 23, None, 23]
 
@@ -526,8 +549,9 @@ def test_expected_codes_cover_every_kind() -> None:
 # --- against scripted servers: how real pools order their lines ----------------------------------------
 
 
-async def scripted_server(script: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
-                          ) -> tuple[asyncio.Server, int]:
+async def scripted_server(
+    script: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]],
+) -> tuple[asyncio.Server, int]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await script(reader, writer)
@@ -545,14 +569,19 @@ async def read_requests(reader: asyncio.StreamReader, count: int) -> list[dict[s
 
 def test_notifications_before_replies_are_tolerated() -> None:
     """A pool may send set_difficulty and a job before it answers subscribe (OCEAN, transcript B)."""
-    notify = b'{"id":null,"method":"mining.notify","params":["j1","' + b"00" * 32 + b'","01000000","ffffffff",[],' \
+    notify = (
+        b'{"id":null,"method":"mining.notify","params":["j1","' + b"00" * 32 + b'","01000000","ffffffff",[],'
         b'"20000000","1705ae3a","6500000a",true]}\n'
+    )
 
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b'{"id":null,"method":"mining.set_difficulty","params":[0.0000001]}\n' + notify)
         requests = await read_requests(reader, 4)  # bitaxe pipelines all four without waiting
         assert [r["method"] for r in requests] == [
-            "mining.subscribe", "mining.configure", "mining.suggest_difficulty", "mining.authorize"
+            "mining.subscribe",
+            "mining.configure",
+            "mining.suggest_difficulty",
+            "mining.authorize",
         ]
         for request in reversed(requests):  # and the replies come back in any order
             result: Any = True
@@ -584,7 +613,8 @@ def test_replays_a_recorded_public_pool_session() -> None:
 
     # ESP-Miner v2.2 as recorded: authorize (id 3) before suggest_difficulty (id 4).
     profile = dataclasses.replace(
-        PROFILES["bitaxe"], user_agent="bitaxe v2.2",
+        PROFILES["bitaxe"],
+        user_agent="bitaxe v2.2",
         handshake=("mining.subscribe", "mining.configure", "mining.authorize", "mining.suggest_difficulty"),
         suggest_difficulty=512,
     )
