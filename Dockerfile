@@ -9,6 +9,7 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --locked --no-dev --no-install-project
 
 COPY protocol ./protocol
+COPY ledger ./ledger
 COPY proxy ./proxy
 COPY scorer ./scorer
 COPY simulation ./simulation
