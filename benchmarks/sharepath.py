@@ -16,11 +16,11 @@ import time
 from typing import Any
 
 from benchmarks.micro import NTIME, make_notify
+from ledger.rows import ShareRow
 from protocol.framing import LineFramer
 from protocol.messages import encode_notify
 from protocol.work import Job
 from proxy.config import Limits
-from proxy.ledger import ShareRow
 from proxy.metrics import ProxyMetrics
 from proxy.session import MinerSession, SessionContext
 from simulation.hotkeys import hotkey

@@ -6,7 +6,8 @@ Migrations are applied by the proxy at start, in version order, and recorded in
 - every statement must be idempotent (IF NOT EXISTS / IF EXISTS): two proxies may start at once
   against one ClickHouse and both run the same migration;
 - placeholders: `{db}` (database name) and `{ttl_days}` (row retention in days);
-- keep `SHARES_COLUMNS` equal to the `shares` table after the last migration (a test checks it).
+- columns live in `ledger/rows.py`, each with the migration that added it; a migration adds them
+  with `_added_columns` (a test checks every table against its row type after the last migration).
 """
 
 from __future__ import annotations
@@ -16,29 +17,15 @@ from typing import Final
 
 from clickhouse_connect.driver.client import Client
 
+from ledger.rows import COVERAGE, JOBS, SHARES, Column
+
 # Blocks remembered per table for insert deduplication. A retried batch is dropped only while its
 # first copy is within this many most recent inserts. Every proxy sharing the server inserts ~4
 # blocks/s, so 10,000 covers minutes of retries even with many proxies. It must also be set on the
 # view's target table, or a retried batch is counted twice in `shares_per_minute`.
 DEDUP_WINDOW: Final = 10_000
 
-# `shares` columns in insert order (== ShareRow field order) with their ClickHouse types.
-SHARES_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
-    ("ts", "DateTime64(3, 'UTC')"),
-    ("proxy_id", "LowCardinality(String)"),
-    ("hotkey", "String"),
-    ("worker", "String"),
-    ("session", "String"),
-    ("job_id", "String"),
-    ("difficulty", "Float64"),
-    ("share_difficulty", "Float64"),
-    ("hash", "String"),
-    ("accepted", "UInt8"),
-    ("reject_reason", "LowCardinality(String)"),
-    ("upstream", "LowCardinality(String)"),
-    ("block", "UInt8"),
-)
-
+SHARES_COLUMNS: Final = tuple((c.name, c.type) for c in SHARES)
 SHARES_PER_MINUTE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("minute", "DateTime('UTC')"),
     ("hotkey", "String"),
@@ -48,11 +35,25 @@ SHARES_PER_MINUTE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("rejected_shares", "UInt64"),
 )
 
-# TTL expression per table; {ttl_days} is filled in at apply time.
 _TTL: Final = {
     "shares": "toDateTime(ts) + INTERVAL {ttl_days} DAY",
     "shares_per_minute": "minute + INTERVAL {ttl_days} DAY",
+    # A job outlives the shares that point at it: they arrive within minutes of its first sighting.
+    "jobs": "toDateTime(first_seen) + INTERVAL {ttl_days} DAY + INTERVAL 1 DAY",
+    "coverage": "minute + INTERVAL {ttl_days} DAY",
 }
+
+
+def _column_list(columns: tuple[Column, ...], since: int) -> str:
+    return ",\n".join(f"    {c.name} {c.type}" for c in columns if c.since == since)
+
+
+def _added_columns(table: str, columns: tuple[Column, ...], since: int) -> list[str]:
+    """ALTERs that add the columns of migration `since` to an existing table, in column order."""
+    return [
+        f"ALTER TABLE {{db}}.{table} ADD COLUMN IF NOT EXISTS {c.name} {c.type}" for c in columns if c.since == since
+    ]
+
 
 MIGRATIONS: Final[list[tuple[int, str, list[str]]]] = [
     (
@@ -108,6 +109,35 @@ MIGRATIONS: Final[list[tuple[int, str, list[str]]]] = [
                 countIf(accepted != 1) AS rejected_shares
             FROM {db}.shares
             GROUP BY hotkey, worker, minute
+            """,
+        ],
+    ),
+    (
+        2,
+        "re-hashable ledger: submitted fields on shares, the jobs table, per-minute proxy coverage",
+        [
+            *_added_columns("shares", SHARES, 2),
+            f"""
+            CREATE TABLE IF NOT EXISTS {{db}}.jobs
+            (
+{_column_list(JOBS, 2)}
+            )
+            ENGINE = ReplacingMergeTree
+            PARTITION BY toYYYYMM(first_seen)
+            ORDER BY job_key
+            TTL {_TTL["jobs"]}
+            SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS {{db}}.coverage
+            (
+{_column_list(COVERAGE, 2)}
+            )
+            ENGINE = MergeTree
+            PARTITION BY toYYYYMM(minute)
+            ORDER BY (proxy_id, minute)
+            TTL {_TTL["coverage"]}
+            SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}
             """,
         ],
     ),

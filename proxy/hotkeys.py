@@ -1,8 +1,6 @@
-"""Worker names and hotkeys: who gets credit for a share.
+"""Which hotkeys are registered on the subnet (the worker-name rule itself is `ledger/workers.py`).
 
-A miner configures `<account>.<hotkey>.<workerID>`; a bare `<hotkey>.<workerID>` is accepted and the
-account prefixed. The hotkey must be a valid SS58 address (checksum checked) and, when the operator
-asks for it, registered on the subnet. The registry comes through a small chain interface, cached and
+The registry comes through a small chain interface, cached and
 refreshed in the background; a chain outage keeps the last good set.
 """
 
@@ -11,43 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from typing import Protocol
 
-import msgspec
-from bittensor_wallet.utils import is_valid_ss58_address
-
 log = logging.getLogger("proxy.hotkeys")
-
-_WORKER_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
-
-
-class Worker(msgspec.Struct, frozen=True):
-    full_name: str  # what the pool sees: <account>.<hotkey>.<workerID>
-    hotkey: str
-    worker_id: str
-
-
-class WorkerRefused(Exception):
-    """A worker name the proxy will not forward; the message is for the miner to read."""
-
-
-def parse_worker(name: str, account: str) -> Worker:
-    """Check a worker name from mining.authorize and return what to forward. Raises WorkerRefused."""
-    parts = name.split(".")
-    if len(parts) == 3:
-        if parts[0] != account:
-            raise WorkerRefused(f"worker name must start with '{account}.' (got account '{parts[0][:32]}')")
-        hotkey, worker_id = parts[1], parts[2]
-    elif len(parts) == 2:
-        hotkey, worker_id = parts
-    else:
-        raise WorkerRefused(f"worker name must be '{account}.<hotkey>.<workerID>'")
-    if not is_valid_ss58_address(hotkey):
-        raise WorkerRefused(f"'{hotkey[:64]}' is not a valid SS58 hotkey (bad characters or checksum)")
-    if _WORKER_ID.fullmatch(worker_id) is None:
-        raise WorkerRefused("workerID must be 1-32 characters of A-Z a-z 0-9 _ -")
-    return Worker(f"{account}.{hotkey}.{worker_id}", hotkey, worker_id)
 
 
 class HotkeyRegistry(Protocol):

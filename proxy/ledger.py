@@ -28,12 +28,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from clickhouse_connect.driver.client import Client
 
-from ledger.schema import SHARES_COLUMNS, apply_migrations
+from ledger.rows import SHARES, Kind, ShareRow
+from ledger.schema import apply_migrations
 from ledger.target import redact
 from proxy.metrics import ProxyMetrics
 
@@ -43,44 +44,13 @@ _RETRY_MIN = 0.25  # seconds before the first retry after a failure; doubles up 
 _SPOOL_NAME = re.compile(r"^(\d+)-(\d+)\.batch$")  # <seq>-<rows>.batch: sorts by seq, rows without reading
 
 
-class ShareRow(NamedTuple):
-    """One judged share. Field order == the `shares` columns in docs/LEDGER.md."""
+_SHARE_NAMES = [c.name for c in SHARES]
+# A batch spooled by an older release has the columns it knew: a prefix (migrations only append).
+_V1_SHARE_COLUMNS = sum(1 for c in SHARES if c.since == 1)
+_SHARE_TYPES = [c.type for c in SHARES]
 
-    ts: float  # unix seconds (time.time()); turned into DateTime64 ticks in the batch, off the hot path
-    proxy_id: str
-    hotkey: str
-    worker: str
-    session: str
-    job_id: str
-    difficulty: float
-    share_difficulty: float
-    hash: str
-    accepted: int
-    reject_reason: str
-    upstream: str
-    block: int
-
-
-_COLUMN_NAMES = [name for name, _ in SHARES_COLUMNS]
-_COLUMN_TYPES = [ctype for _, ctype in SHARES_COLUMNS]
-assert tuple(_COLUMN_NAMES) == ShareRow._fields, "ShareRow must list the shares columns in order"
-
-# A batch in column form, as inserted and as spooled; typed so a replayed file is validated.
-_Columns = tuple[
-    list[int],
-    list[str],
-    list[str],
-    list[str],
-    list[str],
-    list[str],
-    list[float],
-    list[float],
-    list[str],
-    list[int],
-    list[str],
-    list[str],
-    list[int],
-]
+# A batch in column form, as inserted and as spooled (one list per column, in column order).
+_Columns = list[list[Any]]
 
 
 class _SpoolFile(msgspec.Struct, array_like=True):
@@ -100,25 +70,25 @@ def _texts(column: tuple[str, ...]) -> list[str]:
     return [s.encode("utf-8", "replace").decode("utf-8") for s in column]
 
 
+def _convert(kind: Kind, column: tuple[Any, ...]) -> list[Any]:
+    """One column of a batch as clickhouse-connect inserts it (see `ledger.rows.Kind`)."""
+    if kind == "text":
+        return _texts(column)
+    if kind == "ms":
+        return [round(t * 1000) for t in column]  # DateTime64(3) ticks
+    if kind == "float":
+        return [float(v) for v in column]  # an int (or numpy float) must not break the batch
+    if kind == "flag":
+        return [1 if v else 0 for v in column]  # UInt8: any truthy value is 1, never out of range
+    if kind in ("uint", "minute"):
+        return [int(v) for v in column]
+    if kind == "opt":
+        return [None if v is None else int(v) for v in column]
+    return [_texts(tuple(v)) for v in column]  # texts: Array(String)
+
+
 def _to_columns(rows: list[ShareRow]) -> _Columns:
-    ts, proxy_id, hotkey, worker, session, job_id, diff, share_diff, hsh, acc, reason, upstream, block = zip(
-        *rows, strict=True
-    )
-    return (
-        [round(t * 1000) for t in ts],  # DateTime64(3) ticks
-        _texts(proxy_id),
-        _texts(hotkey),
-        _texts(worker),
-        _texts(session),
-        _texts(job_id),
-        [float(d) for d in diff],  # an int (or numpy float) difficulty must not break the batch
-        [float(d) for d in share_diff],
-        _texts(hsh),
-        [1 if a else 0 for a in acc],  # UInt8: any truthy value is 1, never out of range
-        _texts(reason),
-        _texts(upstream),
-        [1 if b else 0 for b in block],
-    )
+    return [_convert(c.kind, values) for c, values in zip(SHARES, zip(*rows, strict=True), strict=True)]
 
 
 @dataclass
@@ -410,8 +380,8 @@ class LedgerWriter:
         client.insert(
             self._table,
             batch.columns(),
-            column_names=_COLUMN_NAMES,
-            column_type_names=_COLUMN_TYPES,  # spares a DESCRIBE round trip per insert
+            column_names=_SHARE_NAMES[: len(batch.columns())],
+            column_type_names=_SHARE_TYPES[: len(batch.columns())],  # spares a DESCRIBE round trip per insert
             column_oriented=True,
             settings={"insert_deduplication_token": batch.token},
         )
@@ -499,6 +469,8 @@ class LedgerWriter:
             sizes = {len(column) for column in spooled.columns}
             if sizes != {entry.size}:
                 raise ValueError(f"column lengths {sorted(sizes)} != {entry.size} rows in the file name")
+            if not _V1_SHARE_COLUMNS <= len(spooled.columns) <= len(SHARES):
+                raise ValueError(f"{len(spooled.columns)} columns, not a shares batch")
         except (OSError, ValueError, msgspec.MsgspecError) as exc:
             bad = entry.path.with_name(entry.path.name + ".bad")
             log.error("ledger: corrupt spool file %s (%s); moved to %s", entry.path, exc, bad.name)

@@ -20,6 +20,9 @@ from typing import Any
 
 import msgspec
 
+from ledger.rows import ShareRow
+from ledger.workers import WorkerName as Worker
+from ledger.workers import WorkerRefused
 from protocol.errors import (
     ErrorCode,
     InvalidMessage,
@@ -54,8 +57,7 @@ from protocol.messages import (
 )
 from protocol.work import Job, Share, ShareRejected
 from proxy.config import Limits
-from proxy.hotkeys import RegisteredHotkeys, Worker, WorkerRefused, parse_worker
-from proxy.ledger import ShareRow
+from proxy.hotkeys import RegisteredHotkeys
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("proxy.session")
@@ -212,7 +214,7 @@ class MinerSession:
     def _authorize(self, message: Authorize, now: float) -> None:
         name = message.params.worker
         try:
-            worker = parse_worker(name, self.ctx.account)
+            worker = Worker.parse(name, [self.ctx.account])
             registered = self.ctx.registered
             if registered is not None and worker.hotkey not in registered:
                 if not registered.loaded:

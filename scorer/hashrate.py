@@ -17,20 +17,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-HASHES_PER_DIFFICULTY = 2**32
+from ledger.hashrate import hashrate
+
+__all__ = ["hashrate"]  # the one formula lives in ledger/; re-exported for the scorer's modules
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 _HASHRATE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e[+-]?\d+)?)\s*([kmgtpe]?)(?:h(?:/s)?)?\s*$", re.IGNORECASE)
 _HASHRATE_PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15, "e": 1e18}
-
-
-def hashrate(accepted_difficulty: float, seconds: float) -> float:
-    """Hashes per second that ``accepted_difficulty`` of work over ``seconds`` stands for."""
-    if seconds <= 0:
-        raise ValueError("the window must be longer than 0 seconds")
-    return accepted_difficulty * HASHES_PER_DIFFICULTY / seconds
 
 
 def parse_duration(text: str) -> int:

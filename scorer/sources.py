@@ -29,6 +29,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 
+from ledger.workers import hotkey_of
+
 from .hashrate import HotkeyStat, Window, WorkerStat, by_hotkey, hashrate, iso
 
 DEFAULT_DATABASE = "infinitehash"
@@ -196,11 +198,8 @@ def _scrub(exc: BaseException, secrets: list[str]) -> str:
 
 
 def hotkey_of_worker(worker_id: str) -> str | None:
-    """The middle part of ``<account>.<hotkey>.<workerID>`` (None when the name has no such part)."""
-    parts = worker_id.split(".")
-    if len(parts) < 3 or not parts[1]:
-        return None
-    return parts[1]
+    """The hotkey of ``<account>.<hotkey>.<workerID>`` by the one worker-name rule (None: not creditable)."""
+    return hotkey_of(worker_id)
 
 
 def parse_workers_response(body: Any) -> list[WorkerStat]:

@@ -27,6 +27,7 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from ledger.rows import SHARES, ShareRow
 from ledger.schema import (
     DEDUP_WINDOW,
     MIGRATIONS,
@@ -37,7 +38,7 @@ from ledger.schema import (
     current_ttl_days,
 )
 from ledger.target import DEFAULT_DATABASE, LedgerTarget, redact
-from proxy.ledger import LedgerWriter, ShareRow
+from proxy.ledger import LedgerWriter
 from proxy.metrics import ProxyMetrics
 from tests.clickhouse_http import ClickHouseHTTPServer
 
@@ -100,8 +101,7 @@ def assert_ledger(path: Path, rows: list[ShareRow]) -> None:
     """`shares` holds exactly `rows` (each once) and `shares_per_minute` sums match them."""
     with chdb_client(path) as client:
         stored = client.query(
-            f"SELECT toUnixTimestamp64Milli(ts), proxy_id, hotkey, worker, session, job_id, difficulty,"
-            f" share_difficulty, hash, accepted, reject_reason, upstream, block FROM {DB}.shares"
+            f"SELECT toUnixTimestamp64Milli(ts), {', '.join(c.name for c in SHARES[1:])} FROM {DB}.shares"
         ).result_rows
         per_minute = client.query(
             f"SELECT hotkey, worker, toUnixTimestamp(minute), sum(accepted_difficulty), sum(accepted_shares),"

@@ -19,7 +19,8 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
-from proxy.ledger import LedgerWriter, ShareRow
+from ledger.rows import ShareRow
+from proxy.ledger import LedgerWriter
 from scorer.hashrate import Window, iso
 from scorer.sources import ClickHouseSource, parse_clickhouse_url
 from tests.clickhouse_http import ClickHouseHTTPServer

@@ -70,8 +70,9 @@ def run(factory: Callable[[], Awaitable[None]]) -> None:
     ("worker", "hotkey"),
     [
         (f"infinite.{ALICE}.rig1", ALICE),
-        (f"other.{ALICE}.rig.with.dots", ALICE),
-        (f"{ALICE}.rig1", None),
+        (f"other.{ALICE}.rig1", ALICE),
+        (f"other.{ALICE}.rig.with.dots", None),  # the one worker-name rule: no dots in a workerID
+        (f"{ALICE}.rig1", ALICE),  # the one rule: a bare name is the default account's
         ("infinite..rig", None),
         ("solo", None),
     ],

@@ -9,11 +9,11 @@ import msgspec
 import pytest
 from bittensor_wallet import Keypair
 
+from ledger.rows import ShareRow
 from protocol.messages import Notify, encode_notification, encode_request
 from protocol.work import Job
 from proxy.config import Limits
 from proxy.hotkeys import RegisteredHotkeys
-from proxy.ledger import ShareRow
 from proxy.metrics import ProxyMetrics
 from proxy.session import MinerSession, SessionContext
 
@@ -115,7 +115,7 @@ def test_replies_are_readdressed_to_the_miners_id_and_relayed_unchanged() -> Non
         (f"infinite.{HOTKEY[:-1]}X.rig1", "not a valid SS58"),  # checksum broken
         (f"other.{HOTKEY}.rig1", "must start with 'infinite.'"),
         (f"infinite.{HOTKEY}.bad name", "workerID"),
-        (f"infinite.{HOTKEY}", "not a valid SS58"),
+        (f"infinite.{HOTKEY}", "needs a workerID"),
         ("", "worker name must be"),
     ],
 )
