@@ -25,7 +25,7 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,10 @@ from typing import Any
 import msgspec
 from clickhouse_connect.driver.client import Client
 
-from ledger.rows import SHARES, Kind, ShareRow
+from ledger.rows import COLUMNS_OF_TABLE, SHARES, TABLE_OF, Kind, Row
 from ledger.schema import apply_migrations
 from ledger.target import redact
+from proxy.journal import Journal, batch_token, leftovers
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,8 @@ _RETRY_MIN = 0.25  # seconds before the first retry after a failure; doubles up 
 _SPOOL_NAME = re.compile(r"^(\d+)-(\d+)\.batch$")  # <seq>-<rows>.batch: sorts by seq, rows without reading
 
 
-_SHARE_NAMES = [c.name for c in SHARES]
 # A batch spooled by an older release has the columns it knew: a prefix (migrations only append).
 _V1_SHARE_COLUMNS = sum(1 for c in SHARES if c.since == 1)
-_SHARE_TYPES = [c.type for c in SHARES]
 
 # A batch in column form, as inserted and as spooled (one list per column, in column order).
 _Columns = list[list[Any]]
@@ -56,6 +55,7 @@ _Columns = list[list[Any]]
 class _SpoolFile(msgspec.Struct, array_like=True):
     token: str
     columns: _Columns
+    table: str = "shares"  # files spooled before the jobs and coverage tables are shares batches
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -87,8 +87,9 @@ def _convert(kind: Kind, column: tuple[Any, ...]) -> list[Any]:
     return [_texts(tuple(v)) for v in column]  # texts: Array(String)
 
 
-def _to_columns(rows: list[ShareRow]) -> _Columns:
-    return [_convert(c.kind, values) for c, values in zip(SHARES, zip(*rows, strict=True), strict=True)]
+def _to_columns(table: str, rows: Sequence[Sequence[Any]]) -> _Columns:
+    columns = COLUMNS_OF_TABLE[table]
+    return [_convert(c.kind, values) for c, values in zip(columns, zip(*rows, strict=True), strict=True)]
 
 
 @dataclass
@@ -96,14 +97,16 @@ class _Batch:
     seq: int
     token: str  # fixed when the batch is cut; kept through every retry and the spool
     size: int
-    rows: list[ShareRow] | None = None
+    rows: Sequence[Sequence[Any]] | None = None
     cols: _Columns | None = None
+    table: str = "shares"
+    generation: int | None = None  # the journal file that holds its rows until it is written or spooled
 
     def columns(self) -> _Columns:
         # Converted once, in a worker thread, the first time the batch is inserted or spooled.
         if self.cols is None:
             assert self.rows is not None
-            self.cols, self.rows = _to_columns(self.rows), None
+            self.cols, self.rows = _to_columns(self.table, self.rows), None
         return self.cols
 
 
@@ -136,20 +139,24 @@ class LedgerWriter:
         self._connect = connect
         self._spool_dir = spool_dir
         self._database = database
-        self._table = f"{database}.shares"
         self._ttl_days = ttl_days
         self._batch_rows = batch_rows
         self._flush_interval = flush_interval
         self._metrics = metrics
         self._max_retry_delay = max_retry_delay
 
-        self._queue: list[ShareRow] = []  # recorded, not yet cut into a batch
+        self._queues: dict[str, list[Row]] = {table: [] for table in COLUMNS_OF_TABLE}  # not yet cut
+        self._queue = self._queues["shares"]
         self._pending: deque[_Batch] = deque()  # cut, not yet written nor spooled (newer than the spool)
         self._spool: deque[_Spooled] = deque()  # on disk, oldest first
         self._spool_rows = 0
         self._rows_written = 0
 
-        self._run_id = uuid.uuid4().hex  # tokens are <run_id>-<seq>: unique across runs and proxies
+        self._run_id = uuid.uuid4().hex  # tokens derive from it (journal.batch_token): unique across runs
+        self._journal: Journal | None = None  # opened by start(): needs the running loop
+        self._journal_dir = spool_dir / "journal"
+        self._open_batches: dict[int, int] = {}  # journal generation → its batches not yet written nor spooled
+        self._unsynced: list[int | None] = []  # closed journal files to fsync before their batches go out
         self._next_seq = 0
         self._client: Client | None = None
         self._retry_delay = self._min_retry_delay = min(_RETRY_MIN, max_retry_delay)
@@ -174,7 +181,7 @@ class LedgerWriter:
     @property
     def queue_rows(self) -> int:
         """Rows held in memory: recorded but neither written nor spooled."""
-        return len(self._queue) + sum(b.size for b in self._pending)
+        return sum(len(q) for q in self._queues.values()) + sum(b.size for b in self._pending)
 
     @property
     def spooled_batches(self) -> int:
@@ -200,6 +207,9 @@ class LedgerWriter:
         if self._task is not None:
             raise RuntimeError("LedgerWriter already started")
         await asyncio.to_thread(self._load_spool)
+        await asyncio.to_thread(self._recover_journal)
+        self._journal = Journal(self._journal_dir, self._run_id, asyncio.get_running_loop().call_soon)
+        self._journal.open(0)
         if self._spool:
             log.info(
                 "ledger: %d batches (%d rows) spooled in %s by an earlier run; replaying them first",
@@ -218,12 +228,22 @@ class LedgerWriter:
                 )
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
-    def record(self, row: ShareRow) -> None:
-        """Queue one row. The share path's only ledger cost: an append and a length check."""
-        queue = self._queue
+    def record(self, row: Row) -> None:
+        """Queue one row (a share, a job or a coverage minute) and append it to the journal.
+
+        The share path's only ledger cost: an append, a msgpack encode and a length check."""
+        queue = self._queues[TABLE_OF[type(row)]]
         queue.append(row)
+        if self._journal is not None:
+            self._journal.append(row)
         if len(queue) >= self._batch_rows:
             self._wake.set()
+
+    def commit(self) -> None:
+        """Make every row recorded so far survive a SIGKILL (the server calls it before it answers
+        miners; otherwise it happens once per loop iteration)."""
+        if self._journal is not None:
+            self._journal.commit()
 
     async def flush(self) -> None:
         """Write everything recorded so far, spool first, retrying now even during a backoff.
@@ -270,6 +290,8 @@ class LedgerWriter:
                     self._spool_dir,
                 )
             await self._drop_client()
+            if self._journal is not None and not self._pending:
+                self._journal.close()
         async with self._read_lock:
             reader, self._reader = self._reader, None
             if reader is not None:
@@ -297,25 +319,74 @@ class LedgerWriter:
                 await asyncio.sleep(self._flush_interval)
 
     def _cut(self) -> None:
-        rows, self._queue = self._queue, []
-        for i in range(0, len(rows), self._batch_rows):
-            chunk = rows[i : i + self._batch_rows]
+        """Cut everything queued into batches; their rows' journal file is closed with them."""
+        if not any(self._queues.values()):
+            return
+        generation: int | None = None
+        if self._journal is not None:
+            generation, fd = self._journal.rotate()
+            self._unsynced.append(fd)
+        batches = _chunks(self._queues, self._batch_rows)
+        for table in self._queues:
+            self._queues[table] = []
+        self._queue = self._queues["shares"]
+        for table, chunk_number, chunk in batches:
             seq, self._next_seq = self._next_seq, self._next_seq + 1
-            self._pending.append(_Batch(seq, f"{self._run_id}-{seq}", len(chunk), rows=chunk))
+            token = batch_token(self._run_id, generation or 0, table, chunk_number)
+            self._pending.append(_Batch(seq, token, len(chunk), rows=chunk, table=table, generation=generation))
+        if generation is not None:
+            self._open_batches[generation] = len(batches)
+
+    def _settled(self, batch: _Batch) -> None:
+        """The batch is written or spooled: its journal file goes once all its batches are."""
+        generation = batch.generation
+        if generation is None or self._journal is None:
+            return
+        left = self._open_batches.get(generation, 1) - 1
+        if left > 0:
+            self._open_batches[generation] = left
+            return
+        self._open_batches.pop(generation, None)
+        self._journal.discard(generation)
+
+    def _recover_journal(self) -> None:
+        """Journal files of a run that died: spool their batches under the tokens they had.
+
+        A batch that was inserted before the crash is inserted again with the same token, which
+        ClickHouse drops: each row is counted once."""
+        for leftover in leftovers(self._journal_dir):
+            batches = _chunks(leftover.rows, self._batch_rows)
+            for table, chunk_number, chunk in batches:
+                seq, self._next_seq = self._next_seq, self._next_seq + 1
+                token = batch_token(leftover.run, leftover.generation, table, chunk_number)
+                entry = self._write_spool_sync(_Batch(seq, token, len(chunk), rows=chunk, table=table))
+                self._spool.append(entry)
+                self._spool_rows += entry.size
+            if batches:
+                log.warning(
+                    "ledger: recovered %d rows from the journal of a run that did not stop cleanly (%s)",
+                    sum(len(c) for _, _, c in batches),
+                    leftover.path.name,
+                )
+            leftover.path.unlink()
 
     async def _drain(self, *, force: bool, replay: bool = True) -> None:
         """Spooled batches first, then pending ones; whatever is not written goes to the spool."""
+        if self._unsynced:
+            # Durable before it leaves: a power cut after the insert must not lose the journal's copy.
+            fds, self._unsynced = self._unsynced, []
+            await asyncio.to_thread(_sync_all, fds)
         if (force or time.monotonic() >= self._retry_at) and await self._ensure_client():
             if replay:
                 await self._replay(force)
             while self._pending and not self._spool:
                 if not await self._insert(self._pending[0]):
                     break
-                self._pending.popleft()
+                self._settled(self._pending.popleft())
         while self._pending:
             if not await self._write_spool(self._pending[0]):
                 break  # disk trouble: keep it (and everything after it) in memory, retry next cycle
-            self._pending.popleft()
+            self._settled(self._pending.popleft())
 
     async def _replay(self, force: bool) -> None:
         while self._spool:
@@ -365,7 +436,7 @@ class LedgerWriter:
         if self._metrics is not None:
             self._metrics.ledger_flush_seconds.observe(time.perf_counter() - started)
             self._metrics.ledger_rows_written.inc(batch.size)
-            ticks = batch.columns()[0]  # row ts in ms; already converted by the insert
+            ticks = batch.columns()[0] if batch.table == "shares" else []  # ts in ms, converted by the insert
             if ticks:
                 now_ms = time.time() * 1000.0
                 self._lag_oldest.observe((now_ms - min(ticks)) / 1000.0)
@@ -377,11 +448,12 @@ class LedgerWriter:
         return True
 
     def _insert_sync(self, client: Client, batch: _Batch) -> None:
+        columns = COLUMNS_OF_TABLE[batch.table][: len(batch.columns())]  # an older spool file: a prefix
         client.insert(
-            self._table,
+            f"{self._database}.{batch.table}",
             batch.columns(),
-            column_names=_SHARE_NAMES[: len(batch.columns())],
-            column_type_names=_SHARE_TYPES[: len(batch.columns())],  # spares a DESCRIBE round trip per insert
+            column_names=[c.name for c in columns],
+            column_type_names=[c.type for c in columns],  # spares a DESCRIBE round trip per insert
             column_oriented=True,
             settings={"insert_deduplication_token": batch.token},
         )
@@ -447,7 +519,7 @@ class LedgerWriter:
 
     def _write_spool_sync(self, batch: _Batch) -> _Spooled:
         # Atomic: temp file, fsync, rename, fsync the directory. A reader never sees half a batch.
-        data = _encode(_SpoolFile(batch.token, batch.columns()))
+        data = _encode(_SpoolFile(batch.token, batch.columns(), batch.table))
         path = self._spool_dir / f"{batch.seq:012d}-{batch.size}.batch"
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
@@ -469,15 +541,32 @@ class LedgerWriter:
             sizes = {len(column) for column in spooled.columns}
             if sizes != {entry.size}:
                 raise ValueError(f"column lengths {sorted(sizes)} != {entry.size} rows in the file name")
-            if not _V1_SHARE_COLUMNS <= len(spooled.columns) <= len(SHARES):
-                raise ValueError(f"{len(spooled.columns)} columns, not a shares batch")
+            known = COLUMNS_OF_TABLE.get(spooled.table)
+            if known is None or not _V1_SHARE_COLUMNS <= len(spooled.columns) <= len(known):
+                raise ValueError(f"{len(spooled.columns)} columns, not a {spooled.table} batch")
         except (OSError, ValueError, msgspec.MsgspecError) as exc:
             bad = entry.path.with_name(entry.path.name + ".bad")
             log.error("ledger: corrupt spool file %s (%s); moved to %s", entry.path, exc, bad.name)
             with contextlib.suppress(OSError):  # already gone: nothing to set aside
                 entry.path.replace(bad)
             return None
-        return _Batch(entry.seq, spooled.token, entry.size, cols=spooled.columns)
+        return _Batch(entry.seq, spooled.token, entry.size, cols=spooled.columns, table=spooled.table)
+
+
+def _chunks(queues: Mapping[str, Sequence[Sequence[Any]]], size: int) -> list[tuple[str, int, Sequence[Sequence[Any]]]]:
+    """(table, chunk number, rows) for every `size` rows of each table, tables in a fixed order:
+    the same rows always give the same batches, at first and at a replay of their journal."""
+    out = []
+    for table in COLUMNS_OF_TABLE:
+        rows = queues.get(table) or []
+        for number, start in enumerate(range(0, len(rows), size)):
+            out.append((table, number, rows[start : start + size]))
+    return out
+
+
+def _sync_all(fds: list[int | None]) -> None:
+    for fd in fds:
+        Journal.sync_and_close(fd)
 
 
 def _close_quietly(client: Client) -> None:

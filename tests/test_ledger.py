@@ -353,7 +353,7 @@ def test_outage_spools_then_replays_in_the_background(tmp_path: Path) -> None:
         run(scenario())
         assert metrics.registry.get_sample_value("ih_ledger_flush_errors_total")  # > 0
         assert metrics.registry.get_sample_value("ih_ledger_rows_written_total") == len(rows)
-        assert not list(spool.iterdir())
+        assert not list(spool.glob("*.batch*"))
         assert_ledger(tmp_path / "ch", rows)
 
 
@@ -421,7 +421,7 @@ def test_writer_stopped_while_clickhouse_is_down_replays_in_a_new_writer(tmp_pat
         assert len(names) == 7 and names == sorted(names)
         server.start()
         run(second_run())
-        assert not list(spool.iterdir())
+        assert not list(spool.glob("*.batch*"))
         assert_ledger(tmp_path / "ch", rows)
 
 
@@ -459,7 +459,7 @@ def test_crash_between_insert_and_spool_delete_counts_once(tmp_path: Path) -> No
     run(replay())
     assert not spool_files(spool)
     # Put the files back, as if the process died before deleting them: the replay is a no-op.
-    for path in saved.iterdir():
+    for path in saved.glob("*.batch"):
         shutil.copy(path, spool / path.name)
     run(replay())
     assert_ledger(tmp_path / "ch", rows)
@@ -498,7 +498,7 @@ def test_corrupt_spool_file_is_set_aside(tmp_path: Path, caplog: pytest.LogCaptu
         await w.stop()
 
     run(replay())
-    assert sorted(p.name for p in spool.iterdir()) == ["000000000001-5.batch.bad", "000000000100-100.batch.bad"]
+    assert sorted(p.name for p in spool.glob("*.batch*")) == ["000000000001-5.batch.bad", "000000000100-100.batch.bad"]
     assert caplog.text.count("corrupt spool file") == 2
     assert_ledger(tmp_path / "ch", rows)
 
@@ -579,6 +579,79 @@ def test_sigkill_in_the_middle_loses_and_doubles_nothing(tmp_path: Path) -> None
     assert acknowledged <= written <= acknowledged + 50
     assert_ledger(tmp_path / "ch", make_rows(written))  # each exactly once, in both tables
     assert not list(spool.glob("*.bad"))
+
+
+_JOURNAL_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from ledger.target import LedgerTarget
+    from proxy.ledger import LedgerWriter
+    from tests.test_ledger import make_rows
+
+    async def main() -> None:
+        target = LedgerTarget.parse(sys.argv[1], data_dir=Path(sys.argv[2]))
+        w = LedgerWriter(target.connect, spool_dir=Path(sys.argv[2]), batch_rows=64, flush_interval=0.05,
+                         max_retry_delay=0.05)
+        await w.start()
+        for step in range(4_000):
+            for row in make_rows(10, first=step * 10, base=float(sys.argv[3])):
+                w.record(row)
+            w.commit()  # what the proxy does before it answers miners: no flush, no insert awaited
+            print((step + 1) * 10, flush=True)
+            await asyncio.sleep(0.002)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_loses_no_row_the_proxy_had_answered(tmp_path: Path) -> None:
+    """Rows only recorded (in memory, not yet in a batch) when a SIGKILL lands come back from the
+    journal at the next start, exactly once, with ClickHouse failing now and then."""
+    spool = tmp_path / "spool"
+    with ClickHouseHTTPServer(tmp_path / "ch") as server:
+        server.fail_next(2, inserts_only=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _JOURNAL_CHILD, server.url, str(spool), repr(BASE_TS)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        acknowledged = 0
+        try:
+            assert child.stdout is not None
+            for _ in range(150):  # bounded: 150 acknowledgements, then the kill
+                line = child.stdout.readline()
+                if not line:
+                    break
+                acknowledged = int(line)
+                if acknowledged == 600:
+                    server.fail_next(2, inserts_only=True)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            rest, stderr = child.communicate(timeout=30)
+        acknowledged = max([acknowledged, *(int(line) for line in rest.split())])
+        assert acknowledged >= 1_000, stderr[-2000:]
+        journal = list((spool / "journal").glob("*.journal"))
+        assert journal, "the kill left rows in the journal"
+
+        async def recover() -> None:
+            w = writer(LedgerTarget.parse(server.url, data_dir=tmp_path).connect, spool)
+            await w.start()
+            await w.flush()
+            await w.stop()
+            assert w.spooled_batches == 0
+
+        run(recover())
+    with chdb_client(tmp_path / "ch") as client:
+        (written,) = client.query(f"SELECT count() FROM {DB}.shares").result_rows[0]
+    # Everything answered is there; at most the rows recorded after the last acknowledgement more.
+    assert acknowledged <= written <= acknowledged + 10
+    assert_ledger(tmp_path / "ch", make_rows(written))
+    assert not list((spool / "journal").glob("*.journal"))
 
 
 def test_spool_is_bounded_in_memory(tmp_path: Path) -> None:
