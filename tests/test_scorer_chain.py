@@ -42,6 +42,7 @@ from scorer.sources import ProxyApiSource
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
 OWNER = "5DAAnrj7VHTznn2AWBemMuyBwZWs6FNFjdyVXUeYum3PTXFy"
+CAROL = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y"
 COLDKEY = "5C4hrfjw9DjXZTzV3MwzrrAr9P1MJhSrvWGWqi1eSuyUpnhM"
 BLOCK_SECONDS = 12.0
 
@@ -278,6 +279,137 @@ def test_one_pass_burns_to_the_owner_uid_and_sets_weights() -> None:
             dry_report = await dry.run_pass()
             assert [(m.mechid, m.rule, m.submission) for m in dry_report.mechanisms] == [(0, "hashrate", None)]
             assert chain.submitted == []
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("mechanisms", [1, 2])
+def test_the_same_weights_on_every_mechanism(mechanisms: int) -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, owner=OWNER, mechanisms=mechanisms)
+            report = await make_scorer(proxy.url, chain, FakeTime(chain), "--hashrate-share", "0.9").run_pass()
+            assert report.mechanism_count == mechanisms
+            assert [sent.mechid for sent in chain.submitted] == list(range(mechanisms)), "each mechanism once"
+            vector = ([0, 1, 2], [pytest.approx(0.1), pytest.approx(0.675), pytest.approx(0.225)])
+            assert all((sent.uids, sent.weights) == vector for sent in chain.submitted)
+            assert [(m.mechid, m.rule, m.submission is not None and m.submission.ok) for m in report.mechanisms] == [
+                (mechid, "hashrate", True) for mechid in range(mechanisms)
+            ]
+            assert not report.weights_not_set
+
+    asyncio.run(scenario())
+
+
+def test_skip_and_burn_mechanisms() -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, owner=OWNER, mechanisms=3)
+            scorer = make_scorer(proxy.url, chain, FakeTime(chain), "--skip-mechanisms", "1", "--burn-mechanisms", "2")
+            report = await scorer.run_pass()
+            assert [(sent.mechid, sent.uids, sent.weights) for sent in chain.submitted] == [
+                (0, [1, 2], [pytest.approx(0.75), pytest.approx(0.25)]),
+                (2, [0], [1.0]),
+            ]
+            assert [m.rule for m in report.mechanisms] == ["hashrate", "skip", "burn"]
+
+            # a burn mechanism without a burn uid is skipped, never given the hashrate vector
+            chain.submitted.clear()
+            chain.owner = None
+            report = await scorer.run_pass()
+            assert [sent.mechid for sent in chain.submitted] == [0]
+            assert report.mechanisms[2].rule == "skip" and "without a burn uid" in report.mechanisms[2].note
+
+    asyncio.run(scenario())
+
+
+def test_burn_uid_is_read_again_each_pass() -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB, 3: CAROL}, owner=OWNER, mechanisms=2)
+            scorer = make_scorer(proxy.url, chain, FakeTime(chain), "--hashrate-share", "0.5")
+            first = await scorer.run_pass()
+            chain.owner = CAROL  # the subnet changed hands between two passes
+            second = await scorer.run_pass()
+            assert (first.weights.burn_uid, second.weights.burn_uid) == (0, 3)
+            sent = [(x.mechid, dict(zip(x.uids, x.weights, strict=True))) for x in chain.submitted]
+            assert [mechid for mechid, _ in sent] == [0, 1, 0, 1]
+            assert all(w[0] == pytest.approx(0.5) and 3 not in w for _, w in sent[:2]), "pass 1 burns to uid 0"
+            assert all(w[3] == pytest.approx(0.5) and 0 not in w for _, w in sent[2:]), "pass 2 burns to uid 3"
+            assert second.weights.weights[3] == pytest.approx(0.5) and second.weights.weights[0] == 0.0
+
+    asyncio.run(scenario())
+
+
+def test_the_rate_limit_is_waited_out_per_mechanism() -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            # block 100; rate limit 50; mechanism 0 set at block 95 (45 blocks to wait), mechanism 1 at 40
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, owner=OWNER, mechanisms=2, rate_limit=50)
+            chain.last_update = {0: 95, 1: 40}
+            clock = FakeTime(chain)
+            report = await make_scorer(proxy.url, chain, clock).run_pass()
+            assert chain.too_early == []
+            assert [(sent.mechid, sent.block) for sent in chain.submitted] == [(0, 145), (1, 145)]
+            assert [m.waited_blocks for m in report.mechanisms] == [45, 0]
+            assert clock.sleeps == [45 * BLOCK_SECONDS]
+
+            # a long wait goes in bounded sleeps, each re-reading the chain
+            chain.submitted.clear()
+            chain.rate_limit = 200
+            clock.sleeps.clear()
+            report = await make_scorer(proxy.url, chain, clock).run_pass()
+            assert chain.too_early == [] and [sent.block for sent in chain.submitted] == [345, 345]
+            assert clock.sleeps == [600.0, 600.0, 600.0, 600.0], "200 blocks of 12 s, at most 600 s a sleep"
+            assert report.mechanisms[0].waited_blocks == 200
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_chain_inside_the_rate_limit_sends_nothing() -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, owner=OWNER, rate_limit=100, last_update={0: 90})
+            clock = FakeTime()  # sleeps never move this chain on: no block is produced
+            report = await make_scorer(proxy.url, chain, clock).run_pass()
+            assert chain.submitted == []
+            (m,) = report.mechanisms
+            assert m.submission is not None and not m.submission.ok and "rate limit" in m.submission.message
+            assert report.weights_not_set
+            assert len(clock.sleeps) == 5, "bounded: ceil(100 blocks × 12 s / 600 s) + 3 rounds"
+
+    asyncio.run(scenario())
+
+
+def test_dry_run_shows_every_mechanism() -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, owner=OWNER, mechanisms=3, rate_limit=10**6)
+            chain.last_update = {0: 99}
+            scorer = make_scorer(
+                proxy.url, chain, FakeTime(chain), "--dry-run", "--hashrate-share", "0.9", "--skip-mechanisms", "2"
+            )
+            report = await scorer.run_pass()
+            out = io.StringIO()
+            scorer.print_report(report, out)
+            text = out.getvalue()
+            doc = json.loads(text.strip().splitlines()[-1])
+            assert chain.submitted == [], "a dry run never sets weights, nor waits for the rate limit"
+            assert doc["submitted"] is None and doc["mechanism_count"] == 3
+            vector = {"0": pytest.approx(0.1), "1": pytest.approx(0.675), "2": pytest.approx(0.225)}
+            assert [(m["mechid"], m["rule"], m["weights"], m["submitted"]) for m in doc["mechanisms"]] == [
+                (0, "hashrate", vector, None),
+                (1, "hashrate", vector, None),
+                (2, "skip", {}, None),
+            ]
+            assert "mechanisms: 3  (dry run: nothing is set)" in text
+            rows = [line.split() for line in text.splitlines() if line.startswith("  ") and line.split()[0].isdigit()]
+            assert [row[:3] for row in rows] == [
+                ["0", "hashrate", "would"],
+                ["1", "hashrate", "would"],
+                ["2", "skip", "skipped"],
+            ]
+            assert rows[0][4:] == ["0:0.1000", "1:0.6750", "2:0.2250"]
 
     asyncio.run(scenario())
 
