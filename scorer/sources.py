@@ -208,22 +208,16 @@ log = logging.getLogger("scorer.sources")
 
 
 def hotkey_of_worker(worker_id: str) -> str | None:
-    """The hotkey in a worker name, split as the InfiniteHash validators split it; None when it has none.
+    """The middle part of ``<account>.<hotkey>.<workerID>`` (the workerID may hold dots); None otherwise.
 
-    ``<account>.<hotkey>.<workerID>`` (the proxy's form; the workerID may hold dots) → the middle
-    part; ``<hotkey>.<workerID>`` (Luxor's form) → the first part; a name without a worker part
-    credits nobody. The hotkey is cut to 48 characters (an SS58 address' length), as theirs is.
+    As the InfiniteHash validators split proxy names, the hotkey cut to 48 characters (an SS58
+    address' length). Their client also reads Luxor's two-part ``<hotkey>.<workerID>``; the proxy
+    never authorizes such a name, so here it credits nobody.
     """
     parts = worker_id.split(".")
-    if len(parts) >= 3:
-        hotkey, suffix = parts[1], ".".join(parts[2:])
-    elif len(parts) == 2:
-        hotkey, suffix = parts
-    else:
+    if len(parts) < 3 or not parts[1] or not ".".join(parts[2:]):
         return None
-    if not hotkey or not suffix:
-        return None
-    return hotkey[:48]
+    return parts[1][:48]
 
 
 def _hashrate_value(worker_id: str, rate: Any) -> float:

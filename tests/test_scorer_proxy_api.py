@@ -71,7 +71,7 @@ def run(factory: Callable[[], Awaitable[None]]) -> None:
     [
         (f"infinite.{ALICE}.rig1", ALICE),
         (f"other.{ALICE}.rig.with.dots", ALICE),
-        (f"{ALICE}.rig1", ALICE),  # Luxor's <hotkey>.<worker>, split as the validators split it
+        (f"{ALICE}.rig1", None),  # Luxor's two-part form: the proxy never authorizes it
         (f"infinite.{ALICE}x.rig", ALICE),  # cut to 48 characters, as theirs is
         ("infinite..rig", None),
         (f"infinite.{ALICE}.", None),
