@@ -1,13 +1,15 @@
 """The Bittensor chain behind a small interface, and the weight submission with retries.
 
 :class:`Chain` is all the scorer needs from the chain: the metagraph (uid ↔ hotkey, the subnet
-owner's hotkey), the current block and the tempo, whether commit-reveal is on, and setting or
-committing weights. :class:`BittensorChain` implements it with the bittensor SDK 11.x (imported only
-when that class is first used: the import takes a couple of seconds); tests use a fake.
+owner's hotkey), the current block and the tempo, the subnet's mechanism count, the weights rate
+limit and the block our hotkey last set weights on a mechanism, and setting weights on one
+mechanism. :class:`BittensorChain` implements it with the bittensor SDK 11.x (imported only when
+that class is first used: the import takes a couple of seconds); tests use a fake.
 
-:func:`submit_weights` picks the path (a timelocked commit when the subnet has commit-reveal on,
-a plain set otherwise) and retries with exponential backoff; a failure is reported with the chain's
-reason, never raised, so a loop goes on to the next tempo.
+Commit-reveal is the SDK's business: its ``SetWeights`` reads the subnet's setting and sends either
+a plain set or a timelocked commit whose drand reveal round it computes itself, so no epoch
+arithmetic lives here. :func:`submit_weights` retries with exponential backoff; a failure is
+reported with the chain's reason, never raised, so a loop goes on to the next tempo.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ class SubmitResult:
     message: str = ""
     """The chain's reason when not ok; a short status otherwise."""
     data: dict[str, Any] = field(default_factory=dict)
+    committed: bool = False
+    """The SDK sent a timelocked commit (the subnet has commit-reveal on) rather than a plain set."""
+
+
+# Subtensor keys per-mechanism storage (weights, LastUpdate) by this index; mechanism 0 is the netuid.
+MECHANISM_STRIDE = 4096
+
+
+def mechanism_storage_index(netuid: int, mechid: int) -> int:
+    return mechid * MECHANISM_STRIDE + netuid
 
 
 class Chain(Protocol):
@@ -62,14 +74,20 @@ class Chain(Protocol):
 
     async def tempo(self, netuid: int) -> int: ...
 
-    async def commit_reveal_enabled(self, netuid: int) -> bool: ...
-
-    async def set_weights(self, netuid: int, uids: list[int], weights: list[float]) -> SubmitResult:
-        """Plain (visible) weights, for subnets without commit-reveal."""
+    async def mechanism_count(self, netuid: int) -> int:
+        """How many mechanisms (independent incentive markets, mechids ``0..n-1``) the subnet runs."""
         ...
 
-    async def commit_weights(self, netuid: int, uids: list[int], weights: list[float]) -> SubmitResult:
-        """A commit the chain reveals by itself later, for subnets with commit-reveal on."""
+    async def weights_rate_limit(self, netuid: int) -> int:
+        """Blocks a hotkey must wait between two weight submissions on the same mechanism."""
+        ...
+
+    async def last_weights_block(self, netuid: int, mechid: int) -> int | None:
+        """The block our hotkey last set (or committed) weights on ``mechid``; None when never or unregistered."""
+        ...
+
+    async def set_weights(self, netuid: int, mechid: int, uids: list[int], weights: list[float]) -> SubmitResult:
+        """Weights on one mechanism: a plain set, or a timelocked commit under commit-reveal (the SDK picks)."""
         ...
 
     async def close(self) -> None: ...
@@ -110,13 +128,20 @@ async def with_retries(
 class Submission:
     ok: bool
     mode: str
-    """"commit" (commit-reveal) or "set"; "" when it never got as far as choosing."""
+    """"commit" (timelocked, commit-reveal on) or "set"; "" when nothing reached the chain."""
     message: str
     attempts: int
     data: dict[str, Any] = field(default_factory=dict)
+    mechid: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "mode": self.mode or None, "message": self.message, "attempts": self.attempts}
+        return {
+            "mechid": self.mechid,
+            "ok": self.ok,
+            "mode": self.mode or None,
+            "message": self.message,
+            "attempts": self.attempts,
+        }
 
 
 async def submit_weights(
@@ -126,35 +151,39 @@ async def submit_weights(
     retry: Retry,
     sleep: Sleep,
     redact: Callable[[str], str] = lambda s: s,
+    mechid: int = 0,
 ) -> Submission:
-    """Set (or commit, under commit-reveal) the weights; retry with backoff; never raise."""
+    """Set the weights on one mechanism (the SDK commits instead under commit-reveal); retry; never raise."""
     nonzero = {uid: w for uid, w in sorted(weights.items()) if w > 0}
     if not nonzero:
-        log.warning("every weight is zero: nothing to set on chain")
-        return Submission(False, "", "every weight is zero: nothing to set", 0)
+        log.warning("every weight is zero: nothing to set on mechanism %d", mechid)
+        return Submission(False, "", "every weight is zero: nothing to set", 0, mechid=mechid)
     uids = list(nonzero)
     values = [nonzero[uid] for uid in uids]
-    mode = ""
     message = ""
     attempts = max(1, retry.attempts)
     for attempt in range(attempts):
         try:
-            commit = await chain.commit_reveal_enabled(netuid)
-            mode = "commit" if commit else "set"
-            if commit:
-                result = await chain.commit_weights(netuid, uids, values)
-            else:
-                result = await chain.set_weights(netuid, uids, values)
+            result = await chain.set_weights(netuid, mechid, uids, values)
             if result.ok:
-                log.info("weights %s on netuid %d: %s", "committed" if commit else "set", netuid, result.message)
-                return Submission(True, mode, redact(result.message), attempt + 1, dict(result.data))
+                mode = "commit" if result.committed else "set"
+                log.info(
+                    "weights %s on netuid %d mechanism %d: %s",
+                    "committed" if result.committed else "set",
+                    netuid,
+                    mechid,
+                    result.message,
+                )
+                return Submission(True, mode, redact(result.message), attempt + 1, dict(result.data), mechid)
             message = redact(result.message or "the chain refused the weights without a reason")
         except Exception as exc:
             message = redact(f"{type(exc).__name__}: {exc}")
-        log.warning("setting weights failed (attempt %d/%d): %s", attempt + 1, attempts, message)
+        log.warning(
+            "setting weights on mechanism %d failed (attempt %d/%d): %s", mechid, attempt + 1, attempts, message
+        )
         if attempt + 1 < attempts:
             await sleep(retry.delay(attempt))
-    return Submission(False, mode, message, attempts)
+    return Submission(False, "", message, attempts, mechid=mechid)
 
 
 def load_metagraph_file(path: str | Path) -> MetagraphView:
@@ -182,14 +211,16 @@ class BittensorChain:
 
     SDK calls: ``await bittensor.Subtensor(network)`` (an async ``Client``; the ``network`` is
     ``finney``, ``test``, ``local`` or a ``ws(s)://`` URL), ``client.subnets.metagraph(netuid,
-    commitments=False)`` (neurons' uid/hotkey, ``owner_hotkey``, ``tempo``, ``block``),
-    ``client.block()``, ``client.subnets.subnet(netuid).tempo``,
-    ``client.subnets.commit_reveal_enabled(netuid)``,
-    ``client.query(storage.SubtensorModule.WeightsVersionKey, [netuid])`` (sent as ``version_key``), and
-    ``client.execute(SetWeights(...) | CommitWeights(...), wallet, retries=…)`` with
-    ``bittensor.Wallet(name, hotkey, path)``: the SDK conforms the weights to the subnet's limits,
-    quantizes them to u16, preflights registration and the rate limit, signs with the hotkey, and
-    ``CommitWeights`` timelock-encrypts the weights for the chain to reveal at the drand round.
+    commitments=False)`` (neurons' uid/hotkey, ``owner_hotkey``, ``block``), ``client.block()``,
+    ``client.subnets.subnet(netuid).tempo``, ``client.subnets.mechanism_count(netuid)``
+    (``MechanismCountCurrent``), ``client.hyperparameters.weights_rate_limit(netuid)``
+    (``WeightsSetRateLimit``), ``client.query(storage.SubtensorModule.Uids | LastUpdate, …)`` (our
+    hotkey's last weights block, ``LastUpdate`` keyed by ``mechid * 4096 + netuid``),
+    ``WeightsVersionKey`` (sent as ``version_key``), and ``client.execute(SetWeights(netuid, uids,
+    weights, mechid=…, version_key=…), wallet, retries=…)`` with ``bittensor.Wallet(name, hotkey,
+    path)``: the SDK conforms the weights to the subnet's limits, quantizes them to u16, preflights
+    registration and the rate limit, signs with the hotkey, and — when the subnet has commit-reveal
+    on — timelock-encrypts the weights for the chain to reveal at the drand round it computes.
 
     ``client_factory`` replaces how the client is opened (a test hands in an SDK client built on a
     fake substrate); by default ``await bittensor.Subtensor(network)``.
@@ -263,26 +294,49 @@ class BittensorChain:
         info = await self._read(lambda c: c.subnets.subnet(netuid))
         return int(info.tempo)
 
-    async def commit_reveal_enabled(self, netuid: int) -> bool:
-        return bool(await self._read(lambda c: c.subnets.commit_reveal_enabled(netuid)))
+    async def mechanism_count(self, netuid: int) -> int:
+        count = int(await self._read(lambda c: c.subnets.mechanism_count(netuid)))
+        return max(1, count)  # a runtime without mechanisms has exactly mechanism 0
+
+    async def weights_rate_limit(self, netuid: int) -> int:
+        return int(await self._read(lambda c: c.hyperparameters.weights_rate_limit(netuid)))
+
+    def hotkey_address(self) -> str:
+        return str(self.wallet().hotkeypub.ss58_address)
+
+    async def last_weights_block(self, netuid: int, mechid: int) -> int | None:
+        storage = self._sdk().storage.SubtensorModule
+        hotkey = self.hotkey_address()
+        uid = await self._read(lambda c: c.query(storage.Uids, [netuid, hotkey]))
+        if uid is None:
+            return None
+        index = mechanism_storage_index(netuid, mechid)
+        last = await self._read(lambda c: c.query(storage.LastUpdate, [index]))
+        if not isinstance(last, (list, tuple)) or int(uid) >= len(last) or not int(last[int(uid)]):
+            return None  # the chain skips the rate limit for a hotkey that never set weights here
+        return int(last[int(uid)])
 
     def weights_intent(
-        self, netuid: int, uids: list[int], weights: list[float], commit: bool, version_key: int = 0
+        self, netuid: int, mechid: int, uids: list[int], weights: list[float], version_key: int = 0
     ) -> Any:
-        """The SDK intent for a weight vector: ``CommitWeights`` under commit-reveal, else ``SetWeights``."""
-        bt = self._sdk()
-        cls = bt.CommitWeights if commit else bt.SetWeights
-        return cls(netuid=netuid, uids=list(uids), weights=[float(w) for w in weights], version_key=version_key)
+        """The SDK intent for a weight vector on one mechanism (it picks set or timelocked commit)."""
+        return self._sdk().SetWeights(
+            netuid=netuid,
+            uids=list(uids),
+            weights=[float(w) for w in weights],
+            mechid=mechid,
+            version_key=version_key,
+        )
 
     async def version_key(self, netuid: int) -> int:
         """The subnet's required weights version (``WeightsVersionKey``): sending it is never too old."""
         item = self._sdk().storage.SubtensorModule.WeightsVersionKey
         return int(await self._read(lambda c: c.query(item, [netuid])) or 0)
 
-    async def _execute(self, netuid: int, uids: list[int], weights: list[float], commit: bool) -> SubmitResult:
+    async def set_weights(self, netuid: int, mechid: int, uids: list[int], weights: list[float]) -> SubmitResult:
         bt = self._sdk()
         try:
-            intent = self.weights_intent(netuid, uids, weights, commit, await self.version_key(netuid))
+            intent = self.weights_intent(netuid, mechid, uids, weights, await self.version_key(netuid))
             client = await self._connect()
             result = await client.execute(intent, self.wallet(), retries=self.sdk_retries)
         except bt.RpcConnectionError:
@@ -292,15 +346,10 @@ class BittensorChain:
             return SubmitResult(False, str(exc))
         if result.success:
             where = result.extrinsic_id or result.block_hash or ""
-            return SubmitResult(True, f"{result.message or 'ok'} {where}".strip(), dict(result.data))
+            data = dict(result.data)
+            return SubmitResult(True, f"{result.message or 'ok'} {where}".strip(), data, "reveal_round" in data)
         reason = result.message or (str(result.error) if result.error is not None else "failed")
         return SubmitResult(False, reason)
-
-    async def set_weights(self, netuid: int, uids: list[int], weights: list[float]) -> SubmitResult:
-        return await self._execute(netuid, uids, weights, commit=False)
-
-    async def commit_weights(self, netuid: int, uids: list[int], weights: list[float]) -> SubmitResult:
-        return await self._execute(netuid, uids, weights, commit=True)
 
     async def _drop(self) -> None:
         client, self._client = self._client, None

@@ -2,11 +2,13 @@
 
 A pass: read hashrate per hotkey over the window (ledger or proxy API) → read the metagraph (chain,
 or ``--metagraph-file``) → apply the weight policy (:mod:`scorer.policy`) → optionally cross-check
-with Luxor → set the weights on chain (unless ``--dry-run``) → print the table, and with ``--json``
-one JSON object as the last line of stdout. Logs go to stderr.
+with Luxor → read the subnet's mechanism count → set the weights on every mechanism (the same
+vector, unless ``--skip-mechanisms``/``--burn-mechanisms`` say otherwise), each after waiting out the
+weights rate limit (unless ``--dry-run``) → print the table, and with ``--json`` one JSON object as
+the last line of stdout. Logs go to stderr.
 
 Exit status: 0 done; 1 the pass failed (source or chain unreadable); 2 bad settings; 3 the weights
-could not be set on chain (after the retries).
+could not be set on some mechanism (after the retries).
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TextIO
 
 from .chain import (
     BittensorChain,
     Chain,
+    ChainUnavailable,
     MetagraphView,
     Retry,
     Sleep,
+    Submission,
     load_metagraph_file,
     submit_weights,
     with_retries,
@@ -34,7 +39,7 @@ from .config import ConfigError, Settings, load_settings
 from .hashrate import Window
 from .luxor import LuxorClient, LuxorError, discrepancies, ours_by_hotkey
 from .policy import PolicyError, compute_weights, invert_metagraph
-from .report import PassReport, json_line, render_table
+from .report import MechanismOutcome, PassReport, json_line, render_table
 from .sources import ClickHouseSource, HashrateSource, ProxyApiSource, SourceError
 
 log = logging.getLogger("scorer")
@@ -137,13 +142,12 @@ class Scorer:
                 luxor_error = self.redact(str(exc))
                 log.warning("Luxor cross-check failed: %s", luxor_error)
 
-        submission = None
+        mechanism_count = await self._mechanism_count()
+        mechanisms = self.plan_mechanisms(mechanism_count or 1, weights.weights, burn_uid)
         if not s.dry_run:
             if self.chain is None:
                 raise PassFailed("no chain to set weights on")
-            submission = await submit_weights(
-                self.chain, s.netuid, weights.weights, self.retry, self.sleep, self.redact
-            )
+            mechanisms = await self.set_on_mechanisms(self.chain, mechanisms)
         return PassReport(
             window=window,
             source=self.source.describe(),
@@ -154,8 +158,116 @@ class Scorer:
             netuid=s.netuid,
             luxor=luxor_report,
             luxor_error=luxor_error,
-            submission=submission,
+            mechanisms=mechanisms,
+            mechanism_count=mechanism_count,
+            dry_run=s.dry_run,
         )
+
+    async def _mechanism_count(self) -> int | None:
+        """Read each pass (a subnet owner can change it); None without a chain."""
+        chain = self.chain
+        if chain is None:
+            return None
+        netuid = self.settings.netuid
+        try:
+            return await with_retries(
+                "reading the mechanism count",
+                lambda: chain.mechanism_count(netuid),
+                self.retry,
+                self.sleep,
+                self.redact,
+            )
+        except Exception as exc:
+            raise PassFailed(self.redact(str(exc))) from None
+
+    def plan_mechanisms(self, count: int, vector: dict[int, float], burn_uid: int | None) -> list[MechanismOutcome]:
+        """The same vector on every mechanism, except those configured to be skipped or burned."""
+        s = self.settings
+        out: list[MechanismOutcome] = []
+        for mechid in range(count):
+            if mechid in s.skip_mechanisms:
+                out.append(MechanismOutcome(mechid, "skip", {}, note="--skip-mechanisms"))
+            elif mechid in s.burn_mechanisms:
+                if burn_uid is None or burn_uid not in vector:
+                    log.warning("mechanism %d is a burn mechanism but there is no burn uid: skipped", mechid)
+                    out.append(MechanismOutcome(mechid, "skip", {}, note="burn mechanism without a burn uid"))
+                else:
+                    out.append(MechanismOutcome(mechid, "burn", {uid: float(uid == burn_uid) for uid in vector}))
+            else:
+                out.append(MechanismOutcome(mechid, "hashrate", dict(vector)))
+        unknown = sorted((s.skip_mechanisms | s.burn_mechanisms) - set(range(count)))
+        if unknown:
+            log.warning("configured mechanisms %s do not exist (the subnet has %d)", unknown, count)
+        return out
+
+    async def set_on_mechanisms(self, chain: Chain, plan: list[MechanismOutcome]) -> list[MechanismOutcome]:
+        """Set the weights on each planned mechanism in turn, waiting out the rate limit first."""
+        netuid = self.settings.netuid
+        rate_limit: int | None
+        try:
+            rate_limit = await with_retries(
+                "reading the weights rate limit",
+                lambda: chain.weights_rate_limit(netuid),
+                self.retry,
+                self.sleep,
+                self.redact,
+            )
+        except ChainUnavailable as exc:
+            # The SDK preflights the rate limit itself before signing: it still never submits early.
+            log.warning("%s; leaving the rate limit check to the SDK", self.redact(str(exc)))
+            rate_limit = None
+        out: list[MechanismOutcome] = []
+        for m in plan:
+            if m.rule == "skip":
+                out.append(m)
+                continue
+            waited, blocked = (0, "") if rate_limit is None else await self.wait_rate_limit(chain, m.mechid, rate_limit)
+            if blocked:
+                submission = Submission(False, "", blocked, 0, mechid=m.mechid)
+            else:
+                submission = await submit_weights(
+                    chain, netuid, m.weights, self.retry, self.sleep, self.redact, mechid=m.mechid
+                )
+            out.append(replace(m, submission=submission, waited_blocks=waited))
+        return out
+
+    async def wait_rate_limit(self, chain: Chain, mechid: int, rate_limit: int) -> tuple[int, str]:
+        """Sleep until ``rate_limit`` blocks have passed since our last weights on ``mechid``.
+
+        Returns the blocks waited and, when it could not get there, why (then nothing is sent).
+        Bounded: each round sleeps at most ``MAX_WAIT`` and the rounds are enough for the whole
+        limit at the nominal block time plus a few spare, so a stalled chain costs a bounded wait.
+        """
+        netuid = self.settings.netuid
+        waited = 0
+        rounds = math.ceil(rate_limit * BLOCK_SECONDS / MAX_WAIT) + 3
+        first: int | None = None
+        for round_ in range(rounds + 1):
+            try:
+                last = await chain.last_weights_block(netuid, mechid)
+                current = await chain.current_block()
+            except Exception as exc:
+                reason = self.redact(f"{type(exc).__name__}: {exc}")
+                log.warning("reading the last weights block failed: %s; leaving the check to the SDK", reason)
+                return waited, ""
+            if first is None:
+                first = current
+            waited = current - first
+            since = None if last is None else current - last
+            if since is None or since >= rate_limit:  # the chain's own rule: allowed once since >= limit
+                return waited, ""
+            remaining = rate_limit - since
+            if round_ == rounds:
+                break
+            log.info(
+                "mechanism %d: weights were set %d blocks ago, the rate limit is %d blocks: waiting %d blocks",
+                mechid,
+                since,
+                rate_limit,
+                remaining,
+            )
+            await self.sleep(min(MAX_WAIT, remaining * BLOCK_SECONDS))
+        return waited, f"still inside the weights rate limit ({rate_limit} blocks) after waiting {waited} blocks"
 
     def print_report(self, report: PassReport, out: TextIO) -> None:
         print(render_table(report, show_workers=self.settings.workers), file=out)
@@ -266,7 +378,7 @@ async def _run(settings: Settings, redact: Redactor) -> int:
             print(f"ih-scorer: {exc}", file=sys.stderr)
             return EXIT_PASS_FAILED
         scorer.print_report(report, sys.stdout)
-        if report.submission is not None and not report.submission.ok:
+        if report.weights_not_set:
             return EXIT_WEIGHTS_NOT_SET
         return EXIT_OK
     finally:

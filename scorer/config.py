@@ -48,6 +48,8 @@ class Settings:
     metagraph_file: str | None
     policy: Policy
     burn_uid: int | None
+    skip_mechanisms: frozenset[int]
+    burn_mechanisms: frozenset[int]
     loop: bool
     passes: int | None
     retries: int
@@ -90,6 +92,18 @@ def _float(value: Any) -> float:
     if not math.isfinite(number):
         raise ValueError("not a finite number")
     return number
+
+
+def _mechids(value: Any) -> frozenset[int]:
+    """``"1,2"`` on the command line, ``[1, 2]`` (or ``"1,2"``) in TOML → mechanism ids."""
+    items = value if isinstance(value, list) else [p for p in str(value).replace(" ", "").split(",") if p]
+    out = set()
+    for item in items:
+        mechid = _int(item)
+        if not 0 <= mechid <= 255:
+            raise ValueError(f"{item!r} is not a mechanism id (0..255)")
+        out.add(mechid)
+    return frozenset(out)
 
 
 def _bool(value: Any) -> bool:
@@ -169,6 +183,22 @@ OPTIONS: tuple[Option, ...] = (
         1.0,
     ),
     Option("--burn-uid", "burn_uid", "uid that gets the unearned weight (default the subnet owner's uid)", _int),
+    Option(
+        "--skip-mechanisms",
+        "skip_mechanisms",
+        "mechanism ids this scorer never sets weights on, e.g. 1,2 (default none: every mechanism)",
+        _mechids,
+        frozenset(),
+        metavar="IDS",
+    ),
+    Option(
+        "--burn-mechanisms",
+        "burn_mechanisms",
+        "mechanism ids that get the whole weight on the burn uid instead of the hashrate vector",
+        _mechids,
+        frozenset(),
+        metavar="IDS",
+    ),
     Option("--loop", "loop", "keep running: score and set weights once per tempo", _bool, False, flag_only=True),
     Option("--passes", "passes", "with --loop: stop after this many passes (default never)", _int),
     Option("--retries", "retries", "attempts for each chain call (default 3)", _int, 3),
@@ -307,6 +337,9 @@ def _settings(raw: dict[str, Any]) -> Settings:
         raise ConfigError("--metagraph-file is for runs without a chain: add --dry-run")
     if raw["burn_uid"] is not None and not 0 <= raw["burn_uid"] <= 65535:
         raise ConfigError("--burn-uid must be a uid (0..65535)")
+    if raw["skip_mechanisms"] & raw["burn_mechanisms"]:
+        both = ", ".join(str(m) for m in sorted(raw["skip_mechanisms"] & raw["burn_mechanisms"]))
+        raise ConfigError(f"mechanism {both} is in both --skip-mechanisms and --burn-mechanisms")
     if raw["retries"] < 1:
         raise ConfigError("--retries must be at least 1")
     if raw["retry_delay"] < 0:
@@ -334,6 +367,8 @@ def _settings(raw: dict[str, Any]) -> Settings:
         metagraph_file=raw["metagraph_file"],
         policy=policy,
         burn_uid=raw["burn_uid"],
+        skip_mechanisms=raw["skip_mechanisms"],
+        burn_mechanisms=raw["burn_mechanisms"],
         loop=bool(raw["loop"]),
         passes=raw["passes"],
         retries=raw["retries"],

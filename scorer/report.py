@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .chain import Submission
 from .hashrate import HotkeyStat, Window, format_hashrate, iso
 from .luxor import Discrepancy
 from .policy import Weights
+
+
+@dataclass(frozen=True)
+class MechanismOutcome:
+    """What one mechanism of the subnet gets in a pass, and what the chain said."""
+
+    mechid: int
+    rule: str
+    """"hashrate" (the policy's vector), "burn" (everything to the burn uid) or "skip" (nothing set)."""
+    weights: dict[int, float]
+    """uid → weight sent (or, with --dry-run, that would be sent); empty for "skip"."""
+    submission: Submission | None = None
+    """None with --dry-run, for "skip", and when nothing could be sent."""
+    waited_blocks: int = 0
+    """Blocks waited for the weights rate limit before submitting."""
+    note: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.submission is not None and not self.submission.ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mechid": self.mechid,
+            "rule": self.rule,
+            "weights": {str(uid): weight for uid, weight in sorted(self.weights.items())},
+            "submitted": self.submission.to_json() if self.submission is not None else None,
+            "waited_blocks": self.waited_blocks,
+            "note": self.note or None,
+        }
 
 
 @dataclass(frozen=True)
@@ -23,7 +53,15 @@ class PassReport:
     netuid: int
     luxor: list[Discrepancy] | None = None
     luxor_error: str | None = None
-    submission: Submission | None = None
+    mechanisms: list[MechanismOutcome] = field(default_factory=list)
+    mechanism_count: int | None = None
+    """Read from the chain; None when there is no chain (then mechanism 0 alone is shown)."""
+    dry_run: bool = True
+
+    @property
+    def weights_not_set(self) -> bool:
+        """Some mechanism's weights could not be set (after the retries)."""
+        return any(m.failed for m in self.mechanisms)
 
 
 def _shares(value: int | None) -> str:
@@ -74,11 +112,41 @@ def render_table(report: PassReport, show_workers: bool = False) -> str:
             )
     if report.luxor_error:
         lines.append(f"Luxor cross-check failed: {report.luxor_error}")
-    if report.submission is not None:
-        s = report.submission
-        status = "ok" if s.ok else "FAILED"
-        lines.append(f"weights on chain ({s.mode or '-'}): {status} after {s.attempts} attempt(s): {s.message}")
+    lines += render_mechanisms(report)
     return "\n".join(lines)
+
+
+def _vector(weights: dict[int, float]) -> str:
+    nonzero = [f"{uid}:{w:.4f}" for uid, w in sorted(weights.items()) if w > 0]
+    return " ".join(nonzero) if nonzero else "(all zero)"
+
+
+def render_mechanisms(report: PassReport) -> list[str]:
+    """One line per mechanism: the rule, the nonzero weights, and the chain's answer (or "dry run")."""
+    count = "not read (no chain)" if report.mechanism_count is None else str(report.mechanism_count)
+    lines = [f"mechanisms: {count}{'  (dry run: nothing is set)' if report.dry_run else ''}"]
+    lines.append(f"  {'mech':>4}  {'rule':<8}  {'status':<24}  weights (uid:weight, nonzero)")
+    for m in report.mechanisms:
+        s = m.submission
+        if m.rule == "skip":
+            status = "skipped"
+        elif report.dry_run:
+            status = "would set"
+        elif s is None:
+            status = "not sent"
+        else:
+            status = f"{s.mode or '-'} {'ok' if s.ok else 'FAILED'} ({s.attempts} att.)"
+        lines.append(f"  {m.mechid:>4}  {m.rule:<8}  {status:<24}  {_vector(m.weights) if m.rule != 'skip' else '-'}")
+        detail = []
+        if m.waited_blocks:
+            detail.append(f"waited {m.waited_blocks} blocks for the weights rate limit")
+        if s is not None and s.message:
+            detail.append(s.message)
+        if m.note:
+            detail.append(m.note)
+        if detail:
+            lines.append(f"        {'; '.join(detail)}")
+    return lines
 
 
 def to_json(report: PassReport) -> dict[str, Any]:
@@ -113,7 +181,16 @@ def to_json(report: PassReport) -> dict[str, Any]:
             "hotkeys": [d.to_json() for d in report.luxor or []],
             "error": report.luxor_error,
         }
-    doc["submitted"] = report.submission.to_json() if report.submission is not None else None
+    doc["mechanism_count"] = report.mechanism_count
+    doc["mechanisms"] = [m.to_json() for m in report.mechanisms]
+    if report.dry_run:
+        doc["submitted"] = None
+    else:
+        sent = [m for m in report.mechanisms if m.rule != "skip"]
+        doc["submitted"] = {
+            "ok": bool(sent) and not report.weights_not_set and all(m.submission is not None for m in sent),
+            "failed": [m.mechid for m in sent if m.submission is None or not m.submission.ok],
+        }
     return doc
 
 

@@ -42,22 +42,42 @@ from scorer.sources import ProxyApiSource
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
 OWNER = "5DAAnrj7VHTznn2AWBemMuyBwZWs6FNFjdyVXUeYum3PTXFy"
+CAROL = "5FLSigC9HGRKVhB9FiEo4Y3koPsNmBmLJbpXg2mp1hXcS59Y"
 COLDKEY = "5C4hrfjw9DjXZTzV3MwzrrAr9P1MJhSrvWGWqi1eSuyUpnhM"
 BLOCK_SECONDS = 12.0
 
 
 @dataclass
+class Sent:
+    """One weight submission the fake chain received."""
+
+    mode: str
+    mechid: int
+    uids: list[int]
+    weights: list[float]
+    block: int
+
+
+@dataclass
 class FakeChain:
-    """``scorer.chain.Chain`` in memory. ``outcomes`` scripts the next weight submissions."""
+    """``scorer.chain.Chain`` in memory. ``outcomes`` scripts the next weight submissions.
+
+    Like subtensor it keeps, per mechanism, the block our hotkey last set weights (``last_update``)
+    and refuses a set inside the rate limit; such refusals are recorded in ``too_early``.
+    """
 
     uids: dict[int, str]
     owner: str | None = None
     commit_reveal: bool = False
     tempo_blocks: int = 10
     block: int = 100
+    mechanisms: int = 1
+    rate_limit: int = 0
+    last_update: dict[int, int] = field(default_factory=dict)
     outcomes: list[SubmitResult | Exception] = field(default_factory=list)
     metagraph_errors: int = 0
-    submitted: list[tuple[str, list[int], list[float], int]] = field(default_factory=list)
+    submitted: list[Sent] = field(default_factory=list)
+    too_early: list[Sent] = field(default_factory=list)
     closed: bool = False
 
     async def metagraph(self, netuid: int) -> MetagraphView:
@@ -72,21 +92,30 @@ class FakeChain:
     async def tempo(self, netuid: int) -> int:
         return self.tempo_blocks
 
-    async def commit_reveal_enabled(self, netuid: int) -> bool:
-        return self.commit_reveal
+    async def mechanism_count(self, netuid: int) -> int:
+        return self.mechanisms
 
-    async def _submit(self, mode: str, uids: list[int], weights: list[float]) -> SubmitResult:
-        self.submitted.append((mode, uids, weights, self.block))
+    async def weights_rate_limit(self, netuid: int) -> int:
+        return self.rate_limit
+
+    async def last_weights_block(self, netuid: int, mechid: int) -> int | None:
+        return self.last_update.get(mechid)
+
+    async def set_weights(self, netuid: int, mechid: int, uids: list[int], weights: list[float]) -> SubmitResult:
+        assert 0 <= mechid < self.mechanisms, "MechanismDoesNotExist"
+        sent = Sent("commit" if self.commit_reveal else "set", mechid, uids, weights, self.block)
+        self.submitted.append(sent)
+        last = self.last_update.get(mechid)
+        if self.rate_limit and last is not None and self.block - last < self.rate_limit:
+            self.too_early.append(sent)
+            return SubmitResult(False, "SettingWeightsTooFast")
         outcome = self.outcomes.pop(0) if self.outcomes else SubmitResult(True, "in block")
         if isinstance(outcome, Exception):
             raise outcome
+        if outcome.ok:
+            self.last_update[mechid] = self.block
+            outcome = SubmitResult(outcome.ok, outcome.message, outcome.data, self.commit_reveal)
         return outcome
-
-    async def set_weights(self, netuid: int, uids: list[int], weights: list[float]) -> SubmitResult:
-        return await self._submit("set", uids, weights)
-
-    async def commit_weights(self, netuid: int, uids: list[int], weights: list[float]) -> SubmitResult:
-        return await self._submit("commit", uids, weights)
 
     async def close(self) -> None:
         self.closed = True
@@ -109,13 +138,13 @@ RETRY = Retry(attempts=3, base_delay=2.0)
 WEIGHTS = {0: 0.0, 1: 0.25, 2: 0.75}
 
 
-@pytest.mark.parametrize(("commit_reveal", "mode"), [(False, "set"), (True, "commit")])
-def test_submit_picks_the_path(commit_reveal: bool, mode: str) -> None:
-    chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, commit_reveal=commit_reveal)
+@pytest.mark.parametrize(("commit_reveal", "mode", "mechid"), [(False, "set", 0), (True, "commit", 1)])
+def test_submit_reports_the_path_the_sdk_took(commit_reveal: bool, mode: str, mechid: int) -> None:
+    chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, commit_reveal=commit_reveal, mechanisms=2)
     clock = FakeTime()
-    result = asyncio.run(submit_weights(chain, 89, WEIGHTS, RETRY, clock.sleep))
-    assert (result.ok, result.mode, result.attempts) == (True, mode, 1)
-    assert chain.submitted == [(mode, [1, 2], [0.25, 0.75], 100)], "zeros are not sent"
+    result = asyncio.run(submit_weights(chain, 89, WEIGHTS, RETRY, clock.sleep, mechid=mechid))
+    assert (result.ok, result.mode, result.attempts, result.mechid) == (True, mode, 1, mechid)
+    assert chain.submitted == [Sent(mode, mechid, [1, 2], [0.25, 0.75], 100)], "zeros are not sent"
     assert clock.sleeps == []
 
 
@@ -237,14 +266,150 @@ def test_one_pass_burns_to_the_owner_uid_and_sets_weights() -> None:
             doc = json.loads(out.getvalue().strip().splitlines()[-1])
             assert doc["burn_uid"] == 0
             assert doc["weights"] == {"0": pytest.approx(0.1), "1": pytest.approx(0.675), "2": pytest.approx(0.225)}
-            assert doc["submitted"] == {"ok": True, "mode": "commit", "message": "in block", "attempts": 1}
-            assert chain.submitted[0][0] == "commit" and chain.submitted[0][1] == [0, 1, 2]
+            assert doc["submitted"] == {"ok": True, "failed": []}
+            assert doc["mechanism_count"] == 1
+            assert doc["mechanisms"][0]["submitted"] == {
+                "mechid": 0, "ok": True, "mode": "commit", "message": "in block", "attempts": 1,
+            }  # fmt: skip
+            assert chain.submitted[0].mode == "commit" and chain.submitted[0].uids == [0, 1, 2]
 
             # dry run: the metagraph is still read from the chain, weights are never touched
             chain.submitted.clear()
             dry = make_scorer(proxy.url, chain, FakeTime(chain), "--dry-run")
-            assert (await dry.run_pass()).submission is None
+            dry_report = await dry.run_pass()
+            assert [(m.mechid, m.rule, m.submission) for m in dry_report.mechanisms] == [(0, "hashrate", None)]
             assert chain.submitted == []
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("mechanisms", [1, 2])
+def test_the_same_weights_on_every_mechanism(mechanisms: int) -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, owner=OWNER, mechanisms=mechanisms)
+            report = await make_scorer(proxy.url, chain, FakeTime(chain), "--hashrate-share", "0.9").run_pass()
+            assert report.mechanism_count == mechanisms
+            assert [sent.mechid for sent in chain.submitted] == list(range(mechanisms)), "each mechanism once"
+            vector = ([0, 1, 2], [pytest.approx(0.1), pytest.approx(0.675), pytest.approx(0.225)])
+            assert all((sent.uids, sent.weights) == vector for sent in chain.submitted)
+            assert [(m.mechid, m.rule, m.submission is not None and m.submission.ok) for m in report.mechanisms] == [
+                (mechid, "hashrate", True) for mechid in range(mechanisms)
+            ]
+            assert not report.weights_not_set
+
+    asyncio.run(scenario())
+
+
+def test_skip_and_burn_mechanisms() -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, owner=OWNER, mechanisms=3)
+            scorer = make_scorer(proxy.url, chain, FakeTime(chain), "--skip-mechanisms", "1", "--burn-mechanisms", "2")
+            report = await scorer.run_pass()
+            assert [(sent.mechid, sent.uids, sent.weights) for sent in chain.submitted] == [
+                (0, [1, 2], [pytest.approx(0.75), pytest.approx(0.25)]),
+                (2, [0], [1.0]),
+            ]
+            assert [m.rule for m in report.mechanisms] == ["hashrate", "skip", "burn"]
+
+            # a burn mechanism without a burn uid is skipped, never given the hashrate vector
+            chain.submitted.clear()
+            chain.owner = None
+            report = await scorer.run_pass()
+            assert [sent.mechid for sent in chain.submitted] == [0]
+            assert report.mechanisms[2].rule == "skip" and "without a burn uid" in report.mechanisms[2].note
+
+    asyncio.run(scenario())
+
+
+def test_burn_uid_is_read_again_each_pass() -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB, 3: CAROL}, owner=OWNER, mechanisms=2)
+            scorer = make_scorer(proxy.url, chain, FakeTime(chain), "--hashrate-share", "0.5")
+            first = await scorer.run_pass()
+            chain.owner = CAROL  # the subnet changed hands between two passes
+            second = await scorer.run_pass()
+            assert (first.weights.burn_uid, second.weights.burn_uid) == (0, 3)
+            sent = [(x.mechid, dict(zip(x.uids, x.weights, strict=True))) for x in chain.submitted]
+            assert [mechid for mechid, _ in sent] == [0, 1, 0, 1]
+            assert all(w[0] == pytest.approx(0.5) and 3 not in w for _, w in sent[:2]), "pass 1 burns to uid 0"
+            assert all(w[3] == pytest.approx(0.5) and 0 not in w for _, w in sent[2:]), "pass 2 burns to uid 3"
+            assert second.weights.weights[3] == pytest.approx(0.5) and second.weights.weights[0] == 0.0
+
+    asyncio.run(scenario())
+
+
+def test_the_rate_limit_is_waited_out_per_mechanism() -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            # block 100; rate limit 50; mechanism 0 set at block 95 (45 blocks to wait), mechanism 1 at 40
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, owner=OWNER, mechanisms=2, rate_limit=50)
+            chain.last_update = {0: 95, 1: 40}
+            clock = FakeTime(chain)
+            report = await make_scorer(proxy.url, chain, clock).run_pass()
+            assert chain.too_early == []
+            assert [(sent.mechid, sent.block) for sent in chain.submitted] == [(0, 145), (1, 145)]
+            assert [m.waited_blocks for m in report.mechanisms] == [45, 0]
+            assert clock.sleeps == [45 * BLOCK_SECONDS]
+
+            # a long wait goes in bounded sleeps, each re-reading the chain
+            chain.submitted.clear()
+            chain.rate_limit = 200
+            clock.sleeps.clear()
+            report = await make_scorer(proxy.url, chain, clock).run_pass()
+            assert chain.too_early == [] and [sent.block for sent in chain.submitted] == [345, 345]
+            assert clock.sleeps == [600.0, 600.0, 600.0, 600.0], "200 blocks of 12 s, at most 600 s a sleep"
+            assert report.mechanisms[0].waited_blocks == 200
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_chain_inside_the_rate_limit_sends_nothing() -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, owner=OWNER, rate_limit=100, last_update={0: 90})
+            clock = FakeTime()  # sleeps never move this chain on: no block is produced
+            report = await make_scorer(proxy.url, chain, clock).run_pass()
+            assert chain.submitted == []
+            (m,) = report.mechanisms
+            assert m.submission is not None and not m.submission.ok and "rate limit" in m.submission.message
+            assert report.weights_not_set
+            assert len(clock.sleeps) == 5, "bounded: ceil(100 blocks × 12 s / 600 s) + 3 rounds"
+
+    asyncio.run(scenario())
+
+
+def test_dry_run_shows_every_mechanism() -> None:
+    async def scenario() -> None:
+        async with Workers(WORKERS) as proxy:
+            chain = FakeChain({0: OWNER, 1: ALICE, 2: BOB}, owner=OWNER, mechanisms=3, rate_limit=10**6)
+            chain.last_update = {0: 99}
+            scorer = make_scorer(
+                proxy.url, chain, FakeTime(chain), "--dry-run", "--hashrate-share", "0.9", "--skip-mechanisms", "2"
+            )
+            report = await scorer.run_pass()
+            out = io.StringIO()
+            scorer.print_report(report, out)
+            text = out.getvalue()
+            doc = json.loads(text.strip().splitlines()[-1])
+            assert chain.submitted == [], "a dry run never sets weights, nor waits for the rate limit"
+            assert doc["submitted"] is None and doc["mechanism_count"] == 3
+            vector = {"0": pytest.approx(0.1), "1": pytest.approx(0.675), "2": pytest.approx(0.225)}
+            assert [(m["mechid"], m["rule"], m["weights"], m["submitted"]) for m in doc["mechanisms"]] == [
+                (0, "hashrate", vector, None),
+                (1, "hashrate", vector, None),
+                (2, "skip", {}, None),
+            ]
+            assert "mechanisms: 3  (dry run: nothing is set)" in text
+            rows = [line.split() for line in text.splitlines() if line.startswith("  ") and line.split()[0].isdigit()]
+            assert [row[:3] for row in rows] == [
+                ["0", "hashrate", "would"],
+                ["1", "hashrate", "would"],
+                ["2", "skip", "skipped"],
+            ]
+            assert rows[0][4:] == ["0:0.1000", "1:0.6750", "2:0.2250"]
 
     asyncio.run(scenario())
 
@@ -289,13 +454,13 @@ def test_loop_sets_weights_once_per_tempo_and_survives_failures() -> None:
             scorer.run_pass = run_pass  # type: ignore[method-assign]
             done = await scorer.run_loop(out, passes=5)
             assert done == 5
-            blocks = [block for _, _, _, block in chain.submitted]
+            blocks = [sent.block for sent in chain.submitted]
             # pass 1 at block 100 (two attempts, 1 s apart: no block passes), pass 2 one tempo later, …
             assert blocks == [100, 100, 110, 140]
             assert chain.block == 140
             lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
             assert [doc["submitted"]["ok"] for doc in lines] == [False, True, True]
-            assert lines[0]["submitted"]["message"] == "SettingWeightsTooFast"
+            assert lines[0]["mechanisms"][0]["submitted"]["message"] == "SettingWeightsTooFast"
             # between passes: waits of one tempo (10 blocks × 12 s), plus the retry backoffs
             assert clock.sleeps.count(10 * BLOCK_SECONDS) == 4
             assert all(s <= 600 for s in clock.sleeps)
@@ -340,7 +505,9 @@ class FakeSubstrate:
         self.owner = owner
         self.block = 5000
         self.commit_reveal = False
-        self.last_update: list[int] = [0] * len(hotkeys)
+        self.mechanisms = 1
+        # LastUpdate per mechanism storage index (mechid * 4096 + netuid)
+        self.last_update: dict[int, list[int]] = {89: [0] * len(hotkeys)}
         self.version_key = 7
         self.submit_result: Any = None
         self.submitted: list[tuple[Any, str]] = []
@@ -381,7 +548,8 @@ class FakeSubstrate:
             "Burn": lambda: 0,
             "SubnetworkN": lambda: len(self.hotkeys),
             "WeightsSetRateLimit": lambda: 100,
-            "LastUpdate": lambda: self.last_update,
+            "LastUpdate": lambda: self.last_update.get(params[0]),
+            "MechanismCountCurrent": lambda: self.mechanisms,
             "MinAllowedWeights": lambda: 1,
             "MaxWeightsLimit": lambda: 65535,
             "SubnetEpochConsensus": lambda: "Yuma",
@@ -451,12 +619,11 @@ def test_bittensor_chain_builds_without_touching_the_network() -> None:
     import bittensor as bt
 
     chain = BittensorChain("finney", "validator", "hk", "/nonexistent")
-    set_intent = chain.weights_intent(89, [1, 2], [0.25, 0.75], commit=False, version_key=3)
-    assert isinstance(set_intent, bt.SetWeights)
-    assert (set_intent.netuid, set_intent.uids, set_intent.weights, set_intent.version_key) == (
-        89, [1, 2], [0.25, 0.75], 3,
+    set_intent = chain.weights_intent(89, 1, [1, 2], [0.25, 0.75], version_key=3)
+    assert isinstance(set_intent, bt.SetWeights), "SetWeights picks plain set or timelocked commit itself"
+    assert (set_intent.netuid, set_intent.mechid, set_intent.uids, set_intent.weights, set_intent.version_key) == (
+        89, 1, [1, 2], [0.25, 0.75], 3,
     )  # fmt: skip
-    assert isinstance(chain.weights_intent(89, [1], [1.0], commit=True), bt.CommitWeights)
     assert chain.wallet().name == "validator" and chain.wallet().path == "/nonexistent"
     asyncio.run(chain.close())  # never connected: nothing to close
 
@@ -470,42 +637,53 @@ def test_bittensor_chain_reads_and_sets_weights(wallet_dir: Path) -> None:
         graph = await chain.metagraph(89)
         assert graph.uids == {0: OWNER, 1: me, 2: ALICE, 3: BOB}
         assert (graph.owner_hotkey, graph.owner_uid, graph.block) == (OWNER, 0, 5000)
-        assert (await chain.current_block(), await chain.tempo(89), await chain.commit_reveal_enabled(89)) == (
-            5000, 360, False,
-        )  # fmt: skip
+        assert (await chain.current_block(), await chain.tempo(89)) == (5000, 360)
+        assert (await chain.mechanism_count(89), await chain.weights_rate_limit(89)) == (1, 100)
+        substrate.mechanisms = 2
+        assert await chain.mechanism_count(89) == 2
+        assert await chain.last_weights_block(89, 0) is None, "never set: no rate limit applies"
 
-        result = await chain.set_weights(89, [0, 2, 3], [0.1, 0.675, 0.225])
-        assert result.ok and "5000-3" in result.message
+        result = await chain.set_weights(89, 0, [0, 2, 3], [0.1, 0.675, 0.225])
+        assert result.ok and "5000-3" in result.message and not result.committed
         call, signer = substrate.submitted[-1]
         assert signer == me, "signed by the wallet's hotkey"
         assert (call.module, call.function) == ("SubtensorModule", "set_mechanism_weights")
-        assert call.params["netuid"] == 89 and call.params["dests"] == [0, 2, 3]
+        assert call.params["netuid"] == 89 and call.params["mecid"] == 0 and call.params["dests"] == [0, 2, 3]
         assert call.params["weights"] == [round(0.1 / 0.675 * 65535), 65535, round(0.225 / 0.675 * 65535)]
         assert call.params["version_key"] == 7, "the subnet's required weights version is sent"
 
+        result = await chain.set_weights(89, 1, [2], [1.0])
+        assert result.ok and substrate.submitted[-1][0].params["mecid"] == 1
+
+        # commit-reveal on: the same call, the SDK sends a timelocked commit with its own reveal round
         substrate.commit_reveal = True
-        assert await chain.commit_reveal_enabled(89)
-        result = await chain.commit_weights(89, [2, 3], [0.75, 0.25])
-        assert result.ok and "reveal_round" in result.data
+        result = await chain.set_weights(89, 1, [2, 3], [0.75, 0.25])
+        assert result.ok and result.committed and "reveal_round" in result.data
         call, _ = substrate.submitted[-1]
         assert call.function == "commit_timelocked_mechanism_weights"
-        assert call.params["netuid"] == 89 and isinstance(call.params["commit"], (bytes, bytearray, str, list))
+        assert call.params["netuid"] == 89 and call.params["mecid"] == 1
+        assert call.params["reveal_round"] == result.data["reveal_round"]
+        assert isinstance(call.params["commit"], (bytes, bytearray, str, list))
 
         # the chain's refusals come back with its reason, never as an exception
         substrate.commit_reveal = False
         substrate.submit_result = substrate.bt.ExtrinsicResult(
             success=False, message="SubtensorModule.NotEnoughStakeToSetWeights"
         )
-        result = await chain.set_weights(89, [2], [1.0])
+        result = await chain.set_weights(89, 0, [2], [1.0])
         assert not result.ok and "NotEnoughStakeToSetWeights" in result.message
         substrate.submit_result = None
 
-        substrate.last_update = [0, 4990, 0, 0]  # set 10 blocks ago, rate limit 100
-        result = await chain.set_weights(89, [2], [1.0])
+        # LastUpdate is per mechanism: mechanism 1 lives at storage index 1 * 4096 + 89
+        substrate.last_update[4096 + 89] = [0, 4990, 0, 0]  # set 10 blocks ago, rate limit 100
+        assert await chain.last_weights_block(89, 1) == 4990
+        assert await chain.last_weights_block(89, 0) is None
+        result = await chain.set_weights(89, 1, [2], [1.0])
         assert not result.ok and "rate limit" in result.message
 
         substrate.hotkeys = [OWNER, ALICE, BOB]  # our hotkey was deregistered
-        result = await chain.set_weights(89, [1], [1.0])
+        assert await chain.last_weights_block(89, 1) is None
+        result = await chain.set_weights(89, 0, [1], [1.0])
         assert not result.ok and "not registered" in result.message
         await chain.close()
 
@@ -521,9 +699,13 @@ def test_scorer_pass_through_the_sdk(wallet_dir: Path) -> None:
         async with Workers(WORKERS) as proxy:
             chain = real_chain(substrate, wallet_dir)
             scorer = make_scorer(proxy.url, chain, FakeTime(), "--hashrate-share", "0.8")
+            substrate.mechanisms = 2
             report = await scorer.run_pass()
-            assert report.submission is not None and report.submission.ok, report.submission
-            assert report.submission.mode == "commit"
+            assert [m.mechid for m in report.mechanisms] == [0, 1]
+            for m in report.mechanisms:
+                assert m.submission is not None and m.submission.ok, m.submission
+                assert m.submission.mode == "commit"
+            assert [call.params["mecid"] for call, _ in substrate.submitted] == [0, 1]
             assert report.weights.weights == {
                 0: pytest.approx(0.2),
                 1: 0.0,

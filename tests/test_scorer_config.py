@@ -194,3 +194,19 @@ def test_example_config_loads() -> None:
     s = load_settings(["--config", str(example)], environ={})
     assert s.clickhouse is not None and s.clickhouse.kind == "http" and s.clickhouse.password == "change-me"
     assert (s.window_seconds, s.netuid, s.network, s.wallet_name) == (21600, 89, "finney", "validator")
+
+
+def test_mechanism_lists(tmp_path: Path) -> None:
+    settings = load_settings(["--skip-mechanisms", "1, 3", "--burn-mechanisms", "2"], environ={})
+    assert (settings.skip_mechanisms, settings.burn_mechanisms) == (frozenset({1, 3}), frozenset({2}))
+    assert load_settings([], environ={}).skip_mechanisms == frozenset(), "by default every mechanism is set"
+    toml = tmp_path / "scorer.toml"
+    toml.write_text("skip_mechanisms = [1]\nburn_mechanisms = [0, 2]\n")
+    from_file = load_settings(["--config", str(toml)], environ={})
+    assert (from_file.skip_mechanisms, from_file.burn_mechanisms) == (frozenset({1}), frozenset({0, 2}))
+    with pytest.raises(ConfigError, match="both"):
+        load_settings(["--skip-mechanisms", "1", "--burn-mechanisms", "1,2"], environ={})
+    with pytest.raises(ConfigError, match="skip-mechanisms"):
+        load_settings(["--skip-mechanisms", "x"], environ={})
+    with pytest.raises(ConfigError):
+        load_settings(["--burn-mechanisms", "256"], environ={})
