@@ -32,7 +32,7 @@ EXTRANONCE1 = "57a6f098"
 
 def _session(metrics: Any, rows: list[ShareRow]) -> tuple[MinerSession, str]:
     limits = Limits(submits_per_second=1e12, submit_burst=1e12)
-    ctx = SessionContext(account="infinite", proxy_id="bench", limits=limits, record=rows.append, metrics=metrics)
+    ctx = SessionContext(accounts=("infinite",), proxy_id="bench", limits=limits, record=rows.append, metrics=metrics)
     session = MinerSession(ctx, "s-1", "127.0.0.1:3333", time.monotonic())
     worker = f"infinite.{hotkey(0, 'benchmark')}.w0"
     now = time.monotonic()

@@ -16,6 +16,7 @@ import signal
 from typing import Any
 
 from ledger.target import LedgerTarget
+from ledger.workers import health_check_names
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.hotkeys import BittensorRegistry, HotkeyRegistry, RegisteredHotkeys
 from proxy.http import HTTPServer, build_app
@@ -53,7 +54,9 @@ class ProxyApp:
             source = registry or BittensorRegistry(config.netuid, config.network)
             self.registered = RegisteredHotkeys(source, config.metagraph_refresh)
         self.ctx = SessionContext(
-            account=config.account,
+            accounts=config.account,
+            health_checks=health_check_names(config.account, config.health_check),
+            commit=self.ledger.commit,
             proxy_id=config.proxy_id,
             limits=config.limits,
             record=self.ledger.record,

@@ -30,6 +30,7 @@ class Limits:
     submit_burst: float = 200.0
     max_bad_lines: int = 20  # malformed lines per session before it is closed
     submit_timeout: float = 20.0  # seconds to wait for the pool's verdict on a share
+    late_verdict_timeout: float = 120.0  # seconds a verdict still counts after the miner was told "no answer"
     max_miner_buffer: int = 1024 * 1024  # bytes queued to a miner that does not read
 
 
@@ -37,7 +38,8 @@ class Limits:
 class ProxyConfig:
     listen: str = "0.0.0.0:3333"
     upstream: tuple[str, ...] = (LUXOR_URL,)
-    account: str = "infinite"
+    account: tuple[str, ...] = ("infinite",)  # the first is prefixed to a bare <hotkey>.<workerID>
+    health_check: tuple[str, ...] = ()  # worker names never credited, besides <account>.check
     data_dir: Path = Path("data")
     clickhouse_url: str | None = None  # None → chdb://<data_dir>/ledger
     metrics: str = "127.0.0.1:9464"
@@ -68,7 +70,10 @@ class ProxyConfig:
 _HELP: dict[str, str] = {
     "listen": "HOST:PORT where ASICs connect",
     "upstream": "pool URL stratum+tcp://host:port; repeat for failover, in priority order",
-    "account": "pool account: worker names are <account>.<hotkey>.<workerID>",
+    "account": "pool account: worker names are <account>.<hotkey>.<workerID>; repeat for several "
+    "(e.g. infinite and sn89auction), the first is prefixed to a bare <hotkey>.<workerID>",
+    "health_check": "a worker name that is authorized and gets work but is never credited (besides "
+    "<account>.check for every account); repeatable",
     "data_dir": "directory for the embedded ledger and the spool",
     "clickhouse_url": "http(s)://user:pass@host:port/[db] for a ClickHouse server, chdb://PATH for an embedded "
     "directory (default chdb://<data-dir>/ledger)",
@@ -94,6 +99,7 @@ _HELP: dict[str, str] = {
     "submit_burst": "submits a session may send in a burst",
     "max_bad_lines": "malformed lines a session may send before it is closed",
     "submit_timeout": "seconds to wait for the pool's verdict on a share",
+    "late_verdict_timeout": "seconds a pool verdict still reaches the ledger after the miner was answered",
     "max_miner_buffer": "bytes queued to a miner that does not read before it is closed",
 }
 
@@ -153,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         if str(_field_type(name)) == "bool":
             parser.add_argument(flag, action="store_const", const=True, default=None, help=text)
         elif "tuple" in str(_field_type(name)):
-            parser.add_argument(flag, action="append", default=None, metavar="URL", help=text)
+            parser.add_argument(
+                flag, action="append", default=None, metavar="URL" if name == "upstream" else "NAME", help=text
+            )
         else:
             parser.add_argument(flag, default=None, help=text)
     return parser
@@ -203,6 +211,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
 
 def validate(config: ProxyConfig) -> None:
     from ledger.target import LedgerTarget, redact
+    from ledger.workers import ACCOUNT
     from proxy.upstream import parse_pool_url
 
     parse_host_port(config.listen, "listen")
@@ -218,8 +227,8 @@ def validate(config: ProxyConfig) -> None:
         LedgerTarget.parse(config.clickhouse_url, data_dir=config.data_dir)
     except ValueError as exc:
         raise ConfigError(f"clickhouse_url: {redact(str(exc))}") from None
-    if not config.account or "." in config.account:
-        raise ConfigError("account must be a non-empty name without dots")
+    if not config.account or any(not ACCOUNT.fullmatch(a) for a in config.account):
+        raise ConfigError("account must be one or more names of A-Z a-z 0-9 _ -, without dots")
     if config.ttl_days < 1:
         raise ConfigError("ttl_days must be at least 1")
 

@@ -145,6 +145,8 @@ class MinerConnection(asyncio.Protocol):
         if session is None:
             return
         if session.to_miner:
+            # Journal first: no verdict reaches a miner before its ledger row would survive a SIGKILL.
+            self.server.ctx.commit()
             if self.transport is not None and not self._miner_gone:
                 self.transport.write(b"".join(session.to_miner))
             session.to_miner.clear()

@@ -14,13 +14,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from ledger.rows import ShareRow
+from ledger.jobs import job_key, job_row
+from ledger.rows import Row, ShareRow
 from ledger.workers import WorkerName as Worker
 from ledger.workers import WorkerRefused
 from protocol.errors import (
@@ -43,6 +44,7 @@ from protocol.messages import (
     SetExtranonce,
     SetVersionMask,
     Submit,
+    SubmitParams,
     Subscribe,
     SuggestDifficulty,
     configure_options,
@@ -65,6 +67,8 @@ log = logging.getLogger("proxy.session")
 _TRUE = msgspec.Raw(b"true")
 _NULL = msgspec.Raw(b"null")
 MAX_JOBS = 16  # live jobs kept per session; a clean_jobs notify drops all earlier ones
+_BLOCKS_REMEMBERED = 2  # prevhashes whose forwarded shares are remembered (the current block and the last)
+_JOBS_REMEMBERED = 4096  # job keys the proxy remembers having ledgered
 VERSION = "ih-proxy/0.1"
 
 
@@ -72,18 +76,55 @@ VERSION = "ih-proxy/0.1"
 class SessionContext:
     """What every session of one proxy shares."""
 
-    account: str
+    accounts: Sequence[str]
     proxy_id: str
     limits: Limits
-    record: Callable[[ShareRow], None]
+    record: Callable[[Row], None]
     metrics: ProxyMetrics
     registered: RegisteredHotkeys | None = None  # None: any valid hotkey may mine
+    health_checks: frozenset[str] = frozenset()  # worker names authorized and given work, never credited
+    commit: Callable[[], None] = lambda: None  # make recorded rows crash-proof before miners are answered
+    jobs_recorded: dict[str, None] = field(default_factory=dict)  # job keys ledgered lately (insertion order)
+
+    def record_job(self, notify: Notify, key: str, upstream: str) -> None:
+        """Ledger a job once per distinct content: every session of one pool account sees the same jobs."""
+        recorded = self.jobs_recorded
+        if key in recorded:
+            return
+        recorded[key] = None
+        if len(recorded) > _JOBS_REMEMBERED:
+            del recorded[next(iter(recorded))]
+        self.record(job_row(notify, key, time.time(), self.proxy_id, upstream))
+
+
+class _Work:
+    """A live job of this session: the share math, its ledger key, and the extranonce1 it was made with."""
+
+    __slots__ = ("extranonce1", "job", "key", "prevhash")
+
+    def __init__(self, job: Job, key: str, extranonce1: str, prevhash: str) -> None:
+        self.job = job
+        self.key = key
+        self.extranonce1 = extranonce1
+        self.prevhash = prevhash
 
 
 class _Pending:
     """A request forwarded to the pool, waiting for its reply."""
 
-    __slots__ = ("alias", "job", "kind", "miner_id", "received", "sent_at", "share", "worker")
+    __slots__ = (
+        "alias",
+        "answered",
+        "credit",
+        "job",
+        "kind",
+        "miner_id",
+        "received",
+        "sent_at",
+        "share",
+        "submit",
+        "worker",
+    )
 
     def __init__(
         self,
@@ -91,9 +132,11 @@ class _Pending:
         miner_id: Any,
         sent_at: float,
         worker: Worker | None = None,
-        job: Job | None = None,
+        job: _Work | None = None,
         share: Share | None = None,
         received: float = 0.0,
+        submit: SubmitParams | None = None,
+        credit: float = 0.0,
     ) -> None:
         self.kind = kind
         self.miner_id = miner_id
@@ -103,6 +146,9 @@ class _Pending:
         self.share = share
         self.received = received  # wall clock, for the ledger
         self.alias = ""  # authorize: the worker name as the miner spelled it
+        self.submit = submit
+        self.credit = credit  # the difficulty the share earns if the pool accepts it
+        self.answered = False  # the miner was already told (the pool was late); the verdict is still ledgered
 
 
 class MinerSession:
@@ -125,7 +171,11 @@ class MinerSession:
         self.pool_mask = 0  # what the pool granted (configure result or set_version_mask)
         self.version_mask = 0  # the two intersected: bits a share may roll
         self.difficulty = 1.0  # in force for the next job the pool notifies
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, _Work] = {}
+        # Header hashes of shares forwarded, per prevhash (the block they build on): a share is
+        # credited once per pool connection whatever job id it comes under. Only the newest blocks
+        # are kept; jobs on an older one are dropped with it, so their shares are stale, never new.
+        self._forwarded: dict[str, set[bytes]] = {}
         self._early_notifies: list[Notify] = []  # jobs that came before we knew extranonce1
         self.workers: dict[str, Worker] = {}  # name as the miner sends it → authorized worker
         self._pending: dict[int, _Pending] = {}
@@ -207,14 +257,25 @@ class MinerSession:
         self.bad_lines += 1
         self._answer_error(error.id, ErrorCode.OTHER, error.reason[:200])
         if isinstance(error, InvalidMessage) and error.method == "mining.submit":
-            self._record(time.time(), None, "", 0.0, None, "malformed")
+            self.ctx.metrics.count_share("refused", "malformed")  # counted; never a ledger row of attacker text
         if self.bad_lines > self.ctx.limits.max_bad_lines:
             self.close(f"too many malformed lines ({self.bad_lines})")
 
     def _authorize(self, message: Authorize, now: float) -> None:
         name = message.params.worker
+        if name in self.ctx.health_checks:
+            # IHP's health check: the pool authorizes it and sends work; it is never credited.
+            self.ctx.metrics.authorize.labels("health-check").inc()
+            self._forward(
+                message.id,
+                "mining.authorize",
+                [name, *self._password(message)],
+                now,
+                _Pending("mining.authorize", message.id, now, None),
+            )
+            return
         try:
-            worker = Worker.parse(name, [self.ctx.account])
+            worker = Worker.parse(name, self.ctx.accounts)
             registered = self.ctx.registered
             if registered is not None and worker.hotkey not in registered:
                 if not registered.loaded:
@@ -225,12 +286,14 @@ class MinerSession:
             log.info("session %s: refused worker %r: %s", self.session_id, name[:128], refused)
             self._answer_error(message.id, ErrorCode.UNAUTHORIZED, str(refused))
             return
-        params: list[Any] = [worker.full_name]
-        if message.params.password is not None:
-            params.append(message.params.password)
+        params: list[Any] = [worker.full_name, *self._password(message)]
         pending = _Pending("mining.authorize", message.id, now, worker)
         pending.alias = name  # submits may use the name as the miner sent it
         self._forward(message.id, "mining.authorize", params, now, pending)
+
+    @staticmethod
+    def _password(message: Authorize) -> list[Any]:
+        return [] if message.params.password is None else [message.params.password]
 
     def _submit(self, message: Submit, now: float) -> None:
         p = message.params
@@ -241,24 +304,41 @@ class MinerSession:
             return
         worker = self.workers.get(p.worker)
         if worker is None:
+            # Only authorized work reaches the ledger: no row, no text the sender chose.
             self._answer_error(message.id, ErrorCode.UNAUTHORIZED, "Unauthorized worker")
-            self._record(time.time(), None, p.job_id, 0.0, None, "unauthorized", worker_name=p.worker)
+            self.ctx.metrics.count_share("refused", "unauthorized")
             return
         if self.extranonce1 is None:
             self._answer_error(message.id, ErrorCode.NOT_SUBSCRIBED, "Not subscribed")
-            self._record(time.time(), worker, p.job_id, 0.0, None, "not-subscribed")
+            self._record(time.time(), worker, None, p, 0.0, None, "not-subscribed")
             return
-        job = self.jobs.get(p.job_id)
-        if job is None:
+        work = self.jobs.get(p.job_id)
+        if work is None:
             self._answer_error(message.id, ErrorCode.JOB_NOT_FOUND, "Job not found")
-            self._record(time.time(), worker, p.job_id, 0.0, None, "stale")
+            self._record(time.time(), worker, None, p, 0.0, None, "stale")
             return
+        # Never more than the pool could credit: whether it applies a new set_difficulty to live
+        # jobs or not, the lower of the two is what it owes at least.
+        credit = min(work.job.difficulty, self.difficulty)
         try:
-            share = job.check_share(p.extranonce2, p.ntime, p.nonce, p.version_bits, self.version_mask)
+            share = work.job.hash_share(p.extranonce2, p.ntime, p.nonce, p.version_bits, self.version_mask)
+            forwarded = self._forwarded.get(work.prevhash)
+            if forwarded is None:
+                raise ShareRejected(ErrorCode.JOB_NOT_FOUND, "stale", "Job not found")
+            if share.hash in forwarded:
+                raise ShareRejected(ErrorCode.DUPLICATE, "duplicate", "Duplicate share", share)
+            if share.difficulty < credit:
+                raise ShareRejected(
+                    ErrorCode.LOW_DIFFICULTY,
+                    "low-difficulty",
+                    f"Low difficulty share ({share.difficulty:.6g} < {credit:.6g})",
+                    share,
+                )
         except ShareRejected as rejected:
             self._answer_error(message.id, rejected.code, rejected.message)
-            self._record(time.time(), worker, p.job_id, job.difficulty, rejected.share, rejected.reason)
+            self._record(time.time(), worker, work, p, credit, rejected.share, rejected.reason)
             return
+        forwarded.add(share.hash)
         params = [worker.full_name, p.job_id, p.extranonce2, p.ntime, p.nonce]
         if p.version_bits is not None:
             params.append(p.version_bits)
@@ -268,7 +348,7 @@ class MinerSession:
             "mining.submit",
             params,
             now,
-            _Pending("mining.submit", message.id, now, worker, job, share, time.time()),
+            _Pending("mining.submit", message.id, now, worker, work, share, time.time(), p, credit),
         )
 
     def _take_token(self, now: float) -> bool:
@@ -284,33 +364,42 @@ class MinerSession:
         self,
         received: float,
         worker: Worker | None,
-        job_id: str,
-        difficulty: float,
+        work: _Work | None,
+        submit: SubmitParams,
+        credit: float,
         share: Share | None,
         reason: str,
-        *,
-        worker_name: str = "",
     ) -> None:
         """Count a judged share and write its ledger row: accepted when `reason` is empty.
 
-        `difficulty` is the job's (the credit); `share` is None when it never hashed.
-        """
+        `credit` is what the share earns when accepted; `share` is None when it never hashed. A
+        health check's shares are counted, never ledgered."""
         self.ctx.metrics.count_share(*_metric_labels(reason))
+        if worker is None:
+            return
+        bits = submit.version_bits
         self.ctx.record(
             ShareRow(
                 received,
                 self.ctx.proxy_id,
-                worker.hotkey if worker else "",
-                worker.full_name if worker else worker_name[:128],
+                worker.hotkey,
+                worker.full_name,
                 self.session_id,
-                job_id[:64],
-                difficulty,
+                submit.job_id[:64],
+                credit,
                 share.difficulty if share else 0.0,
                 share.hex_hash if share else "",
                 0 if reason else 1,
                 reason,
                 self.upstream,
                 1 if share is not None and share.is_block else 0,
+                work.key if work else "",
+                work.extranonce1 if work else "",
+                submit.extranonce2[:64].lower(),
+                _uint32(submit.ntime),
+                _uint32(submit.nonce),
+                None if bits is None else _uint32(bits),
+                self.version_mask,
             )
         )
 
@@ -373,7 +462,18 @@ class MinerSession:
             self.jobs.clear()
         elif len(self.jobs) >= MAX_JOBS:
             del self.jobs[next(iter(self.jobs))]
-        self.jobs[notify.job_id] = Job(notify, self.extranonce1, self.extranonce2_size, self.difficulty)
+        prevhash = notify.prevhash.lower()
+        if prevhash not in self._forwarded:
+            self._forwarded[prevhash] = set()
+            if len(self._forwarded) > _BLOCKS_REMEMBERED:
+                gone = next(iter(self._forwarded))
+                del self._forwarded[gone]
+                for job_id in [j for j, w in self.jobs.items() if w.prevhash == gone]:
+                    del self.jobs[job_id]
+        key = job_key(notify)
+        job = Job(notify, self.extranonce1, self.extranonce2_size, self.difficulty)
+        self.jobs[notify.job_id] = _Work(job, key, self.extranonce1, prevhash)
+        self.ctx.record_job(notify, key, self.upstream)
 
     def _reply(self, reply: Reply, now: float) -> None:
         pending = self._pending.pop(reply.id, None) if isinstance(reply.id, int) else None
@@ -384,7 +484,9 @@ class MinerSession:
         if kind == "mining.submit":
             self._submit_verdict(pending, reply, now)
         elif kind == "mining.authorize":
-            if reply.result == _TRUE and reply.error == _NULL and pending.worker is not None:
+            if pending.worker is None:
+                pass  # a health check: relayed, never a worker that can earn credit
+            elif reply.result == _TRUE and reply.error == _NULL:
                 worker = pending.worker
                 # Bare, full and as-sent spellings all work for later submits.
                 self.workers[worker.full_name] = worker
@@ -406,18 +508,18 @@ class MinerSession:
             if isinstance(value, dict) and value.get("version-rolling") is True:
                 mask = value.get("version-rolling.mask")
                 self._grant_mask(int(mask, 16) if isinstance(mask, str) and 0 < len(mask) <= 8 and is_hex(mask) else 0)
-        if pending.miner_id is not None:
+        if pending.miner_id is not None and not pending.answered:
             self.to_miner.append(encode_reply(pending.miner_id, reply))
 
     def _submit_verdict(self, pending: _Pending, reply: Reply, now: float) -> None:
         self.shares_handled += 1
-        share, worker, job = pending.share, pending.worker, pending.job
-        assert share is not None and worker is not None and job is not None
+        share, worker, work, submit = pending.share, pending.worker, pending.job, pending.submit
+        assert share is not None and worker is not None and work is not None and submit is not None
         self.ctx.metrics.upstream_latency.observe(now - pending.sent_at)
         accepted = reply.result == _TRUE and reply.error == _NULL
         if accepted:
             reason = ""
-            self.ctx.metrics.accepted_difficulty += job.difficulty
+            self.ctx.metrics.accepted_difficulty += pending.credit
         else:
             failure = reply.failure()
             reason = f"pool: {failure.message if failure else 'rejected'}"[:120]
@@ -427,11 +529,11 @@ class MinerSession:
                 "BLOCK CANDIDATE session %s worker %s job %s hash %s accepted=%s",
                 self.session_id,
                 worker.full_name,
-                job.job_id,
+                submit.job_id,
                 share.hex_hash,
                 accepted,
             )
-        self._record(pending.received, worker, job.job_id, job.difficulty, share, reason)
+        self._record(pending.received, worker, work, submit, pending.credit, share, reason)
 
     # --- time and loss -----------------------------------------------------------------------------
 
@@ -439,12 +541,17 @@ class MinerSession:
         """Apply timeouts: the pool's verdicts, the handshake, silence."""
         limits = self.ctx.limits
         deadline = now - limits.submit_timeout
-        while self._pending:
-            upstream_id, pending = next(iter(self._pending.items()))
+        give_up = now - limits.late_verdict_timeout
+        for upstream_id, pending in list(self._pending.items()):
             if pending.sent_at > deadline:
-                break
-            del self._pending[upstream_id]
-            self._unanswered(pending, "pool did not answer in time")
+                break  # in the order sent: the rest are younger
+            if pending.kind != "mining.submit" or pending.sent_at <= give_up:
+                del self._pending[upstream_id]
+                self._unanswered(pending, "pool did not answer in time")
+            elif not pending.answered:
+                # Tell the miner now; a verdict that still comes is what the ledger records.
+                self._answer_error(pending.miner_id, ErrorCode.OTHER, "pool did not answer in time")
+                pending.answered = True
         if not self.workers and now - self.connected_at > limits.handshake_timeout:
             self.close("no successful authorize within the handshake timeout")
         elif now - self.last_line_at > limits.idle_timeout:
@@ -458,10 +565,20 @@ class MinerSession:
         self.close(f"pool connection lost: {reason}")
 
     def _unanswered(self, pending: _Pending, message: str) -> None:
-        self._answer_error(pending.miner_id, ErrorCode.OTHER, message)
-        job = pending.job
-        if pending.kind == "mining.submit" and job is not None:
-            self._record(pending.received, pending.worker, job.job_id, job.difficulty, pending.share, "timeout")
+        if not pending.answered:
+            self._answer_error(pending.miner_id, ErrorCode.OTHER, message)
+        if pending.kind == "mining.submit" and pending.submit is not None:
+            self._record(
+                pending.received, pending.worker, pending.job, pending.submit, pending.credit, pending.share, "timeout"
+            )
+
+
+def _uint32(text: str) -> int:
+    """A submitted 8-hex-digit field as a number; 0 when it is not one (the share never hashed)."""
+    try:
+        return int(text, 16) & 0xFFFFFFFF if len(text) <= 8 else 0
+    except ValueError:
+        return 0
 
 
 def _metric_labels(reason: str) -> tuple[str, str]:

@@ -18,7 +18,7 @@ def test_defaults_are_what_the_issue_promises() -> None:
     config = load_config([], environ={})
     assert config.listen == "0.0.0.0:3333"
     assert config.upstream == (LUXOR_URL,)
-    assert config.account == "infinite"
+    assert config.account == ("infinite",)
     assert config.metrics == "127.0.0.1:9464"  # nothing exposed beyond the host by default
     assert config.ledger_url == f"chdb://{Path('data') / 'ledger'}"
     assert config.ledger_spool_dir == Path("data") / "spool"
@@ -33,7 +33,7 @@ def test_flags_beat_environment_beat_toml(tmp_path: Path) -> None:
     env = {"IH_ACCOUNT": "fromenv", "IH_MAX_SESSIONS": "9", "IH_REQUIRE_REGISTERED": "true"}
     config = load_config(["--config", str(toml), "--listen", "127.0.0.1:2222"], environ=env)
     assert config.listen == "127.0.0.1:2222"  # flag
-    assert config.account == "fromenv"  # env over TOML
+    assert config.account == ("fromenv",)  # env over TOML
     assert config.upstream == ("stratum+tcp://a:1", "stratum+tcp://b:2")  # TOML, order kept
     assert config.limits.max_sessions == 9 and config.limits.submits_per_second == 3.5
     assert config.require_registered is True

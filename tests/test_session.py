@@ -9,7 +9,7 @@ import msgspec
 import pytest
 from bittensor_wallet import Keypair
 
-from ledger.rows import ShareRow
+from ledger.rows import JobRow, Row, ShareRow
 from protocol.messages import Notify, encode_notification, encode_request
 from protocol.work import Job
 from proxy.config import Limits
@@ -43,13 +43,20 @@ class Harness:
 
     def __init__(self, limits: Limits | None = None, registered: RegisteredHotkeys | None = None) -> None:
         self.rows: list[ShareRow] = []
+        self.jobs: list[JobRow] = []
         self.metrics = ProxyMetrics()
         self.ctx = SessionContext(
-            "infinite", "test-proxy", limits or Limits(), self.rows.append, self.metrics, registered
+            ("infinite",), "test-proxy", limits or Limits(), self._record, self.metrics, registered
         )
         self.now = 1000.0
         self.session = MinerSession(self.ctx, "s1", "pool:3333", self.now)
         self._miner_ids = itertools.count(1)
+
+    def _record(self, row: Row) -> None:
+        if isinstance(row, ShareRow):
+            self.rows.append(row)
+        elif isinstance(row, JobRow):
+            self.jobs.append(row)
 
     # miner side
     def miner(self, method: str, params: list[Any], request_id: Any = "auto") -> Any:
@@ -168,8 +175,9 @@ def test_bad_shares_are_answered_by_the_proxy_and_never_forwarded() -> None:
     errors = {a["id"]: a["error"][0] for a in h.to_miner()}
     assert errors == {10: 22, 11: 21, 12: 20, 13: 20, 14: 24, 15: 20}
     reasons = [r.reject_reason for r in h.rows]
-    assert reasons == ["duplicate", "stale", "malformed", "ntime", "unauthorized", "version-mask"]
-    assert all(r.accepted == 0 for r in h.rows)
+    # The submit for a worker this session never authorized leaves no row (only authorized work is ledgered).
+    assert reasons == ["duplicate", "stale", "malformed", "ntime", "version-mask"]
+    assert all(r.accepted == 0 and r.hotkey == HOTKEY for r in h.rows)
 
 
 def test_low_difficulty_is_refused_with_23() -> None:
@@ -186,8 +194,8 @@ def test_set_difficulty_applies_to_jobs_notified_after_it() -> None:
     h.handshake(difficulty=TINY)
     h.pool({"id": None, "method": "mining.set_difficulty", "params": [TINY * 2]})
     h.pool_notify(notify("j2", clean=False))
-    assert h.session.jobs["j1"].difficulty == TINY
-    assert h.session.jobs["j2"].difficulty == TINY * 2
+    assert h.session.jobs["j1"].job.difficulty == TINY
+    assert h.session.jobs["j2"].job.difficulty == TINY * 2
     # clean_jobs makes earlier jobs stale
     h.pool_notify(notify("j3", clean=True))
     assert list(h.session.jobs) == ["j3"]
@@ -237,7 +245,7 @@ def test_every_pool_rejection_shape_is_relayed_unchanged_and_ledgered(reply: dic
 
 
 def test_unanswered_submits_time_out_with_an_answer_and_a_ledger_row() -> None:
-    h = Harness(Limits(submit_timeout=5.0))
+    h = Harness(Limits(submit_timeout=5.0, late_verdict_timeout=60.0))
     h.handshake()
     en2, ntime, nonce = h.mine()
     h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=5)
@@ -247,7 +255,24 @@ def test_unanswered_submits_time_out_with_an_answer_and_a_ledger_row() -> None:
     h.session.expire(h.now + 6.0)
     (answer,) = h.to_miner()
     assert answer["id"] == 5 and answer["error"][0] == 20
+    assert h.rows == []  # a verdict may still come: the ledger waits for it
+    h.session.expire(h.now + 61.0)
+    assert h.to_miner() == []  # answered once
     assert h.rows[-1].reject_reason == "timeout" and h.rows[-1].accepted == 0
+
+
+def test_a_late_verdict_still_reaches_the_ledger() -> None:
+    h = Harness(Limits(submit_timeout=5.0, late_verdict_timeout=60.0))
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=5)
+    (forwarded,) = h.to_pool()
+    h.session.expire(h.now + 6.0)
+    assert [a["error"][0] for a in h.to_miner()] == [20]
+    h.pool({"id": forwarded["id"], "result": True, "error": None})
+    assert h.to_miner() == []  # the miner was already answered
+    (row,) = h.rows
+    assert row.accepted == 1 and row.difficulty == TINY
 
 
 def test_losing_the_pool_answers_everything_in_flight_and_closes_the_session() -> None:
@@ -279,7 +304,7 @@ def test_malformed_lines_cost_only_this_session_and_too_many_close_it() -> None:
     h.session.miner_line(b'{"id":1,"method":"mining.submit","params":["user", "1", "ab", 0, 1.5]}', h.now)
     (answer,) = h.to_miner()
     assert answer["id"] == 1 and answer["error"][0] == 20
-    assert h.rows[-1].reject_reason == "malformed"
+    assert h.rows == []  # never authorized: nothing of it reaches the ledger
     for junk in (
         b"not json",
         b"[1,2]",
@@ -386,3 +411,87 @@ def test_a_chain_outage_keeps_the_last_good_set_of_registered_hotkeys() -> None:
     assert asyncio.run(registered.refresh()) is True
     assert asyncio.run(registered.refresh()) is False  # the chain is down now
     assert HOTKEY in registered and OTHER not in registered
+
+
+def same_work(job_id: str, clean: bool = False) -> Notify:
+    """The content of `notify()` under another job id: the same header for the same submit."""
+    return notify(job_id, clean=clean)
+
+
+def test_the_same_work_is_credited_once_whatever_the_job_id() -> None:
+    h = Harness()
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    answers = []
+    for job_id, renotify in (("j1", None), ("B", same_work("B")), ("j1", same_work("j1", clean=True))):
+        if renotify is not None:
+            h.pool_notify(renotify)
+        h.miner("mining.submit", [WORKER, job_id, en2, ntime, nonce], request_id=7)
+        for forwarded in h.to_pool():
+            h.pool({"id": forwarded["id"], "result": True, "error": None})
+        answers += [a for a in h.to_miner() if a.get("id") == 7]
+    assert [a.get("error") for a in answers] == [None, [22, "Duplicate share", None], [22, "Duplicate share", None]]
+    assert [r.accepted for r in h.rows] == [1, 0, 0]
+    assert sum(r.difficulty for r in h.rows if r.accepted) == TINY
+
+
+def test_duplicate_memory_is_bounded_by_blocks() -> None:
+    h = Harness()
+    h.handshake()
+    for height in range(10):
+        n = notify(f"b{height}", clean=True)
+        h.pool_notify(msgspec.structs.replace(n, prevhash=f"{height:064x}"))
+    assert len(h.session._forwarded) <= 2
+
+
+def test_credit_is_the_lower_of_the_jobs_and_the_current_difficulty() -> None:
+    h = Harness()
+    h.handshake(difficulty=TINY * 16)
+    en2, ntime, nonce = h.mine(want_difficulty=TINY)
+    # The pool lowers the difficulty without a new job: a share meeting the lower one is forwarded,
+    # and credited at the lower one (a pool that applies it to live jobs credits no more).
+    h.pool({"id": None, "method": "mining.set_difficulty", "params": [TINY]})
+    h.to_miner()
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=3)
+    (forwarded,) = h.to_pool()
+    h.pool({"id": forwarded["id"], "result": True, "error": None})
+    (row,) = h.rows
+    assert row.accepted == 1 and row.difficulty == TINY
+
+
+def test_rows_carry_what_a_rehash_needs_and_jobs_are_ledgered_once() -> None:
+    h = Harness()
+    h.handshake()
+    h.pool_notify(same_work("B"))  # the same content again: no second job row
+    en2, ntime, nonce = h.mine()
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=3)
+    (forwarded,) = h.to_pool()
+    h.pool({"id": forwarded["id"], "result": True, "error": None})
+    (job,) = h.jobs
+    (row,) = h.rows
+    assert row.job_key == job.job_key and row.extranonce1 == EN1 and row.extranonce2 == en2
+    assert (row.ntime, row.nonce, row.version_bits, row.version_mask) == (int(ntime, 16), int(nonce, 16), None, 0)
+    assert job.coinb1 == notify().coinb1 and job.merkle_branch == notify().merkle_branch
+
+
+def test_health_checks_get_work_and_are_never_credited() -> None:
+    h = Harness()
+    h.ctx.health_checks = frozenset({"sn89auction.check"})
+    h.handshake(worker="sn89auction.check")
+    forwarded_names = [m["params"][0] for m in h.to_pool() if m.get("method") == "mining.authorize"]
+    assert forwarded_names == []  # already answered in handshake; check the session state instead
+    assert h.session.workers == {}
+    h.miner("mining.submit", ["sn89auction.check", "j1", "00000001", "64b3f3ec", "00000000"], request_id=4)
+    assert h.to_pool() == [] and h.to_miner()[0]["error"][0] == 24
+    assert h.rows == []
+
+
+def test_several_accounts_are_each_forwarded_as_sent() -> None:
+    h = Harness()
+    h.ctx.accounts = ("infinite", "sn89auction")
+    name = f"sn89auction.{HOTKEY}.worker1"
+    h.miner("mining.authorize", [name, "x"])
+    (forwarded,) = h.to_pool()
+    assert forwarded["params"][0] == name
+    h.miner("mining.authorize", [f"other.{HOTKEY}.worker1", "x"], request_id=9)
+    assert h.to_pool() == [] and h.to_miner()[0]["error"][0] == 24
