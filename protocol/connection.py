@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 
 import msgspec
 
-from protocol.errors import ProtocolError, StratumError
+from protocol.errors import ProtocolError, RejectReason, StratumError
 from protocol.framing import DEFAULT_MAX_LINE, LineFramer
 from protocol.messages import (
     Authorize,
@@ -84,7 +84,7 @@ class Refused(msgspec.Struct, frozen=True, gc=False):
     message: ClientMessage
     line: bytes
     error: StratumError
-    reason: str
+    reason: RejectReason
 
 
 class BadLine(msgspec.Struct, frozen=True, gc=False):
@@ -244,9 +244,7 @@ class MinerConnection:
                 if session.state is not State.MINING:
                     refusal = session.step(Step.SUBMIT)
                     if refusal is not None:
-                        yield Refused(
-                            message, line, StratumError(int(refusal.code), refusal.message), str(refusal.reason)
-                        )
+                        yield Refused(message, line, StratumError(int(refusal.code), refusal.message), refusal.reason)
                         continue
                 yield RequestReceived(message, line)
             elif isinstance(message, ProtocolError):
@@ -255,9 +253,7 @@ class MinerConnection:
                 if type(message) is Configure:
                     refusal = session.step(Step.CONFIGURE)
                     if refusal is not None:
-                        yield Refused(
-                            message, line, StratumError(int(refusal.code), refusal.message), str(refusal.reason)
-                        )
+                        yield Refused(message, line, StratumError(int(refusal.code), refusal.message), refusal.reason)
                         continue
                 yield RequestReceived(message, line)
 
@@ -265,17 +261,20 @@ class MinerConnection:
 
     def answer(self, request: ClientMessage | ProtocolError | Any, result: Any) -> bytes:
         """A successful answer (`true` for authorize, the subscribe result for subscribe, ...)."""
-        self._accepted(request, result)
-        return encode_result(_id_of(request), result)
+        kind = type(request)
+        if kind is Subscribe or kind is Authorize:
+            self._accepted(request, result)
+        return encode_result(getattr(request, "id", request), result)
 
     def refuse(self, request: ClientMessage | ProtocolError | Any, error: StratumError) -> bytes:
-        return encode_error(_id_of(request), error)
+        return encode_error(getattr(request, "id", request), error)
 
     def relay(self, request: ClientMessage | ProtocolError | Any, reply: Reply) -> bytes:
         """The pool's reply re-addressed to the miner's id, its result and error bytes unchanged."""
-        if reply.failure() is None:
+        kind = type(request)
+        if (kind is Subscribe or kind is Authorize) and reply.failure() is None:
             self._accepted(request, reply.value())
-        return encode_reply(_id_of(request), reply)
+        return encode_reply(getattr(request, "id", request), reply)
 
     def send(self, message: ServerMessage | bytes) -> bytes:
         """A notification (Notify, SetDifficulty, ...) encoded, or a line as given (a relayed
@@ -293,12 +292,6 @@ class MinerConnection:
                 self._session.step(Step.SUBSCRIBE_ACCEPTED)
         elif type(request) is Authorize and result is True:
             self._session.step(Step.AUTHORIZE_ACCEPTED)
-
-
-def _id_of(request: Any) -> Any:
-    if isinstance(request, msgspec.Struct):
-        return getattr(request, "id", None)
-    return request
 
 
 def encode_notification_message(message: ServerMessage) -> bytes:
