@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 
 from protocol.connection import Notification, PoolConnection, PoolEvent, ReplyReceived, UnmatchedReply
-from protocol.errors import ErrorCode, ProtocolError, StratumError
+from protocol.errors import ErrorCode, StratumError
 from protocol.framing import DEFAULT_MAX_LINE
 from protocol.messages import (
     Notify,
@@ -835,16 +835,13 @@ class SimulatedASIC:
         elif isinstance(message, ShowMessage):
             if len(self.messages) < 100:
                 self.messages.append(message.message)
-        elif isinstance(message, ServerRequest):
-            if message.id is not None:
-                if message.method == "client.get_version":
-                    self._send(encode_result(message.id, self.profile.user_agent))
-                elif message.method == "mining.ping":
-                    self._send(encode_result(message.id, "pong"))
-                else:
-                    self._send(encode_error(message.id, StratumError(ErrorCode.OTHER, "unknown method")))
-        elif isinstance(message, ProtocolError):
-            self.bad_lines += 1
+        elif isinstance(message, ServerRequest) and message.id is not None:
+            if message.method == "client.get_version":
+                self._send(encode_result(message.id, self.profile.user_agent))
+            elif message.method == "mining.ping":
+                self._send(encode_result(message.id, "pong"))
+            else:
+                self._send(encode_error(message.id, StratumError(ErrorCode.OTHER, "unknown method")))
 
     def _on_lost(self, conn: StratumConnection[PoolConnection], exc: Exception | None, unanswered: list[Any]) -> None:
         if conn is not self._conn:

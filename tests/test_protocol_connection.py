@@ -180,6 +180,17 @@ def test_pending_requests_fifo_per_id_and_fresh_ids() -> None:
     assert len(pending) == 0 and pending.pop(4) is None
 
 
+def test_pending_requests_expire_oldest_first_and_stop_at_the_first_not_due() -> None:
+    """The proxy's submit timeout: fresh ids are sent in order, so the oldest are at the front."""
+    pending = PendingRequests()
+    for sent_at in (1.0, 2.0, 3.0, 2.5):
+        pending.add(pending.new_id(), sent_at)
+    assert pending.expire(lambda sent_at: sent_at < 2.8) == [1.0, 2.0]
+    assert list(pending.contexts()) == [3.0, 2.5] and len(pending) == 2
+    assert pending.expire(lambda sent_at: True) == [3.0, 2.5] and len(pending) == 0
+    assert pending.pop(["unhashable"]) is None
+
+
 @pytest.mark.parametrize("loop_factory", LOOPS)
 def test_notifications_before_a_reply_reach_on_message(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
     """Pools send set_difficulty / notify before the subscribe reply (OCEAN, public-pool); a notification that
