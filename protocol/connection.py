@@ -1,39 +1,140 @@
-"""The asyncio layer: a Stratum V1 connection on `asyncio.Protocol` that only moves bytes.
+"""Sans-I/O Stratum V1 connections, one per role: bytes in → typed events, messages out → bytes.
 
-Framing and decoding are the sans-I/O pieces of this package; this module adds the transport,
-matching replies to requests, and write backpressure. It serves both sides: `role="client"`
-decodes what a pool sends (replies, notifications), `role="server"` decodes what a miner sends.
+- `MinerConnection`: our end of a connection WITH A MINER (we are the pool, or the proxy facing an
+  ASIC). It decodes the miner's requests, answers them, and sends it notifications.
+- `PoolConnection`: our end of a connection WITH A POOL (we are the miner, or the proxy's upstream).
+  It sends requests under ids it picks, and decodes the pool's replies and notifications.
+
+Each owns the line framer, the decoder of its direction, the request/reply bookkeeping and the
+session state (`protocol.state`). Neither does I/O: the caller moves the bytes (asyncio, a test, a
+benchmark). Bad input is an event (`BadLine`), never an exception: one bad line costs only the peer
+that sent it. Every event keeps the line it came from (without its newline), so a proxy can relay a
+notification byte for byte.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
-from collections.abc import Callable
-from typing import Any, Literal, cast
+from collections.abc import Callable, Iterator
+from typing import Any, TypeAlias
 
-from protocol.errors import ProtocolError
+import msgspec
+
+from protocol.errors import ProtocolError, RejectReason, StratumError
 from protocol.framing import DEFAULT_MAX_LINE, LineFramer
 from protocol.messages import (
+    Authorize,
     ClientMessage,
+    Configure,
+    Notify,
+    Reconnect,
     Reply,
     ServerMessage,
+    SetDifficulty,
+    SetExtranonce,
+    SetVersionMask,
+    ShowMessage,
+    Submit,
+    Subscribe,
+    SubscribeResult,
     decode_client_message,
     decode_server_message,
+    encode_error,
+    encode_notification,
+    encode_notify,
+    encode_reply,
     encode_request,
+    encode_result,
+    subscribe_result,
 )
+from protocol.state import Refusal, State, Step, next_state
 
-Message = ClientMessage | ServerMessage | ProtocolError
+__all__ = [
+    "BadLine",
+    "Event",
+    "MinerConnection",
+    "MinerEvent",
+    "Notification",
+    "PendingRequests",
+    "PoolConnection",
+    "PoolEvent",
+    "Refused",
+    "ReplyReceived",
+    "RequestReceived",
+    "UnmatchedReply",
+    "encode_notification_message",
+]
+
+# --- events ---------------------------------------------------------------------------------------
+# gc=False: events hold no reference cycles, and the share path makes one per submit.
+
+
+class RequestReceived(msgspec.Struct, frozen=True, gc=False):
+    """A request from the miner that is legal in the session's state (answer it)."""
+
+    message: ClientMessage
+    line: bytes
+
+
+class Refused(msgspec.Struct, frozen=True, gc=False):
+    """A request the state table forbids here (a submit before subscribe/authorize). `error` is the
+    answer to send (`MinerConnection.refuse(event.message, event.error)`); `reason` is for the ledger."""
+
+    message: ClientMessage
+    line: bytes
+    error: StratumError
+    reason: RejectReason
+
+
+class BadLine(msgspec.Struct, frozen=True, gc=False):
+    """A line that did not decode (or was too long: `line` is empty then, the framer dropped it)."""
+
+    error: ProtocolError
+    line: bytes
+
+
+class ReplyReceived(msgspec.Struct, frozen=True, gc=False):
+    """The pool's reply to one of our requests, with what we sent it for."""
+
+    reply: Reply
+    line: bytes
+    method: str
+    context: Any
+
+
+class UnmatchedReply(msgspec.Struct, frozen=True, gc=False):
+    """A reply to no request of ours (a late reply after a timeout, or a pool's mistake)."""
+
+    reply: Reply
+    line: bytes
+
+
+class Notification(msgspec.Struct, frozen=True, gc=False):
+    """Anything else the pool sends: notify, set_difficulty, set_extranonce, set_version_mask,
+    client.reconnect, client.show_message, or a request of its own (`ServerRequest`)."""
+
+    message: ServerMessage
+    line: bytes
+
+
+MinerEvent: TypeAlias = RequestReceived | Refused | BadLine
+PoolEvent: TypeAlias = ReplyReceived | UnmatchedReply | Notification | BadLine
+Event: TypeAlias = MinerEvent | PoolEvent
+
+
+# --- request bookkeeping --------------------------------------------------------------------------
 
 
 class PendingRequests:
-    """Requests awaiting replies, matched by id in order (sans-I/O).
+    """Requests awaiting replies, matched by id in order.
 
     Ids need not be unique: cpuminer sends every submit with id 4, and a pool answers a connection's
     requests in order, so replies to one id are matched first-in first-out. Requests sent without an
     id get a fresh one from this connection's counter.
     """
+
+    __slots__ = ("_ids", "_waiting")
 
     def __init__(self) -> None:
         self._waiting: dict[Any, collections.deque[Any]] = {}
@@ -50,7 +151,10 @@ class PendingRequests:
 
     def pop(self, request_id: Any) -> Any | None:
         """The context of the oldest request with this id, or None when nothing waits for it."""
-        queue = self._waiting.get(request_id)
+        try:
+            queue = self._waiting.get(request_id)
+        except TypeError:  # an unhashable id (a list): nothing of ours
+            return None
         if not queue:
             return None
         context = queue.popleft()
@@ -58,129 +162,258 @@ class PendingRequests:
             del self._waiting[request_id]
         return context
 
+    def expire(self, is_due: Callable[[Any], bool]) -> list[Any]:
+        """Pop, oldest id first, the contexts `is_due` says have waited too long; stops at the first
+        that has not (with fresh ids, the order requests were sent in)."""
+        expired = []
+        while self._waiting:
+            request_id, queue = next(iter(self._waiting.items()))
+            if not is_due(queue[0]):
+                break
+            expired.append(queue.popleft())
+            if not queue:
+                del self._waiting[request_id]
+        return expired
+
     def drain(self) -> list[Any]:
         """Every waiting context, oldest first per id (for a connection that closed)."""
         contexts = [c for queue in self._waiting.values() for c in queue]
         self._waiting.clear()
         return contexts
 
+    def contexts(self) -> Iterator[Any]:
+        for queue in self._waiting.values():
+            yield from queue
+
     def __len__(self) -> int:
         return sum(len(q) for q in self._waiting.values())
 
 
-class StratumConnection(asyncio.Protocol):
-    """One Stratum connection. `on_message` receives every decoded line that is not a reply to one
-    of our own requests (notifications, requests, typed errors for bad lines); `on_close` once."""
+class _Session:
+    """The state both roles keep, moved only through the table."""
 
-    def __init__(
-        self,
-        role: Literal["client", "server"],
-        on_message: Callable[[StratumConnection, Message], None] | None = None,
-        *,
-        max_line: int = DEFAULT_MAX_LINE,
-        on_close: Callable[[StratumConnection, Exception | None], None] | None = None,
-    ) -> None:
-        self.role = role
-        self._decode = decode_server_message if role == "client" else decode_client_message
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = State.CONNECTED
+
+    def step(self, step: Step) -> Refusal | None:
+        outcome = next_state(self.state, step)
+        if isinstance(outcome, Refusal):
+            return outcome
+        self.state = outcome
+        return None
+
+
+# --- our end of a connection with a miner ---------------------------------------------------------
+
+
+class MinerConnection:
+    """We are the pool (or the proxy facing an ASIC): decode requests, encode answers and notifications.
+
+    Subscribe and authorize move the state when their SUCCESSFUL answer is sent through `answer` or
+    `relay` (a refused authorize leaves the miner unauthorized). A submit is checked against the state
+    when it is read: `receive_data` judges every line of a read before the caller answers any of
+    them, so a pool that answers synchronously iterates `events(data)` instead, which judges each
+    line only after the caller handled the one before (a pipelined subscribe, authorize and submit).
+    """
+
+    __slots__ = ("_framer", "_session")
+
+    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE) -> None:
         self._framer = LineFramer(max_line)
-        self._on_message = on_message
-        self._on_close = on_close
-        self._pending = PendingRequests()
-        self._transport: asyncio.Transport | None = None
-        self._writable: asyncio.Future[None] | None = None
-        self.closed: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-
-    # --- asyncio.Protocol ---------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not an isinstance check: uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        for line in self._framer.feed(data):
-            message = self._decode(line) if isinstance(line, bytes) else line
-            if isinstance(message, Reply):
-                future = self._pending.pop(message.id)
-                if future is not None:
-                    if not future.done():
-                        future.set_result(message)
-                    continue
-            if self._on_message is not None:
-                self._on_message(self, message)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        error = exc or ConnectionResetError("connection closed")
-        for future in self._pending.drain():
-            if not future.done():
-                future.set_exception(error)
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_exception(error)
-        if not self.closed.done():
-            self.closed.set_result(exc)
-        if self._on_close is not None:
-            self._on_close(self, exc)
-
-    def pause_writing(self) -> None:
-        if self._writable is None or self._writable.done():
-            self._writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_result(None)
-
-    # --- sending ------------------------------------------------------------------------------------
+        self._session = _Session()
 
     @property
-    def is_open(self) -> bool:
-        return self._transport is not None and not self._transport.is_closing()
+    def state(self) -> State:
+        return self._session.state
 
-    def send(self, line: bytes) -> None:
-        """Queue one encoded line (with its newline). Callers that send a lot await `drain()`."""
-        if self._transport is None or self._transport.is_closing():
-            raise ConnectionResetError("connection closed")
-        self._transport.write(line)
+    def receive_data(self, data: bytes) -> list[MinerEvent]:
+        return list(self.events(data))
 
-    async def drain(self) -> None:
-        """Wait while the peer is not reading (the transport's buffer is above its high mark)."""
-        if self._writable is not None and not self._writable.done():
-            await self._writable
+    def events(self, data: bytes) -> Iterator[MinerEvent]:
+        session = self._session
+        if session.state is State.CLOSED:  # nothing read after close counts
+            return
+        for line in self._framer.feed(data):
+            if type(line) is not bytes:
+                yield BadLine(line, b"")  # type: ignore[arg-type]  # a LineTooLong
+                continue
+            message = decode_client_message(line)
+            if type(message) is Submit:
+                if session.state is not State.MINING:
+                    refusal = session.step(Step.SUBMIT)
+                    if refusal is not None:
+                        yield Refused(message, line, StratumError(int(refusal.code), refusal.message), refusal.reason)
+                        continue
+                yield RequestReceived(message, line)
+            elif isinstance(message, ProtocolError):
+                yield BadLine(message, line)
+            else:
+                if type(message) is Configure:
+                    refusal = session.step(Step.CONFIGURE)
+                    if refusal is not None:
+                        yield Refused(message, line, StratumError(int(refusal.code), refusal.message), refusal.reason)
+                        continue
+                yield RequestReceived(message, line)
 
-    async def request(
-        self, method: str, params: list[Any], *, request_id: Any = None, timeout: float | None = 30.0
-    ) -> Reply:
-        """Send a request and wait for its reply. Without `request_id` a fresh unique id is used."""
-        if request_id is None:
-            request_id = self._pending.new_id()
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending.add(request_id, future)
-        self.send(encode_request(request_id, method, params))
-        await self.drain()
-        async with asyncio.timeout(timeout):  # (not wait_for: on 3.11 it can swallow a cancellation)
-            return await future
+    # --- answers: `request` is the decoded message (or a bare id, which moves no state) -------------
+
+    def answer(self, request: ClientMessage | ProtocolError | Any, result: Any) -> bytes:
+        """A successful answer (`true` for authorize, the subscribe result for subscribe, ...)."""
+        kind = type(request)
+        if kind is Subscribe or kind is Authorize:
+            self._accepted(request, result)
+        return encode_result(getattr(request, "id", request), result)
+
+    def refuse(self, request: ClientMessage | ProtocolError | Any, error: StratumError) -> bytes:
+        return encode_error(getattr(request, "id", request), error)
+
+    def relay(self, request: ClientMessage | ProtocolError | Any, reply: Reply) -> bytes:
+        """The pool's reply re-addressed to the miner's id, its result and error bytes unchanged."""
+        kind = type(request)
+        if (kind is Subscribe or kind is Authorize) and reply.failure() is None:
+            self._accepted(request, reply.value())
+        return encode_reply(getattr(request, "id", request), reply)
+
+    def send(self, message: ServerMessage | bytes) -> bytes:
+        """A notification (Notify, SetDifficulty, ...) encoded, or a line as given (a relayed
+        notification, byte for byte; a newline is added when missing)."""
+        if isinstance(message, bytes):
+            return message if message.endswith(b"\n") else message + b"\n"
+        return encode_notification_message(message)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        self._session.step(Step.CLOSE)
+
+    def _accepted(self, request: Any, result: Any) -> None:
+        if type(request) is Subscribe:
+            if subscribe_result(result) is not None:
+                self._session.step(Step.SUBSCRIBE_ACCEPTED)
+        elif type(request) is Authorize and result is True:
+            self._session.step(Step.AUTHORIZE_ACCEPTED)
+
+
+def encode_notification_message(message: ServerMessage) -> bytes:
+    """One pool → miner notification as a line."""
+    if type(message) is Notify:
+        return encode_notify(message)
+    if isinstance(message, SetDifficulty):
+        return encode_notification("mining.set_difficulty", [message.difficulty])
+    if isinstance(message, SetExtranonce):
+        return encode_notification("mining.set_extranonce", [message.extranonce1, message.extranonce2_size])
+    if isinstance(message, SetVersionMask):
+        return encode_notification("mining.set_version_mask", [f"{message.mask:08x}"])
+    if isinstance(message, Reconnect):
+        params: list[Any] = [] if message.host is None else [message.host, message.port, message.wait]
+        return encode_notification("client.reconnect", params)
+    if isinstance(message, ShowMessage):
+        return encode_notification("client.show_message", [message.message])
+    raise TypeError(f"not a notification: {type(message).__name__}")
+
+
+# --- our end of a connection with a pool ----------------------------------------------------------
+
+
+class PoolConnection:
+    """We are the miner (or the proxy's upstream): encode requests under ids we pick, decode replies
+    and notifications.
+
+    A reply is matched to the oldest request with its id (`ReplyReceived` carries the request's method
+    and the caller's context); a reply nobody waits for is an `UnmatchedReply`, not a crash.
+    Notifications are delivered in the order they arrive, before or after the reply they belong to
+    (pools send set_difficulty and notify before the subscribe reply), and a notification that
+    carries a pending request's id is never taken for its reply. The state moves when a subscribe
+    or authorize reply succeeds; `subscription` keeps the subscribe result.
+    """
+
+    __slots__ = ("_framer", "_pending", "_session", "subscription")
+
+    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self._framer = LineFramer(max_line)
+        self._pending = PendingRequests()
+        self._session = _Session()
+        self.subscription: SubscribeResult | None = None
 
     @property
-    def peer(self) -> tuple[str, int] | None:
-        if self._transport is None:
-            return None
-        peer = self._transport.get_extra_info("peername")
-        return (peer[0], peer[1]) if peer else None
+    def state(self) -> State:
+        return self._session.state
 
+    @property
+    def pending(self) -> PendingRequests:
+        """The requests waiting for replies; contexts are `(method, context)` pairs."""
+        return self._pending
 
-async def open_connection(
-    host: str,
-    port: int,
-    on_message: Callable[[StratumConnection, Message], None] | None = None,
-    *,
-    max_line: int = DEFAULT_MAX_LINE,
-) -> StratumConnection:
-    """Connect to a pool as a miner would."""
-    loop = asyncio.get_running_loop()
-    _, connection = await loop.create_connection(
-        lambda: StratumConnection("client", on_message, max_line=max_line), host, port
-    )
-    return connection
+    def new_id(self) -> int:
+        return self._pending.new_id()
+
+    def send_request(
+        self, method: str, params: list[Any], context: Any = None, *, request_id: Any = None
+    ) -> tuple[Any, bytes]:
+        """A request to send, and the id it went under (a fresh one unless `request_id` is given:
+        cpuminer's every-submit-is-id-4 is legal, replies then match in order)."""
+        if request_id is None:
+            request_id = self._pending.new_id()
+        self._pending.add(request_id, (method, context))
+        return request_id, encode_request(request_id, method, params)
+
+    def expect(self, request_id: Any, method: str, context: Any = None) -> None:
+        """Wait for a reply to a line the caller wrote itself (a raw or deliberately bad request)."""
+        self._pending.add(request_id, (method, context))
+
+    def send(self, message: ClientMessage | bytes) -> bytes:
+        """A request struct encoded as given (its own id; no reply expected), or a line as given
+        (an answer to the pool's own request, say)."""
+        if isinstance(message, bytes):
+            return message if message.endswith(b"\n") else message + b"\n"
+        return msgspec.json.encode(message) + b"\n"
+
+    def answer(self, request_id: Any, result: Any) -> bytes:
+        """An answer to the pool's own request (client.get_version, mining.ping)."""
+        return encode_result(request_id, result)
+
+    def refuse(self, request_id: Any, error: StratumError) -> bytes:
+        return encode_error(request_id, error)
+
+    def receive_data(self, data: bytes) -> list[PoolEvent]:
+        return list(self.events(data))
+
+    def events(self, data: bytes) -> Iterator[PoolEvent]:
+        pending = self._pending
+        if self._session.state is State.CLOSED:
+            return
+        for line in self._framer.feed(data):
+            if type(line) is not bytes:
+                yield BadLine(line, b"")  # type: ignore[arg-type]  # a LineTooLong
+                continue
+            message = decode_server_message(line)
+            if type(message) is Reply:
+                waiting = pending.pop(message.id)
+                if waiting is None:
+                    yield UnmatchedReply(message, line)
+                    continue
+                method, context = waiting
+                if method == "mining.subscribe" or method == "mining.authorize":
+                    self._accepted(method, message)
+                yield ReplyReceived(message, line, method, context)
+            elif isinstance(message, ProtocolError):
+                yield BadLine(message, line)
+            else:
+                yield Notification(message, line)
+
+    def close(self) -> list[Any]:
+        """The connection is gone: the contexts of every request that will never be answered."""
+        self._session.step(Step.CLOSE)
+        return [context for _, context in self._pending.drain()]
+
+    def _accepted(self, method: str, reply: Reply) -> None:
+        if reply.failure() is not None:
+            return
+        value = reply.value()
+        if method == "mining.subscribe":
+            result = subscribe_result(value)
+            if result is not None:
+                self.subscription = result
+                self._session.step(Step.SUBSCRIBE_ACCEPTED)
+        elif value is True:
+            self._session.step(Step.AUTHORIZE_ACCEPTED)

@@ -3,7 +3,7 @@ typed errors the decoders return for bad input (values, never exceptions that es
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import msgspec
@@ -18,6 +18,24 @@ class ErrorCode(IntEnum):
     LOW_DIFFICULTY = 23
     UNAUTHORIZED = 24
     NOT_SUBSCRIBED = 25
+
+
+class RejectReason(StrEnum):
+    """Why a share was refused before it reached the pool: the ledger's `reject_reason` column.
+
+    The values are the strings the ledger has always stored, so rows and string comparisons keep
+    working (a StrEnum member equals its value).
+    """
+
+    MALFORMED = "malformed"  # fields of the wrong shape or length
+    NTIME = "ntime"  # ntime outside the job's window
+    VERSION_MASK = "version-mask"  # version bits outside the negotiated mask
+    DUPLICATE = "duplicate"
+    LOW_DIFFICULTY = "low-difficulty"
+    STALE = "stale"  # a job the session does not hold (ended by clean_jobs, or never sent)
+    UNAUTHORIZED = "unauthorized"  # a worker this connection never authorized
+    NOT_SUBSCRIBED = "not-subscribed"
+    TIMEOUT = "timeout"  # the pool never answered
 
 
 class StratumError(msgspec.Struct, frozen=True):

@@ -5,8 +5,9 @@ profiles taken from recorded sessions, `../shared/vectors/`), pipelining its req
 for replies, and mines: for every `mining.notify` it builds a `protocol.work.Job` with the
 extranonce1/extranonce2_size it was given and the difficulty in force when the notify arrived, then
 grinds nonces (and version bits inside the negotiated mask) on the real block header until the
-share's difficulty reaches the job's. The per-share path is a callback on one `asyncio.Protocol`:
-no task per share, one write per read batch.
+share's difficulty reaches the job's. The per-share path is a callback on one `asyncio.Protocol`
+(`simulation.stream`) over the sans-I/O `protocol.connection.PoolConnection`, which frames, decodes
+and matches replies to requests: no task per share, one write per read batch.
 
 Modes: "closed" (`pipeline` submits in flight; the next share goes as soon as a reply comes back:
 throughput) or "rate" (`rate` shares/s, open loop: latency). Both stop at `max_shares` and/or
@@ -19,20 +20,19 @@ from __future__ import annotations
 import array
 import asyncio
 import hashlib
-import itertools
 import random
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
-from protocol.connection import PendingRequests
-from protocol.errors import ErrorCode, LineTooLong, ProtocolError, StratumError
-from protocol.framing import DEFAULT_MAX_LINE, LineFramer
+from protocol.connection import Notification, PoolConnection, PoolEvent, ReplyReceived, UnmatchedReply
+from protocol.errors import ErrorCode, StratumError
+from protocol.framing import DEFAULT_MAX_LINE
 from protocol.messages import (
     Notify,
     Reconnect,
@@ -42,14 +42,13 @@ from protocol.messages import (
     SetExtranonce,
     SetVersionMask,
     ShowMessage,
-    decode_server_message,
     encode_error,
-    encode_request,
     encode_result,
     subscribe_result,
 )
 from protocol.work import DIFF1, Job, roll_version
 from simulation.pool import hotkey_of
+from simulation.stream import StratumConnection
 
 __all__ = [
     "BAD_KINDS",
@@ -346,34 +345,16 @@ class _Work:
         return self._en2_hex, f"{self._nonce:08x}", self._vbits
 
 
-class _MinerConnection(asyncio.Protocol):
+class _Link(StratumConnection[PoolConnection]):
+    """The device's connection to its pool: the handshake goes out from connection_made, at once."""
+
     def __init__(self, asic: SimulatedASIC, max_line: int) -> None:
+        super().__init__(PoolConnection(max_line=max_line), asic._on_data, on_close=asic._on_lost)
         self.asic = asic
-        self.framer = LineFramer(max_line)
-        self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport: no isinstance check here.
-        self.transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
         self.asic._on_connected(self)
-
-    def data_received(self, data: bytes) -> None:
-        self.asic._on_data(self, data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.asic._on_lost(self)
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 class SimulatedASIC:
@@ -461,9 +442,7 @@ class SimulatedASIC:
         self.authorized = False
         self.connected = False
         self.ready = False  # handshake complete on the current connection
-        self._conn: _MinerConnection | None = None
-        self._pending = PendingRequests()
-        self._ids = itertools.count(1)
+        self._conn: _Link | None = None
         self._works: dict[str, _Work] = {}
         self._work: _Work | None = None
         self._early: list[tuple[Notify, float]] = []  # notifies that came before the subscribe reply
@@ -527,7 +506,7 @@ class SimulatedASIC:
         handshake = self._handshake = loop.create_future()
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _MinerConnection(self, self.max_line), host, port), timeout
+                loop.create_connection(lambda: _Link(self, self.max_line), host, port), timeout
             )
         except TimeoutError:
             handshake.cancel()
@@ -666,16 +645,14 @@ class SimulatedASIC:
 
     # --- the session ----------------------------------------------------------------------------------
 
-    def _on_connected(self, conn: _MinerConnection) -> None:
+    def _on_connected(self, conn: _Link) -> None:
         self._reset_session(conn)
         self._send_handshake()
 
-    def _reset_session(self, conn: _MinerConnection) -> None:
-        self._conn = conn
+    def _reset_session(self, conn: _Link) -> None:
+        self._conn = conn  # a new PoolConnection: fresh ids, nothing pending
         self.connected = True
         self.ready = False
-        self._pending = PendingRequests()
-        self._ids = itertools.count(1)
         self.extranonce1 = None
         self.extranonce2_size = 0
         self.version_mask = 0
@@ -690,10 +667,13 @@ class SimulatedASIC:
         self._paused = False
         self._draining = None
 
+    def _link(self) -> PoolConnection:
+        if self._conn is None:
+            raise ConnectionResetError("not connected")
+        return self._conn.connection
+
     def _request(self, method: str, params: list[Any], handler: Callable[[Reply], None]) -> bytes:
-        request_id = next(self._ids)
-        self._pending.add(request_id, handler)
-        return encode_request(request_id, method, params)
+        return self._link().send_request(method, params, handler)[1]
 
     def _send_handshake(self) -> None:
         profile = self.profile
@@ -785,24 +765,22 @@ class SimulatedASIC:
 
     # --- reading --------------------------------------------------------------------------------------
 
-    def _on_data(self, conn: _MinerConnection, data: bytes) -> None:
+    def _on_data(self, conn: StratumConnection[PoolConnection], events: Iterator[PoolEvent]) -> None:
         if conn is not self._conn:
             return
         self._batching = True
         try:
-            for line in conn.framer.feed(data):
-                if isinstance(line, LineTooLong):
-                    self.bad_lines += 1
-                    continue
-                message = decode_server_message(line)
-                if type(message) is Reply:
-                    context = self._pending.pop(message.id)
+            for event in events:
+                if type(event) is ReplyReceived:
+                    context = event.context
                     if type(context) is SubmitRecord:
-                        self._on_submit_reply(context, message)
+                        self._on_submit_reply(context, event.reply)
                     elif context is not None:
-                        context(message)
-                else:
-                    self._on_notification(message)
+                        context(event.reply)
+                elif type(event) is Notification:
+                    self._on_notification(event.message)
+                elif type(event) is not UnmatchedReply:  # a bad or over-long line
+                    self.bad_lines += 1
             if self._draining is not None:
                 self._check_drained()
             elif self._mining and self.mode == "closed":
@@ -857,23 +835,20 @@ class SimulatedASIC:
         elif isinstance(message, ShowMessage):
             if len(self.messages) < 100:
                 self.messages.append(message.message)
-        elif isinstance(message, ServerRequest):
-            if message.id is not None:
-                if message.method == "client.get_version":
-                    self._send(encode_result(message.id, self.profile.user_agent))
-                elif message.method == "mining.ping":
-                    self._send(encode_result(message.id, "pong"))
-                else:
-                    self._send(encode_error(message.id, StratumError(ErrorCode.OTHER, "unknown method")))
-        elif isinstance(message, ProtocolError):
-            self.bad_lines += 1
+        elif isinstance(message, ServerRequest) and message.id is not None:
+            if message.method == "client.get_version":
+                self._send(encode_result(message.id, self.profile.user_agent))
+            elif message.method == "mining.ping":
+                self._send(encode_result(message.id, "pong"))
+            else:
+                self._send(encode_error(message.id, StratumError(ErrorCode.OTHER, "unknown method")))
 
-    def _on_lost(self, conn: _MinerConnection) -> None:
+    def _on_lost(self, conn: StratumConnection[PoolConnection], exc: Exception | None, unanswered: list[Any]) -> None:
         if conn is not self._conn:
             return
         self.connected = False
         error = ConnectionResetError("connection closed")
-        for context in self._pending.drain():
+        for context in unanswered:
             if type(context) is SubmitRecord:
                 self.lost += 1
                 if context.future is not None and not context.future.done():
@@ -921,12 +896,13 @@ class SimulatedASIC:
             self._conn.write(line)
 
     def _submit_line(self, record: SubmitRecord) -> bytes:
+        """The submit's line, its reply now awaited under the record's id."""
         params = record.params
         assert params is not None
         fields: list[Any] = [record.worker, params.job_id, params.extranonce2, params.ntime, params.nonce]
         if params.version_bits is not None:
             fields.append(params.version_bits)
-        return encode_request(record.request_id, "mining.submit", fields)
+        return self._link().send_request("mining.submit", fields, record, request_id=record.request_id)[1]
 
     def _new_record(
         self,
@@ -938,10 +914,9 @@ class SimulatedASIC:
         request_id: Any = None,
     ) -> SubmitRecord:
         if request_id is None:
-            request_id = self.profile.submit_id if self.profile.submit_id is not None else next(self._ids)
+            request_id = self.profile.submit_id if self.profile.submit_id is not None else self._link().new_id()
         record = SubmitRecord(kind, worker or self.worker, params, difficulty, request_id, auto)
         record.sent_at = time.perf_counter()
-        self._pending.add(request_id, record)
         self._owed += 1
         self.submitted += 1
         if self.record_submits:
@@ -974,8 +949,10 @@ class SimulatedASIC:
             nth = (self._mined + 1) // self.bad_every - 1 + self.bad_offset
             kind = self.bad_kinds[nth % len(self.bad_kinds)]
         if kind == "malformed":
-            request_id = self.profile.submit_id if self.profile.submit_id is not None else next(self._ids)
-            self._new_record(kind, None, work.difficulty, True, request_id=request_id)
+            link = self._link()
+            request_id = self.profile.submit_id if self.profile.submit_id is not None else link.new_id()
+            record = self._new_record(kind, None, work.difficulty, True, request_id=request_id)
+            link.expect(request_id, "mining.submit", record)
             self._send(
                 msgspec.json.encode(
                     {"id": request_id, "method": "mining.submit", "params": [self.worker, work.job_id, "ab", 0, 1.5]}
@@ -1153,7 +1130,7 @@ class SimulatedASIC:
         except (msgspec.DecodeError, AttributeError):
             request_id = None
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending.add(request_id, _resolve(future))
+        self._link().expect(request_id, "", _resolve(future))
         self._write(data)
         return await asyncio.wait_for(future, timeout)
 

@@ -2,8 +2,9 @@
 
 It is the ground truth of the end-to-end tests ("the ledger equals, per hotkey, exactly what the pool
 accepted") and the far end of the benchmarks, so the per-share path is one `asyncio.Protocol`
-callback: frame (`protocol.framing`), decode (`protocol.messages`), check (`protocol.work.Job`),
-answer. Replies produced while handling one read are written with one `transport.write`; late
+callback: the sans-I/O `protocol.connection.MinerConnection` frames, decodes and judges the order
+(a submit before subscribe/authorize is refused by its state table), `protocol.work.Job` checks the
+share, and the answer is written. Replies produced while handling one read are written with one `transport.write`; late
 replies (`reply_delay`) wait in one FIFO per connection behind one timer, never a task per share.
 
 Accounting, counted when a submit's verdict is written to its connection:
@@ -27,14 +28,15 @@ import collections
 import random
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import msgspec
 
-from protocol.errors import ErrorCode, InvalidMessage, LineTooLong, ProtocolError, StratumError
-from protocol.framing import DEFAULT_MAX_LINE, LineFramer
+from protocol.connection import BadLine, MinerConnection, MinerEvent, Refused, RequestReceived
+from protocol.errors import ErrorCode, InvalidMessage, LineTooLong, StratumError
+from protocol.framing import DEFAULT_MAX_LINE
 from protocol.messages import (
     Authorize,
     Configure,
@@ -45,12 +47,13 @@ from protocol.messages import (
     Subscribe,
     SuggestDifficulty,
     configure_options,
-    decode_client_message,
     encode_notification,
     encode_notify,
     encode_result,
 )
+from protocol.state import State
 from protocol.work import BIP320_MASK, Job, ShareRejected
+from simulation.stream import StratumConnection
 
 __all__ = [
     "DEFAULT_DIFFICULTY",
@@ -118,7 +121,7 @@ class _SessionJob:
         self.job: Job | None = None
 
 
-class PoolSession(asyncio.Protocol):
+class PoolSession:
     """One miner (or proxy upstream link) connected to the pool."""
 
     def __init__(self, pool: SimulatedPool, number: int, extranonce1: str) -> None:
@@ -127,7 +130,6 @@ class PoolSession(asyncio.Protocol):
         self.extranonce1 = extranonce1
         self.extranonce2_size = pool.extranonce2_size
         self.user_agent: str | None = None
-        self.subscribed = False
         self.version_mask = 0
         self.workers: list[str] = []  # authorized worker names, in order
         self.methods: list[str] = []  # the first requests' methods, in order (handshake checks)
@@ -135,23 +137,23 @@ class PoolSession(asyncio.Protocol):
         self.submits = 0
         self.closed = False
         self._jobs: dict[str, _SessionJob] = {}
-        self._framer = LineFramer(pool.max_line)
-        self._transport: asyncio.Transport | None = None
+        self.connection = MinerConnection(max_line=pool.max_line)
+        self.stream = StratumConnection(self.connection, self._on_events, on_close=self._on_close)
         self._out: list[bytes] = []
         # Late submit replies: (due, line, worker, job difficulty, error code or None), answered in order.
         self._late: collections.deque[tuple[float, bytes, str, float, int | None]] = collections.deque()
         self._late_timer: asyncio.TimerHandle | None = None
 
-    # --- asyncio.Protocol ---------------------------------------------------------------------------
+    @property
+    def subscribed(self) -> bool:
+        return self.connection.state in (State.SUBSCRIBED, State.MINING)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport: no isinstance check here.
-        self._transport = cast(asyncio.Transport, transport)
-        self.pool.sessions[self.number] = self
+    # --- the stream's callbacks -----------------------------------------------------------------------
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _on_close(
+        self, stream: StratumConnection[MinerConnection], exc: Exception | None, unanswered: list[Any]
+    ) -> None:
         self.closed = True
-        self._transport = None
         self.pool.sessions.pop(self.number, None)
         if self._late_timer is not None:
             self._late_timer.cancel()
@@ -160,37 +162,46 @@ class PoolSession(asyncio.Protocol):
             self.pool._undelivered(worker, difficulty, code)
         self._late.clear()
 
-    def data_received(self, data: bytes) -> None:
-        for line in self._framer.feed(data):
-            if isinstance(line, LineTooLong):
-                self._error(None, ErrorCode.OTHER, "line too long")
-                continue
-            message = decode_client_message(line)
-            if type(message) is Submit:
-                self._submit(message)
-            else:
-                self._dispatch(message, line)
+    def _on_events(self, stream: StratumConnection[MinerConnection], events: Iterator[MinerEvent]) -> None:
+        # Iterated, not listed: each line is judged after the one before was answered (a pipelined
+        # subscribe, authorize, submit is legal when this pool answers them in turn).
+        for event in events:
+            if type(event) is RequestReceived:
+                message = event.message
+                if type(message) is Submit:
+                    self._submit(message)
+                else:
+                    self._dispatch(message)
+            elif type(event) is Refused:
+                if type(event.message) is Submit:
+                    self._submit(event.message, event.error)
+                else:
+                    self._error(event.message.id, event.error.code, event.error.message)
+            elif isinstance(event, BadLine):
+                self._bad_line(event)
         if self._out:
             self._write(b"".join(self._out))
             self._out.clear()
 
     # --- requests -----------------------------------------------------------------------------------
 
-    def _dispatch(self, message: Any, line: bytes) -> None:
-        if isinstance(message, ProtocolError):
-            if isinstance(message, InvalidMessage) and message.method == "mining.submit":
-                self._malformed_submit(message, line)
-            else:
-                self._error(message.id, ErrorCode.OTHER, message.reason)
-            return
+    def _bad_line(self, event: BadLine) -> None:
+        error = event.error
+        if isinstance(error, LineTooLong):
+            self._error(None, ErrorCode.OTHER, "line too long")
+        elif isinstance(error, InvalidMessage) and error.method == "mining.submit":
+            self._malformed_submit(error, event.line)
+        else:
+            self._error(error.id, ErrorCode.OTHER, error.reason)
+
+    def _dispatch(self, message: Any) -> None:
         if len(self.methods) < 32:
             self.methods.append(message.method if isinstance(message, Request) else _method(message))
         if isinstance(message, Subscribe):
-            self.subscribed = True
             self.user_agent = message.params.user_agent
             sid = self.extranonce1
             self._result(
-                message.id,
+                message,
                 [[["mining.set_difficulty", sid], ["mining.notify", sid]], self.extranonce1, self.extranonce2_size],
             )
             if self.workers and len(self._jobs) == 0:
@@ -200,7 +211,7 @@ class PoolSession(asyncio.Protocol):
         elif isinstance(message, Configure):
             self._configure(message)
         elif isinstance(message, ExtranonceSubscribe | SuggestDifficulty):
-            self._result(message.id, True)
+            self._result(message, True)
         elif message.id is not None:  # an unknown method; notifications without an id are ignored
             self._error(message.id, ErrorCode.OTHER, "unknown method")
 
@@ -212,7 +223,7 @@ class PoolSession(asyncio.Protocol):
         first = not self.workers
         if worker not in self.workers:
             self.workers.append(worker)
-        self._result(message.id, True)
+        self._result(message, True)
         if first and self.subscribed:
             self._first_job()
 
@@ -230,17 +241,18 @@ class PoolSession(asyncio.Protocol):
             result["version-rolling.mask"] = f"{self.version_mask:08x}"
         if options.minimum_difficulty is not None:
             result["minimum-difficulty"] = True
-        self._result(message.id, result)
+        self._result(message, result)
 
-    def _submit(self, message: Submit) -> None:
+    def _submit(self, message: Submit, refused: StratumError | None = None) -> None:
+        """`refused`: the state table's answer (not subscribed / not authorized), already decided."""
         pool = self.pool
         params = message.params
         self.submits += 1
         entry = self._jobs.get(params.job_id)
         difficulty = entry.difficulty if entry is not None else 0.0
-        error: StratumError | None = None
-        if not self.subscribed:
-            error = StratumError(int(ErrorCode.NOT_SUBSCRIBED), "Not subscribed")
+        error: StratumError | None = refused
+        if error is not None:
+            pass
         elif params.worker not in self.workers:
             error = StratumError(int(ErrorCode.UNAUTHORIZED), "Unauthorized worker")
         elif entry is None:
@@ -337,16 +349,14 @@ class PoolSession(asyncio.Protocol):
 
     # --- writing ------------------------------------------------------------------------------------
 
-    def _result(self, request_id: Any, result: Any) -> None:
-        self._out.append(encode_result(request_id, result))
+    def _result(self, request: Any, result: Any) -> None:
+        self._out.append(self.connection.answer(request, result))
 
     def _error(self, request_id: Any, code: int, message: str) -> None:
         self._out.append(self.pool._encode_error(request_id, StratumError(code, message)))
 
     def _write(self, data: bytes) -> None:
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
+        self.stream.write(data)
 
     def _defer(self, line: bytes, worker: str, difficulty: float, code: int | None) -> None:
         loop = asyncio.get_running_loop()
@@ -373,12 +383,10 @@ class PoolSession(asyncio.Protocol):
             self._late_timer = loop.call_at(late[0][0], self._flush_late)
 
     def close(self, *, abort: bool = False) -> None:
-        transport = self._transport
-        if transport is not None:
-            if abort:
-                transport.abort()
-            else:
-                transport.close()
+        if abort:
+            self.stream.abort()
+        else:
+            self.stream.close()
 
 
 def _method(message: Any) -> str:
@@ -532,11 +540,13 @@ class SimulatedPool:
     def listening(self) -> bool:
         return self._server is not None
 
-    def _new_session(self) -> PoolSession:
+    def _new_session(self) -> StratumConnection[MinerConnection]:
         number = self.connections_total
         self.connections_total += 1
         en1 = (self._en1_base + number) % (1 << (8 * self.extranonce1_size))
-        return PoolSession(self, number, f"{en1:0{2 * self.extranonce1_size}x}")
+        session = PoolSession(self, number, f"{en1:0{2 * self.extranonce1_size}x}")
+        self.sessions[number] = session  # accepted: connection_made follows in the same loop step
+        return session.stream
 
     # --- test controls --------------------------------------------------------------------------------
 

@@ -10,13 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import ErrorCode, InvalidMessage
+from protocol import work
+from protocol.errors import ErrorCode, InvalidMessage, RejectReason
 from protocol.messages import Notify, decode_server_message, encode_notification, parse_notify
 from protocol.work import (
     DIFF1,
     Job,
     Share,
     ShareRejected,
+    block_header,
     difficulty_from_target,
     display_hash,
     hash_value,
@@ -344,3 +346,60 @@ def test_share_header_matches_a_from_scratch_header(
     assert share.hex_hash == sha256d(header)[::-1].hex()
     assert share.difficulty == DIFF1 / int(share.hex_hash, 16)
     assert prevhash_to_header(notify.prevhash) == header[4:36]
+
+
+# --- one formula: Job.hash_share is the exported helpers composed ------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    extranonce2=st.binary(min_size=4, max_size=4),
+    ntime_ahead=st.integers(0, 7200),
+    nonce=U32,
+    bits=U32,
+    mask=st.sampled_from([0, 0x1FFFE000, 0xFFFFFFFF]),
+    branches=st.integers(0, 12),
+)
+def test_hash_share_is_the_exported_helpers_composed(
+    extranonce2: bytes, ntime_ahead: int, nonce: int, bits: int, mask: int, branches: int
+) -> None:
+    """hash_share must agree with sha256d/merkle_root/block_header/share_difficulty applied by hand
+    (the proxy, the simulated pool and `python -m protocol share` all rely on one formula)."""
+    notify = make_notify(branches=branches)
+    job = Job(notify, EN1, 4, 1e-12)
+    bits &= mask
+    ntime = NTIME + ntime_ahead
+    share = job.hash_share(extranonce2.hex(), f"{ntime:08x}", f"{nonce:08x}", f"{bits:08x}", mask)
+    coinbase_hash = work.sha256d(bytes.fromhex(notify.coinb1 + EN1) + extranonce2 + bytes.fromhex(notify.coinb2))
+    root = work.merkle_root(coinbase_hash, [bytes.fromhex(b) for b in notify.merkle_branch])
+    version = roll_version(int(notify.version, 16), bits, mask)
+    header = block_header(version, prevhash_to_header(notify.prevhash), root, ntime, int(notify.nbits, 16), nonce)
+    assert header == reference_header(notify, EN1, extranonce2.hex(), f"{ntime:08x}", f"{nonce:08x}", version)
+    assert share.header == header and share.hash == work.sha256d(header) and share.version == version
+    assert share.difficulty == share_difficulty(share.hash)
+    assert share.is_block == (hash_value(share.hash) <= target_from_nbits(int(notify.nbits, 16)))
+
+
+def test_hash_share_builds_headers_with_block_header() -> None:
+    """The header layout exists once: block_header is the packer hash_share uses."""
+    job = make_job()
+    share = job.hash_share("00000000", f"{NTIME:08x}", "00000001", None, 0)
+    assert share.header == block_header(share.version, job.prevhash, job.merkle_root(bytes(4)), NTIME, job.nbits, 1)
+    assert len(share.header) == 80
+
+
+def test_reject_reasons_are_the_ledger_strings() -> None:
+    assert [r.value for r in RejectReason] == [
+        "malformed",
+        "ntime",
+        "version-mask",
+        "duplicate",
+        "low-difficulty",
+        "stale",
+        "unauthorized",
+        "not-subscribed",
+        "timeout",
+    ]
+    assert RejectReason.LOW_DIFFICULTY == "low-difficulty" and f"{RejectReason.STALE}" == "stale"
+    refused = rejected(make_job(), "00", f"{NTIME:08x}", "00000001", None)
+    assert isinstance(refused.reason, RejectReason) and refused.reason == "malformed"
