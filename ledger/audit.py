@@ -47,6 +47,7 @@ KINDS: Final = (
     "session",
 )
 
+_JOB_CACHE: Final = 4096
 SessionKey = tuple[str, str, str]  # (proxy_id, session, job_key)
 ConnectionKey = tuple[str, str]  # (job_key, extranonce1)
 
@@ -146,6 +147,8 @@ class _Jobs:
         cache_key = (row.job_key, extranonce1, extranonce2_size)
         found = self.jobs.get(cache_key)
         if found is None:
+            if len(self.jobs) >= _JOB_CACHE:  # bounded: a long audit must not keep every (job, session)
+                self.jobs.clear()
             found = self.jobs[cache_key] = Job(notify_of(row), extranonce1, extranonce2_size, difficulty)
         return found
 
