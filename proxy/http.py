@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy.export import add_export_routes
 from proxy.metrics import ProxyMetrics
 
 log = logging.getLogger("proxy.http")
@@ -85,6 +86,7 @@ def build_app(metrics: ProxyMetrics, query: Query, database: str) -> web.Applica
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/api/v1/workers", get_workers)
     app.router.add_get("/healthz", health)
+    add_export_routes(app, query, database)
     return app
 
 

@@ -29,6 +29,7 @@ from protocol.errors import (
     InvalidMessage,
     LineTooLong,
     ProtocolError,
+    RejectReason,
     StratumError,
 )
 from protocol.messages import (
@@ -310,12 +311,12 @@ class MinerSession:
             return
         if self.extranonce1 is None:
             self._answer_error(message.id, ErrorCode.NOT_SUBSCRIBED, "Not subscribed")
-            self._record(time.time(), worker, None, p, 0.0, None, "not-subscribed")
+            self._record(time.time(), worker, None, p, 0.0, None, RejectReason.NOT_SUBSCRIBED)
             return
         work = self.jobs.get(p.job_id)
         if work is None:
             self._answer_error(message.id, ErrorCode.JOB_NOT_FOUND, "Job not found")
-            self._record(time.time(), worker, None, p, 0.0, None, "stale")
+            self._record(time.time(), worker, None, p, 0.0, None, RejectReason.STALE)
             return
         # Never more than the pool could credit: whether it applies a new set_difficulty to live
         # jobs or not, the lower of the two is what it owes at least.
@@ -324,13 +325,13 @@ class MinerSession:
             share = work.job.hash_share(p.extranonce2, p.ntime, p.nonce, p.version_bits, self.version_mask)
             forwarded = self._forwarded.get(work.prevhash)
             if forwarded is None:
-                raise ShareRejected(ErrorCode.JOB_NOT_FOUND, "stale", "Job not found")
+                raise ShareRejected(ErrorCode.JOB_NOT_FOUND, RejectReason.STALE, "Job not found")
             if share.hash in forwarded:
-                raise ShareRejected(ErrorCode.DUPLICATE, "duplicate", "Duplicate share", share)
+                raise ShareRejected(ErrorCode.DUPLICATE, RejectReason.DUPLICATE, "Duplicate share", share)
             if share.difficulty < credit:
                 raise ShareRejected(
                     ErrorCode.LOW_DIFFICULTY,
-                    "low-difficulty",
+                    RejectReason.LOW_DIFFICULTY,
                     f"Low difficulty share ({share.difficulty:.6g} < {credit:.6g})",
                     share,
                 )

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TextIO
 
+from .audit import AuditRefused, require_clean_sample
+from .audit import main as audit_main
 from .chain import (
     BittensorChain,
     Chain,
@@ -141,6 +143,13 @@ class Scorer:
             except LuxorError as exc:
                 luxor_error = self.redact(str(exc))
                 log.warning("Luxor cross-check failed: %s", luxor_error)
+
+        if s.audit_sample is not None:  # the ledger must re-hash before it earns weights
+            try:
+                audited = await require_clean_sample(s.clickhouse, s.proxy_api, window, s.audit_sample)
+                log.info("audit sample clean: %d shares re-hashed", audited.report.checked)
+            except AuditRefused as exc:
+                raise PassFailed(self.redact(str(exc))) from None
 
         mechanism_count = await self._mechanism_count()
         mechanisms = self.plan_mechanisms(mechanism_count or 1, weights.weights, burn_uid)
@@ -388,8 +397,11 @@ async def _run(settings: Settings, redact: Redactor) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["audit"]:  # ih-scorer audit …: scorer/audit.py
+        return audit_main(args[1:])
     try:
-        settings = load_settings(argv)
+        settings = load_settings(args)
     except ConfigError as exc:
         print(f"ih-scorer: {exc}", file=sys.stderr)
         return EXIT_CONFIG

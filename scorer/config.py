@@ -59,6 +59,7 @@ class Settings:
     luxor_url: str
     luxor_threshold: float
     log_level: str
+    audit_sample: int | None = None  # re-hash this many credited shares before setting weights (scorer/audit.py)
 
     def secrets(self) -> list[str]:
         out = list(self.clickhouse.secrets()) if self.clickhouse else []
@@ -83,6 +84,13 @@ def _int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("not an integer")
     return int(value)
+
+
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
 
 
 def _float(value: Any) -> float:
@@ -232,6 +240,14 @@ OPTIONS: tuple[Option, ...] = (
         0.1,
     ),
     Option("--log-level", "log_level", "DEBUG, INFO, WARNING (default INFO)", default="INFO"),
+    Option(
+        "--audit-sample",
+        "audit_sample",
+        "before setting weights, re-hash a random sample of N credited shares of the window from the ledger "
+        "(ih-scorer audit) and refuse unless every one verifies",
+        _positive_int,
+        metavar="N",
+    ),
 )
 
 _BY_KEY = {o.flag.lstrip("-").replace("_", "-"): o for o in OPTIONS}
@@ -378,4 +394,5 @@ def _settings(raw: dict[str, Any]) -> Settings:
         luxor_url=raw["luxor_url"],
         luxor_threshold=raw["luxor_threshold"],
         log_level=str(raw["log_level"]).upper(),
+        audit_sample=raw["audit_sample"],
     )
