@@ -57,6 +57,7 @@ class Settings:
     luxor_url: str
     luxor_threshold: float
     log_level: str
+    min_coverage: float = 0.9  # scorer/coverage.py: refuse windows the proxies covered less
 
     def secrets(self) -> list[str]:
         out = list(self.clickhouse.secrets()) if self.clickhouse else []
@@ -202,6 +203,13 @@ OPTIONS: tuple[Option, ...] = (
         0.1,
     ),
     Option("--log-level", "log_level", "DEBUG, INFO, WARNING (default INFO)", default="INFO"),
+    Option(
+        "--min-coverage",
+        "min_coverage",
+        "refuse to score a window the proxies covered less than this, 0..1 (default 0.9; 0: no check)",
+        _float,
+        0.9,
+    ),
 )
 
 _BY_KEY = {o.flag.lstrip("-").replace("_", "-"): o for o in OPTIONS}
@@ -317,6 +325,8 @@ def _settings(raw: dict[str, Any]) -> Settings:
         raise ConfigError("--luxor-threshold must not be negative")
     if not 0 <= raw["netuid"] <= 65535:
         raise ConfigError("--netuid must be 0..65535")
+    if not 0 <= raw["min_coverage"] <= 1:
+        raise ConfigError("--min-coverage must be 0..1")
     return Settings(
         clickhouse=clickhouse,
         proxy_api=raw["proxy_api"],
@@ -343,4 +353,5 @@ def _settings(raw: dict[str, Any]) -> Settings:
         luxor_url=raw["luxor_url"],
         luxor_threshold=raw["luxor_threshold"],
         log_level=str(raw["log_level"]).upper(),
+        min_coverage=raw["min_coverage"],
     )
