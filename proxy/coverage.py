@@ -83,13 +83,14 @@ class CoverageRecorder:
     def finish(self) -> None:
         """Record the minute in progress (at shutdown)."""
         if self._minute is not None:
+            self.sample()
             self._emit()
             self._minute = None
 
     def _emit(self) -> None:
         assert self._minute is not None
         shares = self._shares()
-        up = self._up_all_minute and self._upstream_up()
+        up = self._up_all_minute  # sampled during the minute: the state now belongs to the next one
         self._record(
             CoverageRow(self._minute, self.proxy_id, self._sessions(), shares - self._shares_at_start, 1 if up else 0)
         )
