@@ -18,8 +18,9 @@ from typing import Any
 from ledger.target import LedgerTarget
 from ledger.workers import health_check_names
 from proxy.config import ProxyConfig, parse_host_port
+from proxy.coverage import CoverageRecorder
 from proxy.hotkeys import BittensorRegistry, HotkeyRegistry, RegisteredHotkeys
-from proxy.http import HTTPServer, build_app
+from proxy.http import Check, HTTPServer, build_app
 from proxy.ledger import LedgerWriter
 from proxy.metrics import ProxyMetrics
 from proxy.server import StratumProxy
@@ -64,8 +65,48 @@ class ProxyApp:
             registered=self.registered,
         )
         self.stratum = StratumProxy(config, self.ctx, self.metrics)
+        self.coverage = CoverageRecorder(
+            config.proxy_id,
+            sessions=self._mining_sessions,
+            shares=lambda: sum(self.metrics.share_counts.values()),
+            upstream_up=self._pool_reachable,
+            record=self.ledger.record,
+        )
         host, port = parse_host_port(config.metrics, "metrics")
-        self.http = HTTPServer(build_app(self.metrics, self.ledger.query, target.database), host, port)
+        app = build_app(
+            self.metrics, self.ledger.query, target.database, api_token=config.api_token, readiness=self.readiness
+        )
+        self.http = HTTPServer(app, host, port)
+
+    def _mining_sessions(self) -> int:
+        # Authorized sessions, as the session sweep last counted them for ih_sessions{state="mining"}.
+        return int(self.metrics.registry.get_sample_value("ih_sessions", {"state": "mining"}) or 0)
+
+    def _pool_reachable(self) -> bool:
+        upstreams = self.stratum.upstreams
+        return any(upstreams.is_healthy(url) for url in upstreams.urls)
+
+    def readiness(self) -> dict[str, Check]:
+        """What /readyz reports: a pool, the ledger (writing or spooling), the registry if required."""
+        upstreams = self.stratum.upstreams
+        healthy = [url.label for url in upstreams.urls if upstreams.is_healthy(url)]
+        checks = {
+            "pool": Check(bool(healthy), f"reachable: {', '.join(healthy)}" if healthy else "every pool is in backoff")
+        }
+        # Rows pile up in memory only when ClickHouse refuses them AND the spool cannot take them.
+        held = self.ledger.queue_rows
+        if held > 4 * self.config.ledger_batch_rows:
+            checks["ledger"] = Check(False, f"cannot write nor spool: {held} rows held in memory")
+        elif self.ledger.spooled_batches:
+            checks["ledger"] = Check(True, f"spooling: {self.ledger.spooled_rows} rows wait for ClickHouse")
+        elif not self.ledger.connected:
+            checks["ledger"] = Check(True, "ClickHouse not connected; new rows will be spooled")
+        else:
+            checks["ledger"] = Check(True, "writing")
+        if self.registered is not None:
+            loaded = self.registered.loaded
+            checks["registry"] = Check(loaded, "loaded" if loaded else "the subnet's hotkeys are not loaded yet")
+        return checks
 
     @property
     def port(self) -> int:
@@ -82,10 +123,12 @@ class ProxyApp:
             await self.registered.start()
         await self.http.start()
         await self.stratum.start()
+        await self.coverage.start()
 
     async def stop(self) -> None:
         log.info("stopping: no new sessions; waiting up to %.0fs for in-flight shares", self.config.shutdown_grace)
         await self.stratum.stop(self.config.shutdown_grace)
+        await self.coverage.stop()
         if self.registered is not None:
             await self.registered.stop()
         await self.ledger.stop()

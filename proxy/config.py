@@ -43,6 +43,7 @@ class ProxyConfig:
     data_dir: Path = Path("data")
     clickhouse_url: str | None = None  # None → chdb://<data_dir>/ledger
     metrics: str = "127.0.0.1:9464"
+    api_token: str | None = dataclasses.field(default=None, repr=False)  # None: the API is open
     proxy_id: str = dataclasses.field(default_factory=lambda: os.uname().nodename)
     spool_dir: Path | None = None  # None → <data_dir>/spool
     ttl_days: int = 90
@@ -77,7 +78,9 @@ _HELP: dict[str, str] = {
     "data_dir": "directory for the embedded ledger and the spool",
     "clickhouse_url": "http(s)://user:pass@host:port/[db] for a ClickHouse server, chdb://PATH for an embedded "
     "directory (default chdb://<data-dir>/ledger)",
-    "metrics": "HOST:PORT for Prometheus /metrics and the /api/v1/workers HTTP API",
+    "metrics": "HOST:PORT for Prometheus /metrics, /healthz, /readyz and the /api/v1/ HTTP API",
+    "api_token": "token the /api/v1/ endpoints require as 'Authorization: Bearer <token>' (or Basic with it as "
+    "the password); prefer IH_API_TOKEN over the flag, which the process list shows",
     "proxy_id": "name written in every ledger row (default: the host name)",
     "spool_dir": "where batches ClickHouse did not take wait (default <data-dir>/spool)",
     "ttl_days": "days the ledger keeps shares",
@@ -172,6 +175,8 @@ def _default(name: str) -> Any:
         return getattr(Limits(), name)
     if name == "proxy_id":
         return "the host name"
+    if name == "api_token":
+        return "none: the API is open"
     return getattr(ProxyConfig, name, None) if name != "upstream" else (LUXOR_URL,)
 
 
@@ -231,6 +236,10 @@ def validate(config: ProxyConfig) -> None:
         raise ConfigError("account must be one or more names of A-Z a-z 0-9 _ -, without dots")
     if config.ttl_days < 1:
         raise ConfigError("ttl_days must be at least 1")
+    if config.api_token is not None and (
+        len(config.api_token) < 16 or not config.api_token.isprintable() or " " in config.api_token
+    ):
+        raise ConfigError("api_token: at least 16 printable characters, no spaces (e.g. openssl rand -hex 32)")
 
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:

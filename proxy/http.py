@@ -1,15 +1,38 @@
-"""The proxy's HTTP port: Prometheus `/metrics` and the validators' `/api/v1/workers`."""
+"""The proxy's HTTP port: Prometheus `/metrics`, `/healthz`, `/readyz`, and the validators' API
+(`/api/v1/workers`, `/api/v1/coverage`; guide: docs/VALIDATORS.md).
+
+With a token (`--api-token`) the API wants `Authorization: Bearer <token>`, or HTTP Basic with the
+token as the password (InfiniteHash's client sends `https://user:<token>@host` as Basic). `/metrics`,
+`/healthz` and `/readyz` stay open: Prometheus, load balancers and container health checks probe
+them without credentials, and they tell nothing about any miner.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import hmac
+import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ledger.queries import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    coverage_from_rows,
+    coverage_json,
+    coverage_query,
+    split_window,
+    workers_from_rows,
+    workers_query,
+)
 from proxy.export import add_export_routes
 from proxy.metrics import ProxyMetrics
 
@@ -17,75 +40,146 @@ log = logging.getLogger("proxy.http")
 
 Query = Callable[[str, dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
 
-# The per-minute aggregate is what this reads: windows are aligned to whole minutes.
-WORKERS_SQL = """
-SELECT worker, sum(accepted_difficulty) AS difficulty
-FROM {database}.shares_per_minute
-WHERE minute >= toStartOfMinute({{start:DateTime64(3, 'UTC')}}) AND minute < {{end:DateTime64(3, 'UTC')}}
-  AND worker LIKE {{pattern:String}}
-GROUP BY worker
-HAVING difficulty > 0
-ORDER BY worker
-"""
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    reason: str
 
 
-def glob_to_like(pattern: str) -> str:
-    """A shell glob (`*`, `?`) as a SQL LIKE pattern, with LIKE's own wildcards taken literally."""
-    out = []
-    for char in pattern:
-        if char in "\\%_":
-            out.append("\\" + char)
-        elif char == "*":
-            out.append("%")
-        elif char == "?":
-            out.append("_")
-        else:
-            out.append(char)
-    return "".join(out)
+# What /readyz reports: check name → its state. Built by the app from its parts (pools, ledger,
+# registry); cheap and synchronous, it reads state the parts already keep.
+Readiness = Callable[[], Mapping[str, Check]]
+
+# A "+hh:mm" offset sent unencoded arrives as " hh:mm" (a URL query's + is a space).
+_SPACED_OFFSET = re.compile(r" (\d{2}(:?\d{2})?)$")
 
 
-def _parse_time(text: str | None, name: str) -> dt.datetime:
+def _error(status: type[web.HTTPException], message: str) -> NoReturn:
+    raise status(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _parse_time(query: Mapping[str, str], name: str) -> dt.datetime:
+    text = query.get(name)
     if not text:
-        raise web.HTTPBadRequest(text=f"{name} is required (ISO 8601)")
+        _error(web.HTTPBadRequest, f"{name} is required: ISO 8601 with Z or an offset, e.g. 2025-01-01T00:00:00Z")
+    text = _SPACED_OFFSET.sub(r"+\1", text.strip())
     try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        value = dt.datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
-        raise web.HTTPBadRequest(text=f"{name} must be ISO 8601, got {text[:64]!r}") from None
+        _error(web.HTTPBadRequest, f"{name} must be ISO 8601, got {text[:64]!r}")
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
+        _error(web.HTTPBadRequest, f"{name} needs a time zone: Z or an offset like +00:00, got {text[:64]!r}")
+    if value.microsecond % 1000:
+        _error(web.HTTPBadRequest, f"{name} is at most millisecond-precise, got {text[:64]!r}")
     return value.astimezone(dt.UTC)
 
 
-def build_app(metrics: ProxyMetrics, query: Query, database: str) -> web.Application:
+def _parse_window(query: Mapping[str, str]) -> tuple[dt.datetime, dt.datetime]:
+    start = _parse_time(query, "start_time")
+    end = _parse_time(query, "end_time")
+    if end <= start:
+        _error(web.HTTPBadRequest, "end_time must be after start_time")
+    return start, end
+
+
+def _parse_int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = query.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        _error(web.HTTPBadRequest, f"{name} must be an integer from {low} to {high}, got {text[:32]!r}")
+    return int(text)
+
+
+def _token_matches(header: str, token: bytes) -> bool:
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        given = value.encode()
+    elif scheme.lower() == "basic":
+        try:
+            _, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        given = password.encode()
+    else:
+        return False
+    return hmac.compare_digest(given, token)  # constant time: the token cannot be guessed byte by byte
+
+
+def build_app(
+    metrics: ProxyMetrics,
+    query: Query,
+    database: str,
+    *,
+    api_token: str | None = None,
+    readiness: Readiness | None = None,
+) -> web.Application:
+    token = api_token.encode() if api_token else None
+
+    @web.middleware
+    async def require_token(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        open_path = not request.path.startswith("/api/")
+        if token is not None and not open_path and not _token_matches(request.headers.get("Authorization", ""), token):
+            return web.json_response(
+                {"error": "this API needs a token: Authorization: Bearer <token>"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="ih-proxy"'},
+            )
+        return await handler(request)
+
+    async def run(sql: str, parameters: dict[str, Any], what: str) -> list[tuple[Any, ...]]:
+        try:
+            return await query(sql, parameters)
+        except Exception as exc:
+            log.warning("%s query failed: %s", what, type(exc).__name__)
+            _error(web.HTTPServiceUnavailable, "the ledger is not reachable right now; try again later")
+
     async def get_metrics(request: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def get_workers(request: web.Request) -> web.Response:
-        pattern = request.query.get("pattern", "*")
-        start = _parse_time(request.query.get("start_time"), "start_time")
-        end = _parse_time(request.query.get("end_time"), "end_time")
-        if end <= start:
-            raise web.HTTPBadRequest(text="end_time must be after start_time")
-        try:
-            rows = await query(
-                WORKERS_SQL.format(database=database),
-                {"start": start, "end": end, "pattern": glob_to_like(pattern)},
-            )
-        except Exception as exc:
-            log.warning("workers query failed: %s", type(exc).__name__)
-            raise web.HTTPServiceUnavailable(text="the ledger is not reachable right now") from None
-        seconds = (end - start).total_seconds()
-        workers = [{"worker_id": worker, "hashrate": difficulty * 2**32 / seconds} for worker, difficulty in rows]
+        q = request.query
+        pattern = q.get("pattern", "*") or "*"
+        if len(pattern) > 256:
+            _error(web.HTTPBadRequest, "pattern is 256 characters at most")
+        start, end = _parse_window(q)
+        limit = _parse_int(q, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        offset = _parse_int(q, "offset", 0, 0, 10**12)
+        window = split_window(start, end)
+        sql, parameters = workers_query(database, window, pattern, limit, offset)
+        rows = await run(sql, parameters, "workers")
+        workers = [{"worker_id": w.worker, "hashrate": w.hashrate} for w in workers_from_rows(rows, window)]
         return web.json_response({"workers": workers})
 
-    async def health(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
+    async def get_coverage(request: web.Request) -> web.Response:
+        start, end = _parse_window(request.query)
+        sql, parameters = coverage_query(database, start, end)
+        rows = await run(sql, parameters, "coverage")
+        return web.json_response(coverage_json(coverage_from_rows(rows, start, end)))
 
-    app = web.Application()
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        checks = dict(readiness()) if readiness is not None else {}
+        ready = all(c.ok for c in checks.values())
+        body = {
+            "status": "ready" if ready else "not ready",
+            "checks": {name: {"ok": c.ok, "reason": c.reason} for name, c in checks.items()},
+        }
+        return web.json_response(body, status=200 if ready else 503)
+
+    app = web.Application(middlewares=[require_token])
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/api/v1/workers", get_workers)
-    app.router.add_get("/healthz", health)
+    app.router.add_get("/api/v1/coverage", get_coverage)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     add_export_routes(app, query, database)
     return app
 

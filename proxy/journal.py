@@ -17,6 +17,7 @@ Format: records of a 4-byte length and msgpack `[table, row]`; a torn tail (powe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -53,11 +54,29 @@ class Journal:
         self._fd: int | None = None
         self.generation = 0
         self.bytes_written = 0
+        self.broken = False
 
     def open(self, generation: int) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Start `generation`'s file. A disk that refuses leaves the journal off until the next one:
+        the ledger goes on (only a SIGKILL would then lose the rows of that batch)."""
         self.generation = generation
-        self._fd = os.open(self._path(generation), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self._path(generation), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as exc:
+            self._fd = None
+            self._broken(exc)
+            return
+        if self.broken:
+            self.broken = False
+            log.info("ledger journal: writing again in %s", self.directory)
+
+    def _broken(self, exc: OSError) -> None:
+        if not self.broken:  # one line per state change, not per row
+            self.broken = True
+            log.error(
+                "ledger journal: cannot write in %s (%s); rows are not crash-proof until it can", self.directory, exc
+            )
 
     def _path(self, generation: int) -> Path:
         return self.directory / f"{generation:012d}-{self.run}.journal"
@@ -81,9 +100,13 @@ class Journal:
             return
         data, self._buffer = self._buffer, bytearray()
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self._broken(exc)
+            return
         self.bytes_written += len(data)
 
     def rotate(self) -> tuple[int, int | None]:
@@ -98,25 +121,28 @@ class Journal:
     @staticmethod
     def sync_and_close(fd: int | None) -> None:
         if fd is not None:
-            os.fsync(fd)
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                log.warning("ledger journal: fsync failed: %s", exc)
             os.close(fd)
 
     def discard(self, generation: int, run: str | None = None) -> None:
         """Its rows are written or spooled: the file is no longer needed."""
-        self._path_of(generation, run or self.run).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._path_of(generation, run or self.run).unlink(missing_ok=True)
 
     def _path_of(self, generation: int, run: str) -> Path:
         return self.directory / f"{generation:012d}-{run}.journal"
 
     def close(self) -> None:
         self.commit()
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+        fd, self._fd = self._fd, None
+        self.sync_and_close(fd)
         path = self._path(self.generation)
-        if path.exists() and path.stat().st_size == 0:
-            path.unlink()
+        with contextlib.suppress(OSError):
+            if path.stat().st_size == 0:
+                path.unlink()
 
 
 def _utf8(value: Any) -> Any:

@@ -184,6 +184,11 @@ class LedgerWriter:
         return sum(len(q) for q in self._queues.values()) + sum(b.size for b in self._pending)
 
     @property
+    def connected(self) -> bool:
+        """A ClickHouse client is open (new batches are inserted, not spooled)."""
+        return self._client is not None
+
+    @property
     def spooled_batches(self) -> int:
         return len(self._spool)
 
@@ -207,9 +212,18 @@ class LedgerWriter:
         if self._task is not None:
             raise RuntimeError("LedgerWriter already started")
         await asyncio.to_thread(self._load_spool)
-        await asyncio.to_thread(self._recover_journal)
-        self._journal = Journal(self._journal_dir, self._run_id, asyncio.get_running_loop().call_soon)
-        self._journal.open(0)
+        try:
+            await asyncio.to_thread(self._recover_journal)
+            journal = Journal(self._journal_dir, self._run_id, asyncio.get_running_loop().call_soon)
+            journal.open(0)
+            self._journal = journal
+        except OSError as exc:
+            # The proxy still ledgers; only a SIGKILL would lose the rows of the current batch.
+            log.error(
+                "ledger: no crash journal in %s (%s); rows in memory are lost if the proxy is killed",
+                self._journal_dir,
+                exc,
+            )
         if self._spool:
             log.info(
                 "ledger: %d batches (%d rows) spooled in %s by an earlier run; replaying them first",

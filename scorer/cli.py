@@ -38,6 +38,7 @@ from .chain import (
     with_retries,
 )
 from .config import ConfigError, Settings, load_settings
+from .coverage import CoverageGate, CoverageTooLow
 from .hashrate import Window
 from .luxor import LuxorClient, LuxorError, discrepancies, ours_by_hotkey
 from .policy import PolicyError, compute_weights, invert_metagraph
@@ -87,6 +88,7 @@ class Scorer:
     sleep: Sleep = asyncio.sleep
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     redact: Callable[[str], str] = lambda s: s
+    coverage: CoverageGate | None = None
 
     @property
     def retry(self) -> Retry:
@@ -111,7 +113,9 @@ class Scorer:
         window = Window.ending(end or s.end or self.clock(), s.window_seconds)
         try:
             stats = await self.source.fetch(window)
-        except SourceError as exc:
+            if self.coverage is not None:
+                await self.coverage.check(window)
+        except (SourceError, CoverageTooLow) as exc:
             raise PassFailed(self.redact(str(exc))) from None
         try:
             metagraph = await self._metagraph()
@@ -359,7 +363,15 @@ def build_scorer(settings: Settings, redact: Callable[[str], str]) -> Scorer:
     luxor = None
     if settings.luxor_api_key:
         luxor = LuxorClient(settings.luxor_api_key, settings.luxor_subaccount, settings.luxor_url)
-    return Scorer(settings, source, chain, metagraph_file, luxor, redact=redact)
+    coverage = None
+    if settings.min_coverage > 0:
+        coverage = CoverageGate(
+            settings.min_coverage,
+            settings.clickhouse,
+            settings.proxy_api,
+            source._connect if isinstance(source, ClickHouseSource) else None,
+        )
+    return Scorer(settings, source, chain, metagraph_file, luxor, redact=redact, coverage=coverage)
 
 
 def _setup_logging(level: str, redact: Redactor) -> None:

@@ -60,6 +60,7 @@ class Settings:
     luxor_threshold: float
     log_level: str
     audit_sample: int | None = None  # re-hash this many credited shares before setting weights (scorer/audit.py)
+    min_coverage: float = 0.9  # scorer/coverage.py: refuse windows the proxies covered less
 
     def secrets(self) -> list[str]:
         out = list(self.clickhouse.secrets()) if self.clickhouse else []
@@ -248,6 +249,13 @@ OPTIONS: tuple[Option, ...] = (
         _positive_int,
         metavar="N",
     ),
+    Option(
+        "--min-coverage",
+        "min_coverage",
+        "refuse to score a window the proxies covered less than this, 0..1 (default 0.9; 0: no check)",
+        _float,
+        0.9,
+    ),
 )
 
 _BY_KEY = {o.flag.lstrip("-").replace("_", "-"): o for o in OPTIONS}
@@ -366,6 +374,8 @@ def _settings(raw: dict[str, Any]) -> Settings:
         raise ConfigError("--luxor-threshold must not be negative")
     if not 0 <= raw["netuid"] <= 65535:
         raise ConfigError("--netuid must be 0..65535")
+    if not 0 <= raw["min_coverage"] <= 1:
+        raise ConfigError("--min-coverage must be 0..1")
     return Settings(
         clickhouse=clickhouse,
         proxy_api=raw["proxy_api"],
@@ -395,4 +405,5 @@ def _settings(raw: dict[str, Any]) -> Settings:
         luxor_threshold=raw["luxor_threshold"],
         log_level=str(raw["log_level"]).upper(),
         audit_sample=raw["audit_sample"],
+        min_coverage=raw["min_coverage"],
     )

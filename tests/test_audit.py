@@ -268,7 +268,18 @@ def test_audit_sample_gate_refuses_to_score_a_ledger_that_does_not_rehash(
     metagraph.write_text(json.dumps({"0": ALICE, "1": BOB, "2": CHARLIE}))
     rows = shares()
     write_ledger(tmp_path / "clean", rows)
-    common = ["--dry-run", "--json", "--metagraph-file", str(metagraph), "--window", "1h", "--end", END_ISO]
+    common = [
+        "--dry-run",
+        "--json",
+        "--metagraph-file",
+        str(metagraph),
+        "--window",
+        "1h",
+        "--end",
+        END_ISO,
+        "--min-coverage",
+        "0",
+    ]
     assert cli.main([*common, "--clickhouse-url", f"chdb://{tmp_path / 'clean'}", "--audit-sample", "5"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["weights"]
 

@@ -193,7 +193,7 @@ def test_cli_cross_check_is_a_report_only(tmp_path: Path) -> None:
                 {"worker_id": f"infinite.{BOB}.rig", "hashrate": 2e12},
             ]
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "scorer", "--proxy-api", fake.url, "--dry-run", "--json",
+                sys.executable, "-m", "scorer", "--proxy-api", fake.url, "--dry-run", "--json", "--min-coverage", "0",
                 "--metagraph-file", str(metagraph), "--window", "2h", "--end", "2025-01-01T02:30:00Z",
                 "--luxor-url", fake.url + "/api/v1", "--luxor-subaccount", SUB,
                 cwd=REPO, env=environment(),
