@@ -94,9 +94,10 @@ def list_backups(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if _NAME.fullmatch(p.name))
 
 
-def open_client(target: LedgerTarget, destination: Destination | None) -> Client:
+def open_client(target: LedgerTarget, destination: Destination | None, *, create: bool) -> Client:
     """A client for BACKUP / RESTORE. An embedded ledger is opened with `backups.allowed_path` set to
-    the destination directory (chdb has no config file for it)."""
+    the destination directory (chdb has no config file for it); its directory is made only when
+    `create` (a restore), so a mistyped path to back up is an error, not a new empty ledger."""
     if target.kind != "chdb":
         return target.connect()
     if destination is None or destination.kind != "file":
@@ -106,6 +107,8 @@ def open_client(target: LedgerTarget, destination: Destination | None) -> Client
     except ImportError:
         raise BackupError(NO_EMBEDDED_ENGINE) from None
     assert target.path is not None
+    if not create and not target.path.is_dir():
+        raise BackupError(f"no embedded ledger at {target.path}: nothing to back up")
     target.path.mkdir(parents=True, exist_ok=True)
     Path(destination.location).mkdir(parents=True, exist_ok=True)
     try:
@@ -142,7 +145,7 @@ def backup(
     name = backup_name(now or dt.datetime.now(dt.UTC))
     engine = destination.engine(name)
     shown = _scrub(engine, destination.secrets())
-    client = open_client(target, destination)
+    client = open_client(target, destination, create=False)
     try:
         if not _database_exists(client, target.database):
             raise BackupError(f"no database {target.database} in {target}: nothing to back up")
@@ -187,7 +190,7 @@ def restore(
         raise BackupError(f"invalid database name {database!r}")
     engine = source.engine(name)
     shown = _scrub(engine, source.secrets())
-    client = open_client(target, source)
+    client = open_client(target, source, create=True)
     try:
         if _database_exists(client, database):
             raise BackupError(

@@ -1,7 +1,8 @@
 """The operators' files (docker-compose.yml, Dockerfile, deploy/) agree with the programs they run.
 
 No Docker engine runs here, so these check what can go stale without one: the compose file is valid
-by the compose specification (tests/compose-spec.json, vendored from compose-spec/compose-spec),
+by the compose specification (tests/compose-spec.json: schema/compose-spec.json of compose-spec/compose-spec
+at 170098ba07d9, Apache-2.0, vendored as it is),
 every setting it passes is one the proxy or scorer really reads, images are pinned, every metric a
 dashboard panel or an alert rule names is one the proxy really exports, and the image installs every
 package and entry point.
@@ -306,3 +307,14 @@ def test_the_image_leaves_out_the_embedded_engine_and_checks_its_health() -> Non
     assert project["project"]["optional-dependencies"]["embedded"] == ["chdb>=4.0"]
     assert "--extra" not in dockerfile and "--all-extras" not in dockerfile
     assert "HEALTHCHECK" in dockerfile and "/healthz" in dockerfile
+
+
+def test_every_file_the_compose_file_mounts_is_in_the_repository() -> None:
+    mounted = 0
+    for name, service in compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), f"{name} mounts {source}, which is not in the repository"
+                mounted += 1
+    assert mounted >= 6

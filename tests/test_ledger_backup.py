@@ -172,8 +172,12 @@ def test_restore_never_mixes_into_an_existing_ledger(tmp_path: Path) -> None:
 
 
 def test_backup_mistakes_are_one_line(tmp_path: Path) -> None:
-    empty = ih_ledger("backup", "--clickhouse-url", f"chdb://{tmp_path / 'none'}", "--to", str(tmp_path / "b"))
-    assert empty.returncode == 1 and empty.stderr.count("\n") == 1 and "nothing to back up" in empty.stderr
+    missing = ih_ledger("backup", "--clickhouse-url", f"chdb://{tmp_path / 'none'}", "--to", str(tmp_path / "b"))
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nothing to back up" in missing.stderr
+    assert not (tmp_path / "none").exists()  # a mistyped path is not made into an empty ledger
+    (tmp_path / "empty").mkdir()
+    empty = ih_ledger("backup", "--clickhouse-url", f"chdb://{tmp_path / 'empty'}", "--to", str(tmp_path / "b"))
+    assert empty.returncode == 1 and empty.stderr.count("\n") == 1 and "no database infinitehash" in empty.stderr
     s3 = ih_ledger("backup", "--clickhouse-url", f"chdb://{tmp_path / 'none'}", "--to", "s3://bucket/ledger")
     assert s3.returncode == 1 and s3.stderr.count("\n") == 1 and "local directory" in s3.stderr
     nothing = ih_ledger("restore", "--clickhouse-url", f"chdb://{tmp_path / 'x'}", "--from", str(tmp_path / "b"))
