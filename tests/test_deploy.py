@@ -318,3 +318,79 @@ def test_every_file_the_compose_file_mounts_is_in_the_repository() -> None:
                 assert (REPO / source).exists(), f"{name} mounts {source}, which is not in the repository"
                 mounted += 1
     assert mounted >= 6
+
+
+# Grafana's ClickHouse macros as the plugin expands them, for a 60 s interval over [start, end].
+def expand_clickhouse_macros(sql: str, start: int, end: int, hotkeys: list[str]) -> str:
+    sql = re.sub(r"\$__timeInterval\((\w+)\)", r"toStartOfInterval(toDateTime(\1), INTERVAL 60 second)", sql)
+    sql = re.sub(r"\$__timeFilter\((\w+)\)", rf"\1 >= toDateTime({start}) AND \1 <= toDateTime({end})", sql)
+    sql = sql.replace("$__interval_s", "60")
+    sql = sql.replace("${hotkey:singlequote}", ", ".join(f"'{h}'" for h in hotkeys))
+    assert "$" not in sql, sql
+    return sql
+
+
+_RUN_LEDGER_PANELS = """
+import asyncio, json, sys
+from pathlib import Path
+from ledger.target import LedgerTarget
+from proxy.ledger import LedgerWriter
+from tests.test_ledger import make_rows
+
+target = LedgerTarget.parse("chdb://" + sys.argv[1], data_dir=Path(sys.argv[1]))
+rows = make_rows(600, base=float(sys.argv[2]))
+
+async def write() -> None:
+    writer = LedgerWriter(target.connect, spool_dir=Path(sys.argv[1]) / "spool", batch_rows=100, flush_interval=0.01)
+    await writer.start()
+    for row in rows:
+        writer.record(row)
+    await writer.stop()
+
+asyncio.run(write())
+client = target.connect()
+answers = [[list(r) for r in client.query(sql).result_rows] for sql in json.loads(sys.argv[3])]
+expected = {}
+for row in rows:
+    if row.accepted:
+        expected.setdefault(row.hotkey, {}).setdefault(row.worker, 0.0)
+        expected[row.hotkey][row.worker] += row.difficulty
+print(json.dumps({"answers": answers, "expected": expected}, default=str))
+"""
+
+
+def test_the_ledger_dashboard_queries_run_on_the_ledger_and_give_the_scorers_hashrate(tmp_path: Path) -> None:
+    """Every ClickHouse panel query, macros expanded, on real rows written by the proxy's ledger writer."""
+    import subprocess
+    import sys
+
+    from tests.test_ledger import BASE_TS
+
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/ledger.json").read_text())
+    hotkeys = [f"5Hotkey{i}" for i in range(4)]  # make_rows' hotkeys
+    start, end = int(BASE_TS) - 3600, int(BASE_TS) + 3600
+    panels = [(p["title"], t["rawSql"]) for p in dashboard["panels"] for t in p["targets"]]
+    assert len(panels) == 3
+    queries = [expand_clickhouse_macros(sql, start, end, hotkeys) for _, sql in panels]
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_LEDGER_PANELS, str(tmp_path / "ledger"), repr(BASE_TS), json.dumps(queries)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    per_hotkey, per_worker, shares = result["answers"]
+    expected: dict[str, dict[str, float]] = result["expected"]
+    # hashrate × 60 s summed over the buckets = accepted difficulty × 2^32, per hotkey and per worker.
+    by_hotkey: dict[str, float] = {}
+    for _, hotkey, hashrate in per_hotkey:
+        by_hotkey[hotkey] = by_hotkey.get(hotkey, 0.0) + hashrate * 60
+    assert by_hotkey == pytest.approx({h: sum(w.values()) * 2**32 for h, w in expected.items()})
+    by_worker: dict[str, float] = {}
+    for _, worker, hashrate in per_worker:
+        by_worker[worker] = by_worker.get(worker, 0.0) + hashrate * 60
+    assert by_worker == pytest.approx({w: d * 2**32 for ws in expected.values() for w, d in ws.items()})
+    assert sum(int(accepted) + int(rejected) for _, accepted, rejected in shares) == 600
