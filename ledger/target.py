@@ -11,6 +11,7 @@ create it and every query names tables as `db.table`.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,18 @@ _SEND_RECEIVE_TIMEOUT = 15.0
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):[^@/\s]*@")
 _PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s]*")
 _DATABASE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# chdb (with pyarrow and pandas) is the optional extra `embedded`; a server deployment leaves it out.
+NO_EMBEDDED_ENGINE = (
+    "chdb:// needs the embedded ClickHouse engine, which is not installed: install the extra "
+    "(uv sync --extra embedded, or pip install 'infinitehash-proxy[embedded]') or use an http(s):// ClickHouse URL"
+)
+
+
+def _require_embedded_engine() -> None:
+    if importlib.util.find_spec("chdb") is None:
+        raise ValueError(NO_EMBEDDED_ENGINE)
 
 
 def redact(text: str) -> str:
@@ -52,8 +65,10 @@ class LedgerTarget:
     @classmethod
     def parse(cls, url: str | None, *, data_dir: Path) -> LedgerTarget:
         if not url:
+            _require_embedded_engine()
             return cls(kind="chdb", database=DEFAULT_DATABASE, path=(data_dir / "ledger").absolute())
         if url.startswith("chdb://"):
+            _require_embedded_engine()
             rest = url[len("chdb://") :]
             if not rest:
                 raise ValueError("chdb URL needs a path: chdb:///absolute/path or chdb://relative/path")
@@ -86,6 +101,8 @@ class LedgerTarget:
         Errors are re-raised as ConnectionError with a message scrubbed of the password, and
         without the original exception attached, so no log line can leak the secret.
         """
+        if self.kind == "chdb" and importlib.util.find_spec("chdb") is None:
+            raise ConnectionError(NO_EMBEDDED_ENGINE)
         try:
             if self.kind == "chdb":
                 assert self.path is not None

@@ -6,10 +6,13 @@ one process without clashing. Metric names are the operators' contract: change t
 
 from __future__ import annotations
 
+import platform
 from bisect import bisect_left
 from collections.abc import Iterator
+from heapq import nlargest
+from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -34,12 +37,29 @@ _LATENCY_BUCKETS = (
 )
 
 
+# Per-hotkey series: the hotkeys with the most accepted difficulty get their own label value, the rest
+# are summed under OTHER_HOTKEYS, so a flood of hotkeys cannot grow the scrape without bound.
+TOP_HOTKEYS = 50
+OTHER_HOTKEYS = "other"
+
+
+def _package_version() -> str:
+    try:
+        return version("infinitehash-proxy")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class ProxyMetrics:
     """All metrics the proxy exports, grouped by the part that updates them."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, top_hotkeys: int = TOP_HOTKEYS) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+
+        Info("ih_build", "The proxy's version and Python", registry=r).info(
+            {"version": _package_version(), "python": platform.python_version()}
+        )
 
         # Connections and sessions.
         self.connections_total = Counter("ih_connections", "ASIC connections accepted", registry=r)
@@ -56,6 +76,9 @@ class ProxyMetrics:
         self.share_counts: dict[tuple[str, str], int] = {}  # (outcome, reason) → shares
         self.accepted_difficulty = 0.0  # Σ assigned difficulty of pool-accepted shares
         self.block_candidates = 0
+        # hotkey → [accepted difficulty, accepted shares]; the top `top_hotkeys` are exported by name.
+        self.hotkey_counts: dict[str, list[float]] = {}
+        self.top_hotkeys = top_hotkeys
         self.proxy_latency = LocalHistogram(
             "ih_proxy_submit_latency_seconds",
             "Time the proxy adds per read that carried shares or verdicts: bytes in to bytes written "
@@ -107,6 +130,29 @@ class ProxyMetrics:
         key = (outcome, reason)
         self.share_counts[key] = self.share_counts.get(key, 0) + 1
 
+    def count_hotkey(self, hotkey: str, difficulty: float) -> None:
+        """One pool-accepted share of `hotkey` at `difficulty`: a dict lookup and two adds."""
+        counts = self.hotkey_counts.get(hotkey)
+        if counts is None:
+            self.hotkey_counts[hotkey] = [difficulty, 1.0]
+        else:
+            counts[0] += difficulty
+            counts[1] += 1.0
+
+    def hotkey_series(self) -> list[tuple[str, float, float]]:
+        """(hotkey, accepted difficulty, accepted shares): the top hotkeys by difficulty, then `other`.
+
+        A hotkey moves between its own series and `other` as the ranking changes; `sum by ()` over
+        both stays a true counter.
+        """
+        top = nlargest(self.top_hotkeys, self.hotkey_counts.items(), key=lambda item: item[1][0])
+        out = [(hotkey, counts[0], counts[1]) for hotkey, counts in top]
+        named = {hotkey for hotkey, _, _ in out}
+        rest = [counts for hotkey, counts in self.hotkey_counts.items() if hotkey not in named]
+        if rest:
+            out.append((OTHER_HOTKEYS, sum(c[0] for c in rest), sum(c[1] for c in rest)))
+        return out
+
 
 class LocalHistogram:
     """A histogram for the event loop's thread only: an observation is a bisect and two adds."""
@@ -148,5 +194,20 @@ class _ShareCollector(Collector):
         yield CounterMetricFamily(
             "ih_block_candidates", "Shares whose hash met the network target", value=m.block_candidates
         )
+        difficulty = CounterMetricFamily(
+            "ih_hotkey_accepted_difficulty",
+            f"Sum of assigned difficulty of pool-accepted shares, by hotkey (top {m.top_hotkeys}, the rest as other)",
+            labels=["hotkey"],
+        )
+        shares_by_hotkey = CounterMetricFamily(
+            "ih_hotkey_accepted_shares",
+            f"Pool-accepted shares, by hotkey (top {m.top_hotkeys}, the rest as other)",
+            labels=["hotkey"],
+        )
+        for hotkey, accepted_difficulty, accepted_shares in m.hotkey_series():
+            difficulty.add_metric([hotkey], accepted_difficulty)
+            shares_by_hotkey.add_metric([hotkey], accepted_shares)
+        yield difficulty
+        yield shares_by_hotkey
         yield m.proxy_latency.family()
         yield m.upstream_latency.family()

@@ -4,10 +4,9 @@ with what the pool itself accepted.
 
     ih-demo [--seconds 20] [--hotkeys 4] [--asics 8] [--data-dir demo-data]
 
-It leaves `<data-dir>/ledger` (the embedded ledger) and `<data-dir>/metagraph.json` behind, so the
-scorer can be run on the result:
-
-    ih-scorer --dry-run --clickhouse-url chdb://demo-data/ledger --metagraph-file demo-data/metagraph.json
+It leaves `<data-dir>/ledger` (the embedded ledger) and `<data-dir>/metagraph.json` behind, and prints
+an `ih-scorer` command whose window is exactly the whole minutes the demo's shares fall in, so the
+scorer's hashrate per hotkey equals the demo's "H/s window" column.
 """
 
 from __future__ import annotations
@@ -44,7 +43,26 @@ class HotkeyResult:
         return abs(self.ledger_difficulty - self.pool_difficulty) <= 1e-9 * max(1.0, self.pool_difficulty)
 
 
-async def run_demo(data_dir: Path, seconds: float, n_hotkeys: int, n_asics: int) -> tuple[list[HotkeyResult], float]:
+@dataclasses.dataclass
+class DemoRun:
+    results: list[HotkeyResult]
+    elapsed: float  # seconds the fleet mined
+    window_start: dt.datetime  # the whole minutes holding every ledgered share: what ih-scorer reads
+    window_end: dt.datetime
+
+    @property
+    def window_seconds(self) -> int:
+        return int((self.window_end - self.window_start).total_seconds())
+
+
+def minute_window(first: dt.datetime, last: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end): the minute `first` falls in up to the end of the minute `last` falls in."""
+    start = first.astimezone(dt.UTC).replace(second=0, microsecond=0)
+    end = last.astimezone(dt.UTC).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    return start, end
+
+
+async def run_demo(data_dir: Path, seconds: float, n_hotkeys: int, n_asics: int) -> DemoRun:
     keys = hotkeys(n_hotkeys)
     pool = SimulatedPool(difficulty=DEMO_DIFFICULTY, job_interval=5.0)
     await pool.start()
@@ -90,6 +108,9 @@ async def run_demo(data_dir: Path, seconds: float, n_hotkeys: int, n_asics: int)
             "SELECT hotkey, countIf(accepted = 1), sumIf(difficulty, accepted = 1), countIf(accepted = 0) "
             "FROM infinitehash.shares WHERE proxy_id = 'demo' GROUP BY hotkey ORDER BY hotkey"
         ).result_rows
+        first, last = client.query(
+            "SELECT min(ts), max(ts) FROM infinitehash.shares WHERE proxy_id = 'demo' AND accepted = 1"
+        ).result_rows[0]
     finally:
         client.close()
     by_pool = pool.accepted_by_hotkey()
@@ -101,7 +122,12 @@ async def run_demo(data_dir: Path, seconds: float, n_hotkeys: int, n_asics: int)
     metagraph = {str(uid + 1): hk for uid, hk in enumerate(keys)}
     metagraph["0"] = "5C4hrfjw9DjXZTzV3MwzrrAr9P1MJhSrvWGWqi1eSuyUpnhM"  # uid 0: the subnet owner (burn)
     (data_dir / "metagraph.json").write_text(json.dumps(metagraph, indent=2) + "\n")
-    return results, elapsed
+    start, end = minute_window(_utc(first), _utc(last))
+    return DemoRun(results, elapsed, start, end)
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,26 +146,39 @@ def main(argv: list[str] | None = None) -> int:
 
     shutil.rmtree(args.data_dir, ignore_errors=True)
     args.data_dir.mkdir(parents=True)
-    results, elapsed = run(run_demo(args.data_dir, args.seconds, args.hotkeys, args.asics))
+    demo = run(run_demo(args.data_dir, args.seconds, args.hotkeys, args.asics))
+    results, elapsed = demo.results, demo.elapsed
+    window = f"{demo.window_start:%H:%M}-{demo.window_end:%H:%M} UTC"
 
-    print(f"\nledger (chdb://{args.data_dir}/ledger) after {elapsed:.1f}s, per hotkey:")
-    print(f"{'hotkey':<50} {'accepted':>9} {'refused':>8} {'hashrate':>12}  ledger = pool?")
+    print(f"\nledger (chdb://{args.data_dir}/ledger) after {elapsed:.1f}s of mining, per hotkey:")
+    print(f"{'hotkey':<50} {'accepted':>9} {'refused':>8} {'H/s mining':>11} {'H/s window':>11}  ledger = pool?")
     for r in results:
-        hashrate = r.ledger_difficulty * 2**32 / elapsed
+        mining = r.ledger_difficulty * 2**32 / elapsed
+        over_window = r.ledger_difficulty * 2**32 / demo.window_seconds
         verdict = "yes" if r.matches else f"NO: pool accepted {r.pool_difficulty:.6g}"
-        print(f"{r.hotkey:<50} {r.ledger_shares:>9} {r.refused:>8} {hashrate:>10.0f} H/s  {verdict}")
+        print(f"{r.hotkey:<50} {r.ledger_shares:>9} {r.refused:>8} {mining:>11.0f} {over_window:>11.0f}  {verdict}")
+    print(
+        "\n  accepted    shares the pool accepted, as the ledger holds them (these are credited)\n"
+        "  refused     shares not credited: the proxy refused them itself and never forwarded them (the fleet\n"
+        "              sends one bad share in ten on purpose: duplicate, stale job, low difficulty, bad nonce\n"
+        "              ...), or the pool rejected them\n"
+        f"  H/s mining  accepted difficulty x 2^32 / the {elapsed:.0f} s the fleet mined\n"
+        f"  H/s window  the same over the whole minutes {window} ({demo.window_seconds // 60} min) that hold\n"
+        "              the shares: what ih-scorer reads, so the command below prints these figures\n"
+        "  ledger = pool?  the ledger's accepted difficulty equals what the simulated pool itself accepted"
+    )
     ok = bool(results) and all(r.matches for r in results)
     print(
         "\nevery hotkey's ledgered difficulty equals what the pool accepted"
         if ok
         else "\nMISMATCH between the ledger and the pool"
     )
-    # The scorer reads whole minutes that are over: end its window at the next minute boundary.
-    end = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
+    # The scorer reads whole minutes [end - window, end): the ones that hold the demo's shares.
     print(
-        f"\nscore it:  uv run ih-scorer --dry-run --clickhouse-url chdb://{args.data_dir}/ledger "
-        f"--metagraph-file {args.data_dir}/metagraph.json --burn-uid 0 --window 5m "
-        f"--end {end.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        f"\nscore it (its hashrate column is the demo's H/s window):\n"
+        f"  uv run ih-scorer --dry-run --clickhouse-url chdb://{args.data_dir}/ledger "
+        f"--metagraph-file {args.data_dir}/metagraph.json --burn-uid 0 --window {demo.window_seconds // 60}m "
+        f"--end {demo.window_end.strftime('%Y-%m-%dT%H:%M:%SZ')}"
     )
     return 0 if ok else 1
 

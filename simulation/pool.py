@@ -721,3 +721,49 @@ class SimulatedPool:
         self.current_job = notify
         self.jobs_sent += 1
         return notify
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ih-sim-pool --listen 127.0.0.1:3334` (or `python -m simulation.pool`): the simulated pool on its
+    own, to point a hand-run ih-proxy at. Runs until Ctrl-C or SIGTERM, then prints the difficulty it
+    accepted per hotkey."""
+    import argparse
+    import signal
+    import sys
+
+    from simulation import run
+
+    parser = argparse.ArgumentParser(prog="python -m simulation.pool", description=main.__doc__)
+    parser.add_argument("--listen", default="127.0.0.1:3334", help="host:port (default 127.0.0.1:3334)")
+    parser.add_argument(
+        "--difficulty", type=float, default=DEFAULT_DIFFICULTY, help=f"share difficulty (default {DEFAULT_DIFFICULTY})"
+    )
+    parser.add_argument("--job-interval", type=float, default=30.0, help="seconds between new jobs (default 30)")
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+
+    async def serve() -> SimulatedPool:
+        pool = SimulatedPool(host=host, port=int(port), difficulty=args.difficulty, job_interval=args.job_interval)
+        await pool.start()
+        print(f"simulated pool on stratum+tcp://{host}:{pool.port} (difficulty {args.difficulty:g}); Ctrl-C stops")
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await pool.stop()
+            for hotkey, difficulty in sorted(pool.accepted_by_hotkey().items()):
+                print(f"accepted {difficulty:g} difficulty from {hotkey}")
+        return pool
+
+    try:
+        run(serve())
+    except OSError as exc:  # the port is taken, most often
+        print(f"ih-sim-pool: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The protocol library against the real Stratum data in ../shared/vectors (values read from the files)."""
+"""The protocol library against the real Stratum data in tests/vectors/ (values read from the files)."""
 
 from __future__ import annotations
 

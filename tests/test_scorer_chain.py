@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from aiohttp import web
@@ -38,6 +38,9 @@ from scorer.chain import (
 from scorer.cli import Scorer
 from scorer.config import load_settings
 from scorer.sources import ProxyApiSource
+
+if TYPE_CHECKING:
+    import bittensor
 
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
@@ -493,6 +496,11 @@ def test_loop_without_a_chain_waits_a_default_tempo(tmp_path: Path) -> None:
 # -- the real BittensorChain on the SDK, over a fake substrate ----------------------------------
 
 
+def as_substrate(fake: FakeSubstrate) -> bittensor.Substrate:
+    """The fake implements the part of the SDK's `Substrate` protocol the client calls, not all of it."""
+    return cast("bittensor.Substrate", fake)
+
+
 class FakeSubstrate:
     """The SDK's ``bittensor.Substrate`` contract in memory: a subnet 89 with a few neurons."""
 
@@ -610,7 +618,7 @@ def real_chain(substrate: FakeSubstrate, wallet_dir: Path) -> BittensorChain:
     import bittensor as bt
 
     async def connect() -> Any:
-        return await bt.Client("local", substrate=substrate).connect()
+        return await bt.Client("local", substrate=as_substrate(substrate)).connect()
 
     return BittensorChain("local", "validator", "hk", str(wallet_dir), client_factory=connect)
 
@@ -737,7 +745,7 @@ def test_bittensor_chain_reconnects_after_a_failed_read(wallet_dir: Path) -> Non
     async def connect() -> Any:
         nonlocal connections
         connections += 1
-        return await bt.Client("local", substrate=substrate).connect()
+        return await bt.Client("local", substrate=as_substrate(substrate)).connect()
 
     async def scenario() -> None:
         chain = BittensorChain("local", "validator", "hk", str(wallet_dir), client_factory=connect)

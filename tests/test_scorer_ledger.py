@@ -289,7 +289,7 @@ def test_proxy_api_of_the_real_proxy_agrees_with_the_ledger(ledger: Path, metagr
 
         async def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
             rows: list[tuple[Any, ...]] = await asyncio.to_thread(
-                lambda: list(client.query(sql, parameters=params).result_rows)
+                lambda: [tuple(row) for row in client.query(sql, parameters=params).result_rows]
             )
             return rows
 

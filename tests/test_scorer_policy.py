@@ -128,10 +128,10 @@ def test_weight_table(
         assert result.hotkey_weights[hotkey] == 0.0
     # a hotkey's weight is the weight of its uid, minus what the uid got as the burn uid
     for hotkey, weight in result.hotkey_weights.items():
-        uid = next((u for u, hk in MG.items() if hk == hotkey), None)
-        if uid is not None:
-            burned = result.burned if uid == result.burn_uid else 0.0
-            assert weight == pytest.approx(result.weights[uid] - burned, abs=1e-12)
+        hotkey_uid = next((u for u, hk in MG.items() if hk == hotkey), None)
+        if hotkey_uid is not None:
+            burned = result.burned if hotkey_uid == result.burn_uid else 0.0
+            assert weight == pytest.approx(result.weights[hotkey_uid] - burned, abs=1e-12)
 
 
 @pytest.mark.parametrize(

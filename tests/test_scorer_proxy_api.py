@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ class FakeProxy:
         await self.runner.cleanup()
 
 
-def run(factory: Callable[[], Awaitable[None]]) -> None:
+def run(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(factory())
 
 

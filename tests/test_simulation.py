@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -31,11 +30,11 @@ from simulation import (
     worker_names,
 )
 from simulation.hotkeys import bad_checksum, dev_hotkey, hotkey, hotkeys, is_valid_hotkey, worker_name
+from tests.vectors import vector_file
 
 HOST = "127.0.0.1"
 HOTKEYS = hotkeys(3)
 TEST_TIMEOUT = 30.0
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
 
 
 def go(scenario: Callable[[], Coroutine[Any, Any, None]], *, use_uvloop: bool = True) -> None:
@@ -606,7 +605,7 @@ def test_notifications_before_replies_are_tolerated() -> None:
 
 def test_replays_a_recorded_public_pool_session() -> None:
     """The server lines of vector 02 (public-pool answering a Bitaxe), byte for byte."""
-    text = (VECTORS / "02_publicpool_bitaxe_testnet_session.txt").read_text()
+    text = vector_file("02").read_text()
     server_part = text.split("# --- server -> client")[1].split("#\n")[0]
     lines = [line.encode() + b"\n" for line in server_part.splitlines() if line.startswith("{")]
     assert len(lines) == 6

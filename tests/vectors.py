@@ -1,21 +1,19 @@
-"""Loader for the real Stratum data in `../shared/vectors/` (beside the repository).
+"""Loader for the real Stratum data in `tests/vectors/` (public data, kept in the repository).
 
-The directory is found relative to this repository (`<repo>/../shared/vectors`), or at `$IH_VECTORS_DIR`.
-When it is missing the tests fail with `VectorsMissing` instead of skipping: the vectors are the point.
+Only the repository is read: a fresh clone has everything the tests need. When a file is missing the
+tests fail with `VectorsMissing` instead of skipping: the vectors are the point.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-VECTORS_ENV = "IH_VECTORS_DIR"
-DEFAULT_VECTORS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
 
 # Methods a miner sends; every other JSON line in the vectors travels pool → miner.
 CLIENT_METHODS = frozenset(
@@ -35,19 +33,17 @@ TRUNCATION_MARK = "...(truncated"
 
 
 class VectorsMissing(RuntimeError):
-    """The shared vectors directory is not where the tests expect it."""
+    """The vectors directory is not where the tests expect it."""
 
 
 def vectors_dir() -> Path:
-    override = os.environ.get(VECTORS_ENV)
-    path = Path(override) if override else DEFAULT_VECTORS_DIR
-    if not path.is_dir():
+    if not VECTORS_DIR.is_dir():
         raise VectorsMissing(
-            f"Stratum test vectors not found at {path}. They live in ../shared/vectors beside the repository "
-            f"(real mainnet shares and device transcripts); check out shared/ next to the repo or set "
-            f"{VECTORS_ENV}=/path/to/vectors. These tests do not skip without them."
+            f"Stratum test vectors not found at {VECTORS_DIR}. They are part of the repository "
+            f"(real mainnet shares and device transcripts); restore tests/vectors/ from git. "
+            f"These tests do not skip without them."
         )
-    return path
+    return VECTORS_DIR
 
 
 def vector_file(number: str) -> Path:

@@ -1,0 +1,108 @@
+"""`ih-ledger`: back up and restore the ledger (a ClickHouse server or an embedded chdb directory).
+
+    ih-ledger backup  --clickhouse-url URL --to DEST [--keep N] [--rotate-dir DIR] [--textfile-dir DIR]
+    ih-ledger restore --clickhouse-url URL --from DEST [--name ledger-…] [--as DATABASE] [--list-dir DIR]
+
+DEST: a directory (File(); on the server for a server, local for chdb), disk:NAME[/sub/dir], or
+s3://bucket/prefix. See ledger/backup.py and docs/OPERATORS.md. Errors are one line: exit code 2 for
+a bad URL or option, 1 when the backup or restore could not be made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ledger.backup import BackupError, Destination, backup, restore
+from ledger.target import LedgerTarget, redact
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ih-ledger", description="Back up and restore the share ledger.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def ledger_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--clickhouse-url",
+            default=os.environ.get("IH_CLICKHOUSE_URL"),
+            help="the ledger, as for ih-proxy: http(s)://user:pass@host:port/[db] or chdb://PATH "
+            "(default $IH_CLICKHOUSE_URL, else chdb://<data-dir>/ledger)",
+        )
+        sub.add_argument(
+            "--data-dir",
+            type=Path,
+            default=Path(os.environ.get("IH_DATA_DIR", "./data")),
+            help="the proxy's data directory, for the default embedded ledger (default $IH_DATA_DIR or ./data)",
+        )
+
+    b = commands.add_parser("backup", help="BACKUP DATABASE to a new ledger-<UTC time> backup")
+    ledger_options(b)
+    b.add_argument("--to", required=True, metavar="DEST", help="a directory, disk:NAME[/sub/dir] or s3://bucket/prefix")
+    b.add_argument("--keep", type=int, metavar="N", help="then delete all but the newest N backups")
+    b.add_argument(
+        "--rotate-dir",
+        type=Path,
+        metavar="DIR",
+        help="for --keep on a server: the server's backup directory (or disk) as mounted here",
+    )
+    b.add_argument(
+        "--textfile-dir",
+        type=Path,
+        metavar="DIR",
+        help="write ih_ledger_last_backup_timestamp_seconds to DIR/ih_ledger_backup.prom "
+        "(node_exporter --collector.textfile.directory)",
+    )
+
+    r = commands.add_parser("restore", help="RESTORE DATABASE from a backup into a database that does not exist")
+    ledger_options(r)
+    r.add_argument("--from", dest="source", required=True, metavar="DEST", help="where the backups are (as --to)")
+    r.add_argument("--name", help="the backup (ledger-…); default the newest in the directory")
+    r.add_argument("--as", dest="as_database", metavar="DATABASE", help="restore under another database name")
+    r.add_argument("--list-dir", type=Path, metavar="DIR", help="for a server: its backup directory as mounted here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        target = LedgerTarget.parse(args.clickhouse_url, data_dir=args.data_dir)
+    except ValueError as exc:
+        print(f"ih-ledger: clickhouse_url: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "backup":
+            result = backup(
+                target,
+                Destination.parse(args.to),
+                keep=args.keep,
+                rotate_dir=args.rotate_dir,
+                textfile_dir=args.textfile_dir,
+            )
+            removed = f"; removed {', '.join(result.removed)}" if result.removed else ""
+            print(
+                f"ih-ledger: backed up {target.database} from {target} to {result.engine} "
+                f"({result.bytes} bytes){removed}"
+            )
+        else:
+            name = restore(
+                target,
+                Destination.parse(args.source),
+                name=args.name,
+                as_database=args.as_database,
+                list_dir=args.list_dir,
+            )
+            print(f"ih-ledger: restored {args.as_database or target.database} in {target} from {name}")
+    except (BackupError, ConnectionError) as exc:
+        print(f"ih-ledger: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

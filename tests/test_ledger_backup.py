@@ -1,0 +1,208 @@
+"""`ih-ledger backup` / `restore` on the real embedded engine: rows written by the proxy's own
+LedgerWriter come back identical, row for row in every table, in a FRESH chdb directory.
+
+chdb opens one engine path per process, so each step (write, back up, restore, read) is its own
+process, as an operator would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ledger.backup import TEXTFILE_NAME, Destination, list_backups
+from tests.test_ledger import BASE_TS
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 120
+
+_WRITE = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from ledger.target import LedgerTarget
+    from proxy.ledger import LedgerWriter
+    from tests.test_ledger import make_rows
+
+    async def main() -> None:
+        target = LedgerTarget.parse("chdb://" + sys.argv[1], data_dir=Path(sys.argv[1]))
+        writer = LedgerWriter(target.connect, spool_dir=Path(sys.argv[2]), batch_rows=100, flush_interval=0.01)
+        await writer.start()
+        for step in range(int(sys.argv[3])):
+            for row in make_rows(100, first=step * 100, base=float(sys.argv[4])):
+                writer.record(row)
+            await writer.flush()
+        await writer.stop()
+
+    asyncio.run(main())
+    """
+)
+
+_DUMP = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from ledger.target import LedgerTarget
+
+    target = LedgerTarget.parse("chdb://" + sys.argv[1], data_dir=Path(sys.argv[1]))
+    client = target.connect()
+    database = sys.argv[2]
+    tables = client.query(
+        "SELECT name, engine, create_table_query FROM system.tables WHERE database = {db:String} ORDER BY name",
+        parameters={"db": database},
+    ).result_rows
+    out = {}
+    for name, engine, create in tables:
+        rows = [] if engine == "MaterializedView" else client.query(f"SELECT * FROM {database}.{name}").result_rows
+        out[name] = {
+            "engine": engine,
+            "create": create.replace(f"{database}.", "DB."),
+            "rows": sorted(repr(tuple(r)) for r in rows),
+        }
+    out["per_minute"] = sorted(
+        repr(tuple(r))
+        for r in client.query(
+            f"SELECT minute, hotkey, worker, sum(accepted_difficulty), sum(accepted_shares), sum(rejected_shares) "
+            f"FROM {database}.shares_per_minute GROUP BY minute, hotkey, worker"
+        ).result_rows
+    )
+    print(json.dumps(out))
+    """
+)
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+
+
+def ih_ledger(*args: str) -> subprocess.CompletedProcess[str]:
+    return run("-m", "ledger.cli", *args)
+
+
+def write_rows(ledger: Path, spool: Path, batches: int) -> None:
+    done = run("-c", _WRITE, str(ledger), str(spool), str(batches), repr(BASE_TS))
+    assert done.returncode == 0, done.stderr
+
+
+def dump(ledger: Path, database: str = "infinitehash") -> dict[str, Any]:
+    done = run("-c", _DUMP, str(ledger), database)
+    assert done.returncode == 0, done.stderr
+    tables: dict[str, Any] = json.loads(done.stdout)
+    return tables
+
+
+def test_a_backup_restores_into_a_fresh_engine_with_every_row_identical(tmp_path: Path) -> None:
+    ledger, fresh, backups, textfiles = (tmp_path / n for n in ("ledger", "fresh", "backups", "textfile"))
+    write_rows(ledger, tmp_path / "spool", batches=12)
+    before = dump(ledger)
+    assert before["shares"]["rows"] and len(before["shares"]["rows"]) == 1200
+    assert before["shares_per_minute"]["rows"] and before["schema_migrations"]["rows"]
+
+    made = ih_ledger(
+        "backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups), "--textfile-dir", str(textfiles)
+    )
+    assert made.returncode == 0, made.stderr
+    names = list_backups(backups)
+    assert len(names) == 1 and names[0] in made.stdout
+
+    restored = ih_ledger("restore", "--clickhouse-url", f"chdb://{fresh}", "--from", str(backups))
+    assert restored.returncode == 0, restored.stderr
+    assert names[0] in restored.stdout
+    after = dump(fresh)
+    assert after["per_minute"] == before["per_minute"]
+    del before["per_minute"], after["per_minute"]
+    assert set(after) == set(before) >= {"shares", "shares_per_minute", "shares_per_minute_mv", "schema_migrations"}
+    for table in before:
+        assert after[table] == before[table], table  # same engine, same DDL, same rows
+
+    # The last-backup metric for node_exporter's textfile collector.
+    families = {f.name: f for f in text_string_to_metric_families((textfiles / TEXTFILE_NAME).read_text())}
+    (sample,) = families["ih_ledger_last_backup_timestamp_seconds"].samples
+    assert sample.labels == {"database": "infinitehash"} and sample.value > BASE_TS
+    (size,) = families["ih_ledger_last_backup_size_bytes"].samples
+    assert size.value > 0
+
+
+def test_a_restored_ledger_keeps_counting_new_shares_once(tmp_path: Path) -> None:
+    """The view is restored with its tables: new shares land in shares_per_minute exactly once."""
+    ledger, fresh, backups = tmp_path / "ledger", tmp_path / "fresh", tmp_path / "backups"
+    write_rows(ledger, tmp_path / "spool", batches=2)
+    assert ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups)).returncode == 0
+    assert ih_ledger("restore", "--clickhouse-url", f"chdb://{fresh}", "--from", str(backups)).returncode == 0
+    # The same new rows into both: the restored ledger must end up exactly where the original does.
+    write_rows(fresh, tmp_path / "spool2", batches=4)
+    write_rows(ledger, tmp_path / "spool3", batches=4)
+    restored, original = dump(fresh), dump(ledger)
+    assert restored["shares"]["rows"] == original["shares"]["rows"]
+    assert restored["per_minute"] == original["per_minute"]
+    accepted = sum(1 for row in restored["shares"]["rows"] if ", 1, '', '127.0.0.1:3333', " in row)
+    assert sum(int(row.rsplit(", ", 2)[1]) for row in restored["per_minute"]) == accepted > 0
+
+
+def test_rotation_keeps_the_newest_backups(tmp_path: Path) -> None:
+    ledger, backups = tmp_path / "ledger", tmp_path / "backups"
+    write_rows(ledger, tmp_path / "spool", batches=1)
+    made: list[str] = []
+    for _ in range(3):
+        done = ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups), "--keep", "2")
+        assert done.returncode == 0, done.stderr
+        made.append(done.stdout.split(f"File('{backups}/")[1].split("'")[0])
+    assert list_backups(backups) == made[1:]
+    assert f"removed {made[0]}" in done.stdout
+
+
+def test_restore_never_mixes_into_an_existing_ledger(tmp_path: Path) -> None:
+    ledger, backups = tmp_path / "ledger", tmp_path / "backups"
+    write_rows(ledger, tmp_path / "spool", batches=1)
+    assert ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups)).returncode == 0
+    refused = ih_ledger("restore", "--clickhouse-url", f"chdb://{ledger}", "--from", str(backups))
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1 and "already exists" in refused.stderr and "--as" in refused.stderr
+    beside = ih_ledger("restore", "--clickhouse-url", f"chdb://{ledger}", "--from", str(backups), "--as", "copy")
+    assert beside.returncode == 0, beside.stderr
+    assert dump(ledger, "copy")["shares"]["rows"] == dump(ledger)["shares"]["rows"]
+
+
+def test_backup_mistakes_are_one_line(tmp_path: Path) -> None:
+    missing = ih_ledger("backup", "--clickhouse-url", f"chdb://{tmp_path / 'none'}", "--to", str(tmp_path / "b"))
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nothing to back up" in missing.stderr
+    assert not (tmp_path / "none").exists()  # a mistyped path is not made into an empty ledger
+    (tmp_path / "empty").mkdir()
+    empty = ih_ledger("backup", "--clickhouse-url", f"chdb://{tmp_path / 'empty'}", "--to", str(tmp_path / "b"))
+    assert empty.returncode == 1 and empty.stderr.count("\n") == 1 and "no database infinitehash" in empty.stderr
+    s3 = ih_ledger("backup", "--clickhouse-url", f"chdb://{tmp_path / 'none'}", "--to", "s3://bucket/ledger")
+    assert s3.returncode == 1 and s3.stderr.count("\n") == 1 and "local directory" in s3.stderr
+    nothing = ih_ledger("restore", "--clickhouse-url", f"chdb://{tmp_path / 'x'}", "--from", str(tmp_path / "b"))
+    assert nothing.returncode == 1 and "no ledger-* backups" in nothing.stderr
+
+
+def test_without_chdb_an_embedded_url_is_one_clear_line(tmp_path: Path) -> None:
+    """The image leaves chdb out (the `embedded` extra): chdb:// must say so, not print a traceback."""
+    block = "import sys; sys.modules['chdb'] = None; "
+    for module, args in (
+        ("proxy.cli", ["--data-dir", str(tmp_path)]),
+        ("ledger.cli", ["backup", "--clickhouse-url", f"chdb://{tmp_path}/l", "--to", str(tmp_path / "b")]),
+    ):
+        done = run("-c", f"{block}from {module} import main; sys.exit(main({args!r}))")
+        assert done.returncode == 2, (module, done.stderr)
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+        assert "embedded" in done.stderr and "chdb" in done.stderr
+
+
+def test_destinations_become_clickhouse_backup_engines(monkeypatch: Any) -> None:
+    monkeypatch.delenv("IH_S3_ACCESS_KEY_ID", raising=False)
+    assert Destination.parse("/backups").engine("ledger-1") == "File('/backups/ledger-1')"
+    assert Destination.parse("disk:backups").engine("n") == "Disk('backups', 'n')"
+    assert Destination.parse("disk:backups/ih/").engine("n") == "Disk('backups', 'ih/n')"
+    assert Destination.parse("s3://b/p/").engine("n") == "S3('https://b.s3.amazonaws.com/p/n')"
+    monkeypatch.setenv("IH_S3_ACCESS_KEY_ID", "KEY")
+    monkeypatch.setenv("IH_S3_SECRET_ACCESS_KEY", "it's")
+    assert Destination.parse("https://minio:9000/b").engine("n") == "S3('https://minio:9000/b/n', 'KEY', 'it\\'s')"
