@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from benchmarks.micro import NTIME, make_notify
-from ledger.rows import ShareRow
+from ledger.rows import Row, ShareRow
 from protocol.framing import LineFramer
 from protocol.messages import encode_notify
 from protocol.work import Job
@@ -30,7 +30,7 @@ REPEATS = 3
 EXTRANONCE1 = "57a6f098"
 
 
-def _session(metrics: Any, rows: list[ShareRow]) -> tuple[MinerSession, str]:
+def _session(metrics: Any, rows: list[Row]) -> tuple[MinerSession, str]:
     limits = Limits(submits_per_second=1e12, submit_burst=1e12)
     ctx = SessionContext(accounts=("infinite",), proxy_id="bench", limits=limits, record=rows.append, metrics=metrics)
     session = MinerSession(ctx, "s-1", "127.0.0.1:3333", time.monotonic())
@@ -65,7 +65,7 @@ def _session(metrics: Any, rows: list[ShareRow]) -> tuple[MinerSession, str]:
 def _per_share_ns(metrics_factory: Any, repeats: int = REPEATS) -> float:
     best = float("inf")
     for _ in range(repeats):
-        rows: list[ShareRow] = []
+        rows: list[Row] = []
         session, worker = _session(metrics_factory(), rows)
         first_id = 5
         submits = [
@@ -83,7 +83,7 @@ def _per_share_ns(metrics_factory: Any, repeats: int = REPEATS) -> float:
             session.pool_line(reply, now)
             session.to_miner.clear()
         elapsed = time.perf_counter_ns() - started
-        accepted = sum(1 for r in rows if r.accepted)
+        accepted = sum(1 for r in rows if isinstance(r, ShareRow) and r.accepted)
         assert accepted == SHARES, f"only {accepted} of {SHARES} shares accepted: {rows[-1] if rows else None}"
         best = min(best, elapsed / SHARES)
     return best

@@ -521,6 +521,7 @@ class MinerSession:
         if accepted:
             reason = ""
             self.ctx.metrics.accepted_difficulty += pending.credit
+            self.ctx.metrics.count_hotkey(worker.hotkey, pending.credit)
         else:
             failure = reply.failure()
             reason = f"pool: {failure.message if failure else 'rejected'}"[:120]
