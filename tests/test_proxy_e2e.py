@@ -23,6 +23,7 @@ import aiohttp
 import clickhouse_connect
 import pytest
 
+from ledger.audit import audit_clickhouse
 from ledger.target import LedgerTarget
 from proxy.app import ProxyApp
 from proxy.config import Limits, ProxyConfig
@@ -140,6 +141,9 @@ def test_the_ledger_equals_what_the_pool_accepted_and_bad_shares_never_reach_it(
     assert not any("evil" in w for w in fleet_stats["pool_workers"])
     by_hotkey = read_ledger(tmp_path, ledger_by_hotkey)
     assert by_hotkey == fleet_stats["pool"]
+    # Every credited share re-hashes from the ledger alone (issue 13): the proxy wrote what a re-hash needs.
+    report = read_ledger(tmp_path, lambda client: audit_clickhouse(client, "infinitehash", 0.0, 4_102_444_800.0))
+    assert report.checked == len(fleet_stats["pool_submits"]) and report.clean, report.examples
     assert set(by_hotkey) == set(HOTKEYS)
     counts = read_ledger(tmp_path, ledger_counts)
     assert counts["accepted"] == len(fleet_stats["pool_submits"])
