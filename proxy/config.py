@@ -1,7 +1,8 @@
-"""The proxy's one config object, and how it is read: defaults < TOML file < IH_* environment < flags.
+"""The proxy's one config object; it is read by the loader both programs share (`ledger/options.py`):
+defaults < TOML file < IH_* environment < flags.
 
-Every option has one name used everywhere: the field `session_timeout` is `--session-timeout`,
-`IH_SESSION_TIMEOUT` and `session_timeout = …` in the TOML file.
+Every option has one name used everywhere: the field `idle_timeout` is `--idle-timeout`,
+`IH_IDLE_TIMEOUT` and `idle_timeout = …` in the TOML file. Its help text is `_HELP` below.
 """
 
 from __future__ import annotations
@@ -9,10 +10,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import tomllib
-from collections.abc import Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ledger import options
+from ledger.options import ConfigError, Option, to_bool, to_float, to_int, to_strings
+
+__all__ = ["ConfigError", "Limits", "ProxyConfig", "load_config"]
 
 LUXOR_URL = "stratum+tcp://btc.global.luxor.tech:700"
 
@@ -108,108 +115,73 @@ _HELP: dict[str, str] = {
 
 _LIMIT_FIELDS = {f.name: f for f in dataclasses.fields(Limits)}
 _TOP_FIELDS = {f.name: f for f in dataclasses.fields(ProxyConfig) if f.name != "limits"}
+_SHOWN_DEFAULT = {"proxy_id": "the host name", "api_token": "none: the API is open"}
+_SECRET = {"clickhouse_url", "api_token"}
 
 
-class ConfigError(ValueError):
-    pass
+def _path(value: Any) -> Path | None:
+    return Path(value) if value not in (None, "") else None
 
 
-def _field_type(name: str) -> Any:
-    field = _TOP_FIELDS.get(name) or _LIMIT_FIELDS[name]
-    return field.type
+def _converter(kind: Any) -> tuple[Callable[[Any], Any], bool, bool]:
+    """(convert, switch, repeat) for a field's real type (not its spelling)."""
+    args = set(typing.get_args(kind)) - {type(None)}
+    base = next(iter(args)) if typing.get_origin(kind) in (types.UnionType, typing.Union) and len(args) == 1 else kind
+    if base is bool:
+        return to_bool, True, False
+    if base is int:
+        return to_int, False, False
+    if base is float:
+        return to_float, False, False
+    if base is Path:
+        return _path, False, False
+    if typing.get_origin(base) is tuple:
+        return to_strings, False, True
+    return str, False, False
 
 
-def _convert(name: str, value: Any) -> Any:
-    """Turn a string (flag, env) or TOML value into the field's type."""
-    kind = str(_field_type(name))
-    try:
-        if "tuple" in kind:
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            return tuple(str(v) for v in value)
-        if kind == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(f"expected true or false, got {value!r}")
-        if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
-        if "Path" in kind:
-            return Path(value) if value not in (None, "") else None
-        return str(value) if value is not None else None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+def _options() -> list[Option]:
+    hints = {**typing.get_type_hints(Limits), **typing.get_type_hints(ProxyConfig)}
+    defaults = {**dataclasses.asdict(Limits()), **{n: f.default for n, f in _TOP_FIELDS.items()}}
+    out = []
+    for name in [*_TOP_FIELDS, *_LIMIT_FIELDS]:
+        convert, switch, repeat = _converter(hints[name])
+        default = defaults[name]
+        out.append(
+            Option(
+                name,
+                _HELP[name],
+                convert,
+                None if default is dataclasses.MISSING else default,
+                switch=switch,
+                repeat=repeat,
+                metavar=("URL" if name == "upstream" else "NAME") if repeat else None,
+                secret=name in _SECRET,
+                shown_default=_SHOWN_DEFAULT.get(name),
+            )
+        )
+    return out
+
+
+OPTIONS = _options()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ih-proxy",
-        description="SN89 InfiniteHash share proxy: ASICs → proxy → pool, with a verified share ledger. "
-        "Every option can also be set as IH_<NAME> in the environment or in a TOML file (--config).",
+    return options.build_parser(
+        "ih-proxy",
+        "SN89 InfiniteHash share proxy: ASICs → proxy → pool, with a verified share ledger. "
+        "Every option can also be set as IH_<NAME> in the environment or in a TOML file (--config; "
+        "limits at the top level or in a [limits] table).",
+        OPTIONS,
     )
-    parser.add_argument("--config", type=Path, help="TOML file with any of the options below")
-    for name in [*_TOP_FIELDS, *_LIMIT_FIELDS]:
-        flag = "--" + name.replace("_", "-")
-        default = _default(name)
-        shown = ", ".join(default) if isinstance(default, tuple) else default
-        text = f"{_HELP[name]} (default: {shown}; env IH_{name.upper()})"
-        if str(_field_type(name)) == "bool":
-            parser.add_argument(flag, action="store_const", const=True, default=None, help=text)
-        elif "tuple" in str(_field_type(name)):
-            parser.add_argument(
-                flag, action="append", default=None, metavar="URL" if name == "upstream" else "NAME", help=text
-            )
-        else:
-            parser.add_argument(flag, default=None, help=text)
-    return parser
-
-
-def _default(name: str) -> Any:
-    if name in _LIMIT_FIELDS:
-        return getattr(Limits(), name)
-    if name == "proxy_id":
-        return "the host name"
-    if name == "api_token":
-        return "none: the API is open"
-    return getattr(ProxyConfig, name, None) if name != "upstream" else (LUXOR_URL,)
 
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ProxyConfig:
     """Read the config from flags, the environment and an optional TOML file."""
-    args = vars(build_parser().parse_args(argv))
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-
-    config_file = args.pop("config") or environ.get("IH_CONFIG")
-    if config_file:
-        try:
-            with open(config_file, "rb") as f:
-                table = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
-        limits_table = table.pop("limits", {})  # limits may sit in their own [limits] table
-        table = {**table, **limits_table}
-        for key, value in table.items():
-            name = key.replace("-", "_")
-            if name not in _TOP_FIELDS and name not in _LIMIT_FIELDS:
-                raise ConfigError(f"unknown option {key!r} in {config_file}")
-            values[name] = _convert(name, value)
-
-    for name in [*_TOP_FIELDS, *_LIMIT_FIELDS]:
-        env_value = environ.get(f"IH_{name.upper()}")
-        if env_value is not None:
-            values[name] = _convert(name, env_value)
-        if args.get(name) is not None:
-            values[name] = _convert(name, args[name])
-
+    values = options.load(OPTIONS, build_parser(), argv, environ, tables=("limits",))
     limits = Limits(**{k: values.pop(k) for k in list(values) if k in _LIMIT_FIELDS})
-    config = ProxyConfig(**values, limits=limits)
+    top = {k: v for k, v in values.items() if v is not None or _TOP_FIELDS[k].default is None}
+    config = ProxyConfig(**top, limits=limits)
     validate(config)
     return config
 

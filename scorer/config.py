@@ -1,4 +1,5 @@
-"""``ih-scorer`` settings: command-line flags, a few ``IH_*`` environment variables, a TOML file.
+"""``ih-scorer`` settings: command-line flags, ``IH_*`` environment variables, a TOML file, read by
+the loader both programs share (``ledger/options.py``).
 
 Precedence: flag > environment > ``--config`` TOML > default. The TOML file takes the same keys as the
 flags, without the dashes in front; ``_`` and ``-`` are the same, and tables nest with dots, so
@@ -12,22 +13,20 @@ other users of the machine can see in the process list. They are never logged.
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from ledger import options
+from ledger.options import ConfigError, to_bool, to_float, to_int
 
 from .hashrate import parse_duration, parse_hashrate, parse_time
 from .luxor import DEFAULT_LUXOR_URL
 from .policy import Policy, PolicyError
 from .sources import DEFAULT_CLICKHOUSE_URL, ClickHouseURL, parse_clickhouse_url
 
-
-class ConfigError(ValueError):
-    """A setting is missing, malformed or contradicts another one."""
+__all__ = ["ConfigError", "Settings", "load_settings"]
 
 
 @dataclass(frozen=True)
@@ -69,37 +68,38 @@ class Settings:
         return [s for s in out if s]
 
 
-@dataclass(frozen=True)
-class Option:
-    flag: str
-    dest: str
-    help: str
-    convert: Callable[[Any], Any] = str
-    default: Any = None
-    flag_only: bool = False  # a switch (store_true)
-    env: str | None = None
-    metavar: str | None = None
+_DEST: dict[str, str] = {}  # option name (as in the flag, maybe dotted) → Settings' raw key
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError("not an integer")
-    return int(value)
+def Option(
+    flag: str,
+    dest: str,
+    help: str,
+    convert: Callable[[Any], Any] = str,
+    default: Any = None,
+    flag_only: bool = False,
+    env: str | None = None,  # every option has IH_<NAME> now; kept so the table reads as before
+    metavar: str | None = None,
+) -> options.Option:
+    name = flag.lstrip("-").replace("-", "_")
+    _DEST[name] = dest
+    shown = None if flag_only or default is not None else "none"
+    return options.Option(
+        name,
+        help,
+        convert,
+        default,
+        switch=flag_only,
+        metavar=metavar,
+        secret=dest in ("luxor_api_key", "clickhouse_url"),
+        shown_default=shown,
+    )
 
 
 def _positive_int(value: Any) -> int:
-    number = _int(value)
+    number = to_int(value)
     if number < 1:
         raise ValueError("must be at least 1")
-    return number
-
-
-def _float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("not a number")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError("not a finite number")
     return number
 
 
@@ -108,25 +108,14 @@ def _mechids(value: Any) -> frozenset[int]:
     items = value if isinstance(value, list) else [p for p in str(value).replace(" ", "").split(",") if p]
     out = set()
     for item in items:
-        mechid = _int(item)
+        mechid = to_int(item)
         if not 0 <= mechid <= 255:
             raise ValueError(f"{item!r} is not a mechanism id (0..255)")
         out.add(mechid)
     return frozenset(out)
 
 
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("not a boolean")
-
-
-OPTIONS: tuple[Option, ...] = (
+OPTIONS: tuple[options.Option, ...] = (
     Option(
         "--clickhouse-url",
         "clickhouse_url",
@@ -153,23 +142,28 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--end", "end", "end of the window, ISO 8601 (default now, UTC; rounded down to the minute)", metavar="TIME"
     ),
-    Option("--netuid", "netuid", "subnet uid (default 89)", _int, 89),
+    Option("--netuid", "netuid", "subnet uid (default 89)", to_int, 89),
     Option("--network", "network", "finney, test, local, or a ws(s):// URL (default finney)", default="finney"),
     Option("--wallet.name", "wallet_name", "wallet name (default default)", default="default"),
     Option("--wallet.hotkey", "wallet_hotkey", "hotkey name in the wallet (default default)", default="default"),
     Option("--wallet.path", "wallet_path", "wallets directory (default ~/.bittensor/wallets)"),
     Option(
-        "--dry-run", "dry_run", "print the table and weights; never set weights on chain", _bool, False, flag_only=True
+        "--dry-run",
+        "dry_run",
+        "print the table and weights; never set weights on chain",
+        to_bool,
+        False,
+        flag_only=True,
     ),
-    Option("--json", "json", "also print one JSON object as the last line of stdout", _bool, False, flag_only=True),
-    Option("--workers", "workers", "list each hotkey's workers in the table", _bool, False, flag_only=True),
+    Option("--json", "json", "also print one JSON object as the last line of stdout", to_bool, False, flag_only=True),
+    Option("--workers", "workers", "list each hotkey's workers in the table", to_bool, False, flag_only=True),
     Option(
         "--metagraph-file",
         "metagraph_file",
         "JSON object uid → hotkey to use instead of the chain's metagraph (needs --dry-run)",
         metavar="FILE",
     ),
-    Option("--phase", "phase", "weight policy: 1 proportional (default), 2 minimum + ceiling", _int, 1),
+    Option("--phase", "phase", "weight policy: 1 proportional (default), 2 minimum + ceiling", to_int, 1),
     Option(
         "--min-hashrate",
         "min_hashrate",
@@ -188,10 +182,10 @@ OPTIONS: tuple[Option, ...] = (
         "--hashrate-share",
         "hashrate_share",
         "part of the weight that hashrate earns, 0..1 (default 1); the rest goes to the burn uid",
-        _float,
+        to_float,
         1.0,
     ),
-    Option("--burn-uid", "burn_uid", "uid that gets the unearned weight (default the subnet owner's uid)", _int),
+    Option("--burn-uid", "burn_uid", "uid that gets the unearned weight (default the subnet owner's uid)", to_int),
     Option(
         "--skip-mechanisms",
         "skip_mechanisms",
@@ -208,10 +202,10 @@ OPTIONS: tuple[Option, ...] = (
         frozenset(),
         metavar="IDS",
     ),
-    Option("--loop", "loop", "keep running: score and set weights once per tempo", _bool, False, flag_only=True),
-    Option("--passes", "passes", "with --loop: stop after this many passes (default never)", _int),
-    Option("--retries", "retries", "attempts for each chain call (default 3)", _int, 3),
-    Option("--retry-delay", "retry_delay", "first backoff in seconds, doubled per retry (default 2)", _float, 2.0),
+    Option("--loop", "loop", "keep running: score and set weights once per tempo", to_bool, False, flag_only=True),
+    Option("--passes", "passes", "with --loop: stop after this many passes (default never)", to_int),
+    Option("--retries", "retries", "attempts for each chain call (default 3)", to_int, 3),
+    Option("--retry-delay", "retry_delay", "first backoff in seconds, doubled per retry (default 2)", to_float, 2.0),
     Option(
         "--luxor-api-key",
         "luxor_api_key",
@@ -237,7 +231,7 @@ OPTIONS: tuple[Option, ...] = (
         "--luxor-threshold",
         "luxor_threshold",
         "flag a hotkey when |ours/Luxor - 1| exceeds this (default 0.1)",
-        _float,
+        to_float,
         0.1,
     ),
     Option("--log-level", "log_level", "DEBUG, INFO, WARNING (default INFO)", default="INFO"),
@@ -253,81 +247,25 @@ OPTIONS: tuple[Option, ...] = (
         "--min-coverage",
         "min_coverage",
         "refuse to score a window the proxies covered less than this, 0..1 (default 0.9; 0: no check)",
-        _float,
+        to_float,
         0.9,
     ),
 )
 
-_BY_KEY = {o.flag.lstrip("-").replace("_", "-"): o for o in OPTIONS}
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ih-scorer",
-        description="SN89 InfiniteHash scorer: hashrate per hotkey from the share ledger → weights on chain.",
-        epilog='Settings may also come from --config FILE.toml (same keys, e.g. window = "6h", '
-        '[wallet] name = "v") and IH_CLICKHOUSE_URL / IH_LUXOR_API_KEY / IH_LUXOR_SUBACCOUNT. '
-        "The window is minute-aligned: minutes >= start and < end.",
+    return options.build_parser(
+        "ih-scorer",
+        "SN89 InfiniteHash scorer: hashrate per hotkey from the share ledger → weights on chain.",
+        OPTIONS,
+        epilog="Every option can also come from the environment (IH_<NAME>) or --config FILE.toml (same keys, "
+        'e.g. window = "6h", [wallet] name = "v"). The window is minute-aligned: minutes >= start and < end.',
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML file with the same keys as the flags")
-    for o in OPTIONS:
-        if o.flag_only:
-            parser.add_argument(o.flag, dest=o.dest, action="store_true", default=None, help=o.help)
-        else:
-            parser.add_argument(o.flag, dest=o.dest, default=None, help=o.help, metavar=o.metavar)
-    return parser
-
-
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}".replace("_", "-")
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
-def read_toml(path: str) -> dict[str, Any]:
-    """The TOML file as ``{option dest: raw value}``."""
-    try:
-        with open(path, "rb") as handle:
-            table = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    out: dict[str, Any] = {}
-    for key, value in _flatten(table).items():
-        option = _BY_KEY.get(key) or _BY_KEY.get(key.replace(".", "-"))
-        if option is None:
-            raise ConfigError(f"config file {path}: unknown key {key!r}")
-        out[option.dest] = value
-    return out
 
 
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    args = vars(build_parser().parse_args(argv))
-    env = os.environ if environ is None else environ
-    from_file = read_toml(args["config"]) if args.get("config") else {}
-    raw: dict[str, Any] = {}
-    for o in OPTIONS:
-        value: Any = args.get(o.dest)
-        where = o.flag
-        if value is None and o.env and env.get(o.env):
-            value, where = env[o.env], o.env
-        if value is None and o.dest in from_file:
-            value, where = from_file[o.dest], f"{o.flag.lstrip('-')} in {args['config']}"
-        if value is None:
-            raw[o.dest] = o.default
-            continue
-        try:
-            raw[o.dest] = o.convert(value)
-        except (TypeError, ValueError) as exc:
-            secret = o.dest in ("luxor_api_key", "clickhouse_url")
-            raise ConfigError(f"{where}: {'bad value' if secret else exc}") from None
-    return _settings(raw)
+    values = options.load(OPTIONS, build_parser(), argv, environ)
+    return _settings({_DEST[name]: value for name, value in values.items()})
 
 
 def _settings(raw: dict[str, Any]) -> Settings:
