@@ -25,7 +25,7 @@ import aiohttp
 from ledger.queries import iso, ledger_coverage
 
 from .hashrate import Window
-from .sources import ClickHouseURL, SourceError
+from .sources import ClickHouseURL, SourceError, get_json
 
 DEFAULT_MIN_COVERAGE = 0.9
 
@@ -120,18 +120,8 @@ async def from_proxy_api(proxy_api: str, window: Window, timeout: float = 30.0) 
     parts = urlsplit(url)
     shown = f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}{parts.path}"
     params = {"start_time": iso(int(window.start.timestamp())), "end_time": iso(int(window.end.timestamp()))}
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-            session.get(url, params=params) as response,
-        ):
-            if response.status != 200:
-                raise SourceError(f"proxy API {shown} answered HTTP {response.status}")
-            body = await response.json(content_type=None)
-    except SourceError:
-        raise
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise SourceError(f"cannot read {shown}: {type(exc).__name__}") from None
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        body = await get_json(session, url, params, f"proxy API {shown}", [])
     return parse_coverage(body)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -209,6 +210,21 @@ MAX_PAGES = 1000
 log = logging.getLogger("scorer.sources")
 
 
+async def get_json(
+    session: aiohttp.ClientSession, url: str, params: Mapping[str, str | int], shown: str, secrets: list[str]
+) -> Any:
+    """One GET of a proxy API answering JSON; any failure is a SourceError that names `shown`, no secret."""
+    try:
+        async with session.get(url, params=dict(params)) as response:
+            if response.status != 200:
+                raise SourceError(f"{shown} answered HTTP {response.status}")
+            return await response.json(content_type=None)
+    except SourceError:
+        raise
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise SourceError(f"cannot read {shown}: {_scrub(exc, secrets)}") from None
+
+
 def hotkey_of_worker(worker_id: str) -> str | None:
     """The hotkey of ``<account>.<hotkey>.<workerID>`` by the one worker-name rule (None: not creditable)."""
     return hotkey_of(worker_id)
@@ -295,16 +311,8 @@ class ProxyApiSource:
         return f"proxy API {self.shown}"
 
     async def _page(self, session: aiohttp.ClientSession, params: dict[str, str | int]) -> list[dict[str, Any]]:
-        try:
-            async with session.get(self.url, params=params) as response:
-                if response.status != 200:
-                    raise SourceError(f"{self.describe()} answered HTTP {response.status} at offset {params['offset']}")
-                body = await response.json(content_type=None)
-        except SourceError:
-            raise
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise SourceError(f"cannot read {self.describe()}: {_scrub(exc, self.secrets)}") from None
-        return workers_list(body)
+        where = f"{self.describe()} at offset {params['offset']}"
+        return workers_list(await get_json(session, self.url, params, where, self.secrets))
 
     async def fetch_records(self, window: Window) -> list[dict[str, Any]]:
         """Every worker entry of the window, each once: pages until one is shorter than the page size.
