@@ -15,7 +15,7 @@ import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -93,16 +93,28 @@ class LedgerTarget:
     def __str__(self) -> str:
         if self.kind == "chdb":
             return f"chdb://{self.path}"
-        return f"{self.kind}://{self.username}@{self.host}:{self.port}/{self.database}"
+        auth = f"{quote(self.username, safe='')}:***" if self.password else quote(self.username, safe="")
+        return f"{self.kind}://{auth}@{self.host}:{self.port}/{self.database}"
 
-    def connect(self) -> Client:
+    def redacted(self) -> str:
+        """The URL with the password replaced by ***: safe to print."""
+        return str(self)
+
+    def secrets(self) -> list[str]:
+        return [self.password] if self.password else []
+
+    def connect(self, *, create: bool = True, send_receive_timeout: float = _SEND_RECEIVE_TIMEOUT) -> Client:
         """A new clickhouse-connect client (blocking: call it from a worker thread).
 
-        Errors are re-raised as ConnectionError with a message scrubbed of the password, and
-        without the original exception attached, so no log line can leak the secret.
+        `create`: an embedded directory that does not exist is created (the proxy, which owns the
+        ledger) or refused (readers: a typo must not read as an empty ledger). Errors are re-raised
+        as ConnectionError with a message scrubbed of the password, and without the original
+        exception attached, so no log line can leak the secret.
         """
         if self.kind == "chdb" and importlib.util.find_spec("chdb") is None:
             raise ConnectionError(NO_EMBEDDED_ENGINE)
+        if self.kind == "chdb" and not create and not (self.path and self.path.is_dir()):
+            raise ConnectionError(f"no ledger at {self.path}: the directory does not exist")
         try:
             if self.kind == "chdb":
                 assert self.path is not None
@@ -115,7 +127,7 @@ class LedgerTarget:
                 username=self.username,
                 password=self.password,
                 connect_timeout=_CONNECT_TIMEOUT,
-                send_receive_timeout=_SEND_RECEIVE_TIMEOUT,
+                send_receive_timeout=send_receive_timeout,
                 # No HTTP session: the client is stateless, so a server restart never leaves it locked.
                 autogenerate_session_id=False,
             )

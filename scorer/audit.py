@@ -22,7 +22,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +33,7 @@ from ledger.rows import JobRow, ShareRow
 from ledger.target import LedgerTarget
 
 from .hashrate import Window, iso, parse_duration, parse_time
-from .sources import DEFAULT_CLICKHOUSE_URL, ClickHouseURL, parse_clickhouse_url
+from .sources import DEFAULT_CLICKHOUSE_URL, parse_clickhouse_url
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_MISMATCH = 0, 1, 2, 4
 PAGE_ROWS = 50_000  # rows per export request
@@ -146,21 +145,13 @@ class AuditRun:
     report: AuditReport
 
 
-def clickhouse_target(url: ClickHouseURL) -> LedgerTarget:
-    if url.kind == "chdb":
-        return LedgerTarget("chdb", url.database, path=Path(url.path).absolute())
-    return LedgerTarget(
-        url.kind, url.database, host=url.host, port=url.port, username=url.username, password=url.password
-    )
-
-
 async def audit_from_clickhouse(
-    url: ClickHouseURL, window: Window, *, sample: int | None, seed: int, hotkey: str | None = None, examples: int = 20
+    url: LedgerTarget, window: Window, *, sample: int | None, seed: int, hotkey: str | None = None, examples: int = 20
 ) -> AuditRun:
-    target = clickhouse_target(url)
+    target = url
 
     def run() -> AuditReport:
-        client = target.connect()
+        client = target.connect(create=False)
         try:
             return audit_clickhouse(
                 client,
@@ -265,7 +256,7 @@ def to_json(run: AuditRun) -> dict[str, Any]:
 
 
 async def require_clean_sample(
-    clickhouse: ClickHouseURL | None, proxy_api: str | None, window: Window, sample: int, token: str | None = None
+    clickhouse: LedgerTarget | None, proxy_api: str | None, window: Window, sample: int, token: str | None = None
 ) -> AuditRun:
     """Audit a fresh random sample of the scoring window from the scoring source; AuditRefused unless clean."""
     seed = secrets.randbits(63)  # unpredictable to whoever runs the proxy; printed for reproducing it

@@ -20,18 +20,19 @@ from typing import Any
 
 from ledger import options
 from ledger.options import ConfigError, to_bool, to_float, to_int
+from ledger.target import LedgerTarget
 
 from .hashrate import parse_duration, parse_hashrate, parse_time
 from .luxor import DEFAULT_LUXOR_URL
 from .policy import Policy, PolicyError
-from .sources import DEFAULT_CLICKHOUSE_URL, ClickHouseURL, parse_clickhouse_url
+from .sources import DEFAULT_CLICKHOUSE_URL, parse_clickhouse_url
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 
 @dataclass(frozen=True)
 class Settings:
-    clickhouse: ClickHouseURL | None
+    clickhouse: LedgerTarget | None
     proxy_api: str | None
     pattern: str
     window_seconds: int
@@ -271,7 +272,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
 def _settings(raw: dict[str, Any]) -> Settings:
     if raw["clickhouse_url"] is not None and raw["proxy_api"] is not None:
         raise ConfigError("give --clickhouse-url or --proxy-api, not both")
-    clickhouse: ClickHouseURL | None = None
+    clickhouse: LedgerTarget | None = None
     if raw["proxy_api"] is None:
         try:
             clickhouse = parse_clickhouse_url(raw["clickhouse_url"] or DEFAULT_CLICKHOUSE_URL)

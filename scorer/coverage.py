@@ -23,9 +23,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ledger.queries import iso, ledger_coverage
+from ledger.target import LedgerTarget
 
 from .hashrate import Window
-from .sources import ClickHouseURL, SourceError, get_json
+from .sources import SourceError, get_json
 
 DEFAULT_MIN_COVERAGE = 0.9
 
@@ -70,7 +71,7 @@ def verdict(coverage: WindowCoverage, window: Window, minimum: float) -> None:
     )
 
 
-async def from_clickhouse(url: ClickHouseURL, window: Window, connect: Any) -> WindowCoverage:
+async def from_clickhouse(url: LedgerTarget, window: Window, connect: Any) -> WindowCoverage:
     """Coverage read from the ledger; `connect` opens a blocking clickhouse-connect client."""
 
     def read() -> WindowCoverage:
@@ -130,7 +131,7 @@ class CoverageGate:
     """What the scorer runs before a pass: read the coverage, refuse below `minimum`."""
 
     minimum: float
-    clickhouse: ClickHouseURL | None = None
+    clickhouse: LedgerTarget | None = None
     proxy_api: str | None = None
     connect: Any = None  # for clickhouse: the source's own client factory
 

@@ -25,22 +25,21 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 
+from ledger.target import LedgerTarget
 from ledger.workers import hotkey_of
 
 from .hashrate import HotkeyStat, Window, WorkerStat, by_hotkey, hashrate
 
-DEFAULT_DATABASE = "infinitehash"
 DEFAULT_CLICKHOUSE_URL = "chdb://./data/ledger"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_READ_TIMEOUT = 120.0
 
 
 class SourceError(RuntimeError):
@@ -57,64 +56,9 @@ class HashrateSource(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class ClickHouseURL:
-    kind: str  # "http", "https" or "chdb"
-    database: str
-    host: str = ""
-    port: int = 0
-    username: str = "default"
-    password: str = ""
-    path: str = ""
-
-    def redacted(self) -> str:
-        if self.kind == "chdb":
-            return f"chdb://{self.path}"
-        user = quote(self.username, safe="")
-        auth = f"{user}:***@" if self.password else f"{user}@"
-        return f"{self.kind}://{auth}{self.host}:{self.port}/{self.database}"
-
-    def secrets(self) -> list[str]:
-        return [self.password] if self.password else []
-
-
-def parse_clickhouse_url(url: str) -> ClickHouseURL:
-    """Parse ``http(s)://user:pass@host:port/[db]`` or ``chdb:///abs/path`` / ``chdb://rel/path``.
-
-    Errors never repeat the URL (it may hold a password).
-    """
-    text = url.strip()
-    if text.lower().startswith("chdb://"):
-        # chdb:///abs → "/abs"; chdb://rel/path → "rel/path", relative to the working directory.
-        path = text[len("chdb://") :]
-        if not path or path == "/":
-            raise ValueError("chdb URL needs a directory: chdb:///abs/path or chdb://rel/path")
-        return ClickHouseURL("chdb", DEFAULT_DATABASE, path=path)
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme in ("http", "https"):
-        if not parts.hostname:
-            raise ValueError("ClickHouse URL needs a host: http(s)://user:pass@host:port/db")
-        try:
-            port = parts.port or (8443 if scheme == "https" else 8123)
-        except ValueError:
-            raise ValueError("ClickHouse URL has a bad port") from None
-        database = unquote(parts.path.strip("/")) or DEFAULT_DATABASE
-        return ClickHouseURL(
-            scheme,
-            _check_database(database),
-            host=parts.hostname,
-            port=port,
-            username=unquote(parts.username) if parts.username else "default",
-            password=unquote(parts.password) if parts.password else "",
-        )
-    raise ValueError("ClickHouse URL must start with http://, https:// or chdb://")
-
-
-def _check_database(name: str) -> str:
-    if not _IDENTIFIER.match(name):
-        raise ValueError(f"bad ClickHouse database name {name!r}")
-    return name
+def parse_clickhouse_url(url: str) -> LedgerTarget:
+    """``--clickhouse-url`` by the one parser (ledger/target.py); errors never repeat the password."""
+    return LedgerTarget.parse(url.strip(), data_dir=Path("."))
 
 
 LEDGER_QUERY = """
@@ -133,7 +77,7 @@ ORDER BY hotkey, worker
 def ledger_workers(client: Any, database: str, window: Window) -> list[WorkerStat]:
     """Run the window query on an open clickhouse-connect client (chdb or server)."""
     result = client.query(
-        LEDGER_QUERY.format(database=_check_database(database)),
+        LEDGER_QUERY.format(database=database),  # a plain identifier: LedgerTarget.parse checks it
         parameters={"start": int(window.start.timestamp()), "end": int(window.end.timestamp())},
     )
     seconds = window.seconds
@@ -153,27 +97,15 @@ def ledger_workers(client: Any, database: str, window: Window) -> list[WorkerSta
 class ClickHouseSource:
     """Reads the ledger. Opens a client per pass (and closes it), so a loop never pins the engine."""
 
-    def __init__(self, url: ClickHouseURL) -> None:
+    def __init__(self, url: LedgerTarget) -> None:
         self.url = url
 
     def describe(self) -> str:
         return f"ledger {self.url.redacted()}"
 
     def _connect(self) -> Any:
-        import clickhouse_connect
-
-        if self.url.kind == "chdb":
-            return clickhouse_connect.get_client(interface="chdb", path=self.url.path)
-        return clickhouse_connect.get_client(
-            interface=self.url.kind,
-            host=self.url.host,
-            port=self.url.port,
-            username=self.url.username,
-            password=self.url.password,
-            connect_timeout=10,
-            send_receive_timeout=120,
-            autogenerate_session_id=False,
-        )
+        # Long reads: a 6 h window over a busy ledger may take a while on a server.
+        return self.url.connect(create=False, send_receive_timeout=_READ_TIMEOUT)
 
     async def fetch(self, window: Window) -> list[HotkeyStat]:
         try:

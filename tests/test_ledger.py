@@ -736,7 +736,7 @@ def test_query_reads_the_ledger_while_it_is_written(tmp_path: Path, backend: str
     server = ClickHouseHTTPServer(tmp_path / "ch") if backend == "http" else None
     if server is not None:
         server.start()
-        connect = LedgerTarget.parse(server.url, data_dir=tmp_path).connect
+        connect: Callable[[], Client] = LedgerTarget.parse(server.url, data_dir=tmp_path).connect
     else:
         connect = chdb_connect(tmp_path / "ch")
 

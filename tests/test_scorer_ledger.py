@@ -322,3 +322,13 @@ def test_proxy_api_of_the_real_proxy_agrees_with_the_ledger(ledger: Path, metagr
             client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_ledger_directory_that_does_not_exist_is_an_error_never_created(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ledger"
+    metagraph = tmp_path / "metagraph.json"
+    metagraph.write_text(json.dumps({"0": "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"}))
+    done = run_scorer("--dry-run", "--clickhouse-url", f"chdb://{missing}", "--metagraph-file", str(metagraph))
+    assert done.returncode != 0
+    assert f"no ledger at {missing}" in done.stderr and "Traceback" not in done.stderr
+    assert not missing.exists()
