@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from ledger.workers import hotkey_of as ledger_hotkey_of
 from protocol.connection import BadLine, MinerConnection, MinerEvent, Refused, RequestReceived
 from protocol.errors import ErrorCode, InvalidMessage, LineTooLong, StratumError
 from protocol.framing import DEFAULT_MAX_LINE
@@ -80,9 +81,9 @@ _json = msgspec.json.Encoder()
 
 
 def hotkey_of(worker: str) -> str:
-    """The hotkey in a worker name: the middle of `account.hotkey.worker`, else the first part."""
-    parts = worker.split(".")
-    return parts[1] if len(parts) >= 3 else parts[0]
+    """The hotkey a share of `worker` is credited to, by the one worker-name rule; a name the rule
+    refuses (the pool takes any) is its own bucket."""
+    return ledger_hotkey_of(worker) or worker
 
 
 class PoolSubmit(msgspec.Struct, gc=False):
