@@ -746,6 +746,7 @@ class SimulatedPool:
             clean_jobs=clean,
         )
         self.current_job = notify
+        self.scripted_job = False  # from now on the first job of a session is a generated one, made clean
         self.jobs_sent += 1
         return notify
 
