@@ -212,6 +212,8 @@ class PoolSession:
         elif isinstance(message, Configure):
             self._configure(message)
         elif isinstance(message, ExtranonceSubscribe | SuggestDifficulty):
+            if isinstance(message, SuggestDifficulty) and self.pool.honour_suggested_difficulty:
+                self._suggested(message.params.difficulty)
             self._result(message, True)
         elif message.id is not None:  # an unknown method; notifications without an id are ignored
             self._error(message.id, ErrorCode.OTHER, "unknown method")
@@ -227,6 +229,11 @@ class PoolSession:
         self._result(message, True)
         if first and self.subscribed:
             self._first_job()
+
+    def _suggested(self, difficulty: float) -> None:
+        # As public-pool does, before the session's first job; later it would need a new job to apply.
+        if not self._jobs and difficulty > 0:
+            self.difficulty = difficulty
 
     def _configure(self, message: Configure) -> None:
         options = configure_options(message)
@@ -318,7 +325,9 @@ class PoolSession:
         if current is None:
             return
         self._out.append(encode_notification("mining.set_difficulty", [self.difficulty]))
-        self.notify(msgspec.structs.replace(current, clean_jobs=True), write=False)
+        # A scripted job goes out as it was given (a real pool's first notify may be clean_jobs=false).
+        first = current if pool.scripted_job else msgspec.structs.replace(current, clean_jobs=True)
+        self.notify(first, write=False)
 
     def notify(self, notify: Notify, line: bytes | None = None, *, write: bool = True) -> None:
         """Tell this session about a job at its current difficulty (the pool calls this)."""
@@ -423,6 +432,9 @@ class SimulatedPool:
         record_submits: bool = True,
         max_line: int = DEFAULT_MAX_LINE,
         seed: int | None = None,
+        first_extranonce1: str | None = None,
+        job: Notify | None = None,
+        honour_suggested_difficulty: bool = False,
     ) -> None:
         """
         difficulty: sent after authorize, and assigned to every job notified after it.
@@ -436,7 +448,18 @@ class SimulatedPool:
             "jsonrpc2" ({"code", "message", "data"} object); "reject-reason" (result false, no error).
         authorize: predicate (worker, password) → accept; refused names get [24, "unauthorized", null].
         record_submits: keep `submits_seen` (turn off for long benchmarks).
+        To replay a recorded session (tests/vectors):
+        first_extranonce1: hex extranonce1 of the first connection (the next count up from it; its
+            length sets extranonce1_size); None: drawn from the seed.
+        job: the job every session gets first, sent exactly as given (a real notify); None: generated.
+            With job_interval=0 it is the only one.
+        honour_suggested_difficulty: a `mining.suggest_difficulty` that comes before a session's first
+            job sets that session's difficulty (public-pool does so).
         """
+        if first_extranonce1 is not None:
+            if not 2 <= len(first_extranonce1) <= 16 or len(first_extranonce1) % 2:
+                raise ValueError("first_extranonce1 must be 1..8 bytes of hex")
+            extranonce1_size = len(first_extranonce1) // 2
         if not 1 <= extranonce1_size <= 8:
             raise ValueError("extranonce1_size must be 1..8 bytes")
         if not 1 <= extranonce2_size <= 16:
@@ -465,10 +488,12 @@ class SimulatedPool:
         self.authorize: Callable[[str, str | None], bool] = authorize or (lambda worker, password: True)
         self.record_submits = record_submits
         self.max_line = max_line
+        self.honour_suggested_difficulty = honour_suggested_difficulty
+        self.scripted_job = job is not None
 
         self.sessions: dict[int, PoolSession] = {}  # open connections by number
         self.connections_total = 0
-        self.current_job: Notify | None = None
+        self.current_job: Notify | None = job
         self.jobs_sent = 0
         # Ground truth.
         self.accepted: dict[str, float] = {}
@@ -485,6 +510,8 @@ class SimulatedPool:
         self._job_prefix = f"{self._rng.getrandbits(16):04x}"
         self._job_counter = 0
         self._en1_base = self._rng.getrandbits(8 * extranonce1_size)
+        if first_extranonce1 is not None:
+            self._en1_base = int(first_extranonce1, 16)
         self._height = 840_000 + self._rng.randrange(100_000)
         self._prevhash = self._random_hex(32)
         self._server: asyncio.Server | None = None
@@ -720,6 +747,7 @@ class SimulatedPool:
             clean_jobs=clean,
         )
         self.current_job = notify
+        self.scripted_job = False  # from now on the first job of a session is a generated one, made clean
         self.jobs_sent += 1
         return notify
 
