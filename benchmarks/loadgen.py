@@ -83,7 +83,8 @@ class Session(asyncio.Protocol):
             b'{"id":1,"method":"mining.configure","params":[["version-rolling"],'
             b'{"version-rolling.mask":"1fffe000","version-rolling.min-bit-count":2}]}\n'
             b'{"id":2,"method":"mining.subscribe","params":["bench/1.0"]}\n'
-            + b'{"id":3,"method":"mining.authorize","params":["%s","x"]}\n' % self.worker.encode()
+            + b'{"id":3,"method":"mining.authorize","params":["%s","x"]}\n'
+            % self.worker.encode()
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -203,10 +204,11 @@ class Generator:
                 worker = f"infinite.{self.keys[index % len(self.keys)]}.w{index}"
                 session: Session | None = None
                 try:
-                    _, session = await asyncio.wait_for(
+                    _, made = await asyncio.wait_for(
                         loop.create_connection(lambda: Session(self, worker, self.fresh), HOST, port), CONNECT_TIMEOUT
                     )
-                    await asyncio.wait_for(asyncio.shield(session.ready), CONNECT_TIMEOUT)
+                    session = made
+                    await asyncio.wait_for(asyncio.shield(made.ready), CONNECT_TIMEOUT)
                 except (OSError, Exception) as exc:  # counted and reported, never fatal here
                     if len(errors) < 5:
                         errors.append(f"{type(exc).__name__}: {exc}")

@@ -57,7 +57,9 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 {
                     "path": path,
                     "ledger": label,
-                    "load": "closed loop" if mode == "closed" else f"{r['offered_rate']:,.0f}/s for {r['seconds']:.0f} s",
+                    "load": "closed loop"
+                    if mode == "closed"
+                    else f"{r['offered_rate']:,.0f}/s for {r['seconds']:.0f} s",
                     "shares/s": _fmt(r["shares_per_s"]),
                     "× direct": _fmt(r["shares_per_s"] / d["shares_per_s"], ".2f") if proxy and d else "",
                     "p50 ms": _fmt(r["p50_ms"], ".2f"),
@@ -152,7 +154,8 @@ def targets_text(results: dict[str, Any]) -> str:
     if direct:
         lines.append(
             f"  direct path: closed loop {direct['closed']['shares_per_s']:,.0f}/s; at {s['rate']:,.0f}/s p50 "
-            f"{direct['rate']['p50_ms']:.2f} / p99 {direct['rate']['p99_ms']:.2f} / max {direct['rate']['max_ms']:.1f} ms"
+            f"{direct['rate']['p50_ms']:.2f} / p99 {direct['rate']['p99_ms']:.2f} / "
+            f"max {direct['rate']['max_ms']:.1f} ms"
             + (
                 f" (again at the end: p99 {phases['direct_after']['rate']['p99_ms']:.2f} ms)"
                 if "direct_after" in phases
@@ -167,7 +170,8 @@ def targets_text(results: dict[str, Any]) -> str:
         lag = e["ingest_lag_p99_s_rate"]
         lines += [
             f"  [{label}]",
-            f"    proxy CPU/share   <= {TARGET_CPU_US:g} µs: {cpu:.1f} µs closed loop ({e['closed_shares_per_s']:,.0f}/s, "
+            f"    proxy CPU/share   <= {TARGET_CPU_US:g} µs: {cpu:.1f} µs closed loop "
+            f"({e['closed_shares_per_s']:,.0f}/s, "
             f"{e['closed_vs_direct']:.2f}× direct), {e['cpu_us_per_share_rate']:.1f} µs at {s['rate']:,.0f}/s — "
             f"{verdict(cpu <= TARGET_CPU_US)}",
             f"    p99 added         <= {TARGET_ADDED_P99_MS:g} ms: {added:+.2f} ms ({e['p99_ratio']:.1f}× direct p99; "
@@ -210,7 +214,10 @@ def checks_text(results: dict[str, Any]) -> str:
         rejected = sum(w["rejected"] for w in windows)
         lost = sum(w["lost"] for w in windows)
         c = p["connect"]
-        parts = [f"{c['connected']:,}/{c['sessions']:,} connected in {c['seconds']:.2f} s", f"rejected {rejected}, lost {lost}"]
+        parts = [
+            f"{c['connected']:,}/{c['sessions']:,} connected in {c['seconds']:.2f} s",
+            f"rejected {rejected}, lost {lost}",
+        ]
         ok = c["connected"] == c["sessions"] and rejected == 0 and lost == 0
         if "exit_code" in p:
             parts.append(f"ledger rows {p['ledger_rows_accepted']:,} = shares accepted {p['shares_accepted']:,}")
@@ -334,11 +341,11 @@ def plot(results: dict[str, Any], out: Path) -> None:
         names.append(label)
         closed.append(p["closed"]["cpu_us_per_share"].get("proxy", 0.0))
         paced.append(p["rate"]["cpu_us_per_share"].get("proxy", 0.0))
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], closed, width=0.4, label="closed loop")
-    ax.bar([x + 0.2 for x in xs], paced, width=0.4, label=f"{rate:,.0f}/s")
+    at = list(range(len(names)))
+    ax.bar([x - 0.2 for x in at], closed, width=0.4, label="closed loop")
+    ax.bar([x + 0.2 for x in at], paced, width=0.4, label=f"{rate:,.0f}/s")
     ax.axhline(TARGET_CPU_US, color="grey", ls="--", lw=1, label=f"target {TARGET_CPU_US:g} µs")
-    ax.set_xticks(list(xs), names)
+    ax.set_xticks(at, names)
     ax.set_ylabel("proxy CPU µs per share")
     ax.set_title("Proxy CPU per verified, ledgered share")
     ax.grid(alpha=0.3, axis="y")

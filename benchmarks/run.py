@@ -452,8 +452,20 @@ class Bench:
         out = self.args.out / f"profile-{self.proxy.proxy_id}.txt"
         seconds = max(1, int(duration) - 1)
         return subprocess.Popen(
-            [self.args.py_spy, "record", "-p", str(self.proxy.pid), "-d", str(seconds), "-r", "97", "-f", "raw",
-             "-o", str(out)],
+            [
+                self.args.py_spy,
+                "record",
+                "-p",
+                str(self.proxy.pid),
+                "-d",
+                str(seconds),
+                "-r",
+                "97",
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -499,7 +511,7 @@ class Bench:
             gc_threshold=gc_threshold,
         )
         out: dict[str, Any] = {
-            "ledger": "embedded (chdb in the proxy process)" if clickhouse_url is None else "ClickHouse HTTP server process",
+            "ledger": "ClickHouse HTTP server process" if clickhouse_url else "embedded (chdb in the proxy process)",
             "gc": {"freeze": gc_freeze, "threshold": gc_threshold or "default"},
             "proxy_command": "python -m proxy " + " ".join(proxy.flags),
         }
@@ -579,7 +591,8 @@ class Bench:
 def _latency(r: dict[str, Any]) -> str:
     return (
         f"{r['shares_per_s']:,.0f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms "
-        f"(generator late p99 {r.get('generator_lateness_p99_ms') or 0:.2f} ms, other CPU {r['foreign_cpu_percent']:.0f} %)"
+        f"(generator late p99 {r.get('generator_lateness_p99_ms') or 0:.2f} ms, "
+        f"other CPU {r['foreign_cpu_percent']:.0f} %)"
     )
 
 
@@ -671,8 +684,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("direct (generators → pool)")
         phases["direct"] = bench.direct("direct")
         _say("proxy, embedded ledger")
-        phases["embedded"] = bench.proxy_phase("embedded", None, rate_seconds=args.stall_window,
-                                               connect_many=args.connect_many)
+        phases["embedded"] = bench.proxy_phase(
+            "embedded", None, rate_seconds=args.stall_window, connect_many=args.connect_many
+        )
         _say("proxy, ClickHouse HTTP server in another process")
         phases["clickhouse_http"] = bench.proxy_phase("clickhouse-http", clickhouse_url, rate_seconds=args.duration)
         _say(f"proxy, embedded ledger, gc.freeze() + gc.set_threshold({GC_THRESHOLD})")
@@ -689,7 +703,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"work directory kept: {workdir}")
 
     results = {
-        "command": ("python3 -m uv run python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
+        "command": (
+            "python3 -m uv run python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+        ).rstrip(),
         "environment": env,
         "settings": {
             "sessions": args.sessions,
@@ -708,6 +724,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "phases": phases,
         "runtime_s": time.monotonic() - started,
     }
+    if args.py_spy:
+        from benchmarks import profile
+
+        results["profiles"] = {
+            f.stem: {"summary": profile.summarize(f), "top": profile.top_functions(f)}
+            for f in sorted(args.out.glob("profile-*.txt"))
+        }
     results["targets"] = report.targets(results)
     report.write(results, args.out)
     _say("")
