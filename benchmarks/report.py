@@ -168,8 +168,15 @@ def targets_text(results: dict[str, Any]) -> str:
             continue
         cpu, added, stall = e["cpu_us_per_share_closed"], e["p99_added_ms"], e["longest_stall_ms"]
         lag = e["ingest_lag_p99_s_rate"]
+        overloaded = e["closed_shares_per_s"] < s["rate"] * 1.25
         lines += [
-            f"  [{label}]",
+            f"  [{label}]"
+            + (
+                f" OVERLOADED: {s['rate']:,.0f}/s offered, {e['closed_shares_per_s']:,.0f}/s closed-loop capacity "
+                "in this run: its fixed-rate latency, stalls and lag measure a growing queue, not the proxy"
+                if overloaded
+                else ""
+            ),
             f"    proxy CPU/share   <= {TARGET_CPU_US:g} µs: {cpu:.1f} µs closed loop "
             f"({e['closed_shares_per_s']:,.0f}/s, "
             f"{e['closed_vs_direct']:.2f}× direct), {e['cpu_us_per_share_rate']:.1f} µs at {s['rate']:,.0f}/s — "
@@ -193,7 +200,13 @@ def targets_text(results: dict[str, Any]) -> str:
             ok = many["connected"] == many["sessions"] and many["seconds"] <= TARGET_CONNECT_S
             lines.append(
                 f"    {many['sessions']:,} sessions   <= {TARGET_CONNECT_S:g} s: {many['connected']:,} connected and "
-                f"authorized in {many['seconds']:.2f} s, {many['rss_kib_per_session']:.1f} KiB RSS each — {verdict(ok)}"
+                f"authorized in {many['seconds']:.2f} s, "
+                + (
+                    f"{many['rss_kib_per_session']:.1f} KiB RSS each"
+                    if many["rss_kib_per_session"] > 0
+                    else "RSS per session unreadable (the allocator returned the load window's buffers meanwhile)"
+                )
+                + f" — {verdict(ok)}"
             )
     if micro:
         lines.append(
