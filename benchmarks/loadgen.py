@@ -1,25 +1,35 @@
-"""The benchmark's load generator: N `simulation.SimulatedASIC` sessions in one process.
+"""The benchmark's load generator: N Stratum V1 sessions in one process, quiet enough to measure.
 
-    python -m benchmarks.loadgen [--hotkeys 64] [--profiles antminer,bitaxe] [--en2 fresh|reused]
+    python -m benchmarks.loadgen [--hotkeys 64] [--en2 fresh|reused] [--cpus 0]
 
 Driven by JSON commands on stdin, one answer per line on stdout:
-    {"op": "connect", "port": P, "sessions": N, "offset": K}  handshake N devices (bounded concurrency)
-    {"op": "run", "mode": "closed"|"rate", "duration": S, "pipeline": 1, "rate": R}
-        -> {"started": ...} at once, then {"done": ...} with counts and a latency histogram
-    {"op": "close"}                                            stop every device (waits for owed replies)
+    {"op": "connect", "port": P, "sessions": N, "offset": K}  handshake N sessions (bounded concurrency)
+    {"op": "run", "mode": "closed"|"rate", "duration": S, "rate": R}
+        -> {"started": ...} at once, then the counts and a latency histogram
+    {"op": "close"}                                            close every session
     {"op": "exit"} (or EOF)
 
-Each device handshakes as its profile's firmware does (antminer: mining.configure with version
-rolling, subscribe, authorize, extranonce.subscribe; bitaxe: subscribe, configure,
-suggest_difficulty, authorize), with a worker `infinite.<valid SS58 hotkey>.w<index>`.
+Why not `simulation.SimulatedASIC`: it is a faithful device (it grinds, keeps work per job, follows
+every protocol turn) and costs ~30 µs of Python per share, with timers and tasks per device; at
+thousands of shares per second the generator then queued its own work and reported a direct-path
+p99 of 15 ms where the pool answers in a fraction of a millisecond. Here a session is one
+`asyncio.Protocol` and a share is one `bytes % tuple` of a line template built once per job:
 
-The shares. The pool difficulty is 2**-33, below the difficulty of the worst possible hash, so
-every header is a valid share and the generator need not grind: `BenchASIC` takes the next unused
-(extranonce2, nonce, version bits) of its cursor instead of hashing. With --en2 fresh (the default)
-every share has a new extranonce2, as a real ASIC at pool difficulty has (it exhausts nonce x
-version space, 2**48 hashes, between two shares), so the proxy pays the full check: the coinbase,
-the 12-branch merkle fold and the header, 14 sha256d. --en2 reused keeps the extranonce2 and moves
-the nonce (the proxy's merkle cache then hits: 1 sha256d per share).
+- handshake as an Antminer does (mining.configure with version rolling, subscribe, authorize
+  `infinite.<valid SS58 hotkey>.w<index>`), pipelined in one write;
+- the pool difficulty is 2**-33, below the difficulty of the worst possible hash, so every header
+  is a valid share: a session takes the next unused (extranonce2, nonce, version bits) of its
+  cursor and submits it without hashing (--en2 fresh: a new extranonce2 per share, as a real ASIC
+  at pool difficulty has; --en2 reused: the same extranonce2, the nonce moves);
+- closed loop: each session keeps one submit in flight and sends the next one from the reply's
+  `data_received`; fixed rate (open loop): one timer per process walks a schedule (share k is due
+  at t0 + k / rate, so a late tick catches up instead of drifting) and sends the shares due,
+  round-robin over the sessions, whatever is in flight;
+- latency: `time.perf_counter_ns()` just before the write and once per `data_received` (the
+  moment the reply was read); the schedule's lateness (send − due) is reported on its own, so the
+  generator's own delay is visible and never counted as the proxy's;
+- `--cpus` pins the process (os.sched_setaffinity) so the orchestrator can keep the load off the
+  proxy's core.
 """
 
 from __future__ import annotations
@@ -27,154 +37,293 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import os
 import time
-from typing import Any
+from typing import Any, cast
+
+import msgspec
 
 from benchmarks.common import HOST, bucket_of, commands, raise_fd_limit, reply
-from simulation import ShareParams, SimulatedASIC, run
-from simulation.fleet import _Work
 from simulation.hotkeys import hotkeys
 
-CONNECT_TIMEOUT = 20.0  # per device handshake
+CONNECT_TIMEOUT = 20.0  # per session handshake
+_decode = msgspec.json.Decoder().decode
+_SUBMIT_ID0 = 100  # submit ids start here; the handshake uses 1..4
+VERSION_MASK = 0x1FFFE000
 
 
-class BenchASIC(SimulatedASIC):
-    """A SimulatedASIC whose shares need no grinding (every hash is valid at 2**-33) and whose
-    mining can be started again for the next measurement on the same connection."""
+class Session(asyncio.Protocol):
+    """One ASIC connection: handshake, then submits built from a per-job template."""
 
-    fresh_en2 = True
+    def __init__(self, gen: Generator, worker: str, fresh_en2: bool) -> None:
+        self.gen = gen
+        self.worker = worker
+        self.fresh_en2 = fresh_en2
+        self.transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.authorized = False
+        self.en2_size = 4
+        self.mask = 0
+        self._shift = 0
+        self.job_id: str | None = None
+        self.template = b""
+        self.cursor = 0
+        self.next_id = _SUBMIT_ID0
+        self.sent: dict[int, int] = {}  # submit id → perf_counter_ns at send
+        self.accepted = 0
+        self.rejected = 0
+        self.closed = False
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._cursor = 0
+    # -- the connection ----------------------------------------------------------------------------
 
-    def _valid_share(self, work: _Work) -> ShareParams | None:
-        n = self._cursor
-        self._cursor = n + 1
-        size = work.job.extranonce2_size
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.transport.write(
+            b'{"id":1,"method":"mining.configure","params":[["version-rolling"],'
+            b'{"version-rolling.mask":"1fffe000","version-rolling.min-bit-count":2}]}\n'
+            b'{"id":2,"method":"mining.subscribe","params":["bench/1.0"]}\n'
+            + b'{"id":3,"method":"mining.authorize","params":["%s","x"]}\n'
+            % self.worker.encode()
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed during the handshake: {exc}"))
+        self.gen.lost += len(self.sent)
+        self.sent.clear()
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter_ns()
+        if self._buffer:
+            data = self._buffer + data
+        lines = data.split(b"\n")
+        self._buffer = lines.pop()
+        gen = self.gen
+        for line in lines:
+            if not line:
+                continue
+            message = _decode(line)
+            rid = message.get("id")
+            if rid is not None and rid >= _SUBMIT_ID0 and "method" not in message:
+                sent = self.sent.pop(rid, None)
+                if sent is None:
+                    continue
+                gen.latencies.append(now - sent)
+                if message.get("result") is True:
+                    self.accepted += 1
+                else:
+                    self.rejected += 1
+                    code = str((message.get("error") or ["?"])[0])
+                    gen.rejected_by_code[code] = gen.rejected_by_code.get(code, 0) + 1
+                if gen.closed_loop and gen.mining:
+                    self.submit()
+            else:
+                self._control(message)
+
+    def _control(self, message: dict[str, Any]) -> None:
+        method = message.get("method")
+        if method == "mining.notify":
+            params = message["params"]
+            self.job_id = params[0]
+            ntime = params[7]
+            width = 2 * self.en2_size
+            # The only per-share work left is `template % (id, extranonce2, nonce, version bits)`.
+            self.template = (
+                b'{"id":%%d,"method":"mining.submit","params":["%s","%s","%%0%dx","%s","%%08x","%%08x"]}\n'
+                % (self.worker.encode(), str(self.job_id).encode(), width, str(ntime).encode())
+            )
+            if self.authorized and not self.ready.done():
+                self.ready.set_result(None)
+        elif method is None:
+            rid = message.get("id")
+            result = message.get("result")
+            if rid == 1 and isinstance(result, dict):
+                mask = result.get("version-rolling.mask")
+                if result.get("version-rolling") and isinstance(mask, str):
+                    self.mask = int(mask, 16)
+                    self._shift = (self.mask & -self.mask).bit_length() - 1 if self.mask else 0
+            elif rid == 2 and isinstance(result, list):
+                self.en2_size = int(result[2])
+            elif rid == 3:
+                if result is not True:
+                    if not self.ready.done():
+                        self.ready.set_exception(ConnectionError(f"authorize refused: {message.get('error')}"))
+                    return
+                self.authorized = True
+                if self.template and not self.ready.done():
+                    self.ready.set_result(None)
+        elif method == "mining.set_extranonce":
+            self.en2_size = int(message["params"][1])
+        # mining.set_difficulty and the rest: every hash meets 2**-33, nothing to do
+
+    # -- shares --------------------------------------------------------------------------------------
+
+    def submit(self) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        n = self.cursor
+        self.cursor = n + 1
         if self.fresh_en2:
-            en2, nonce = n % (1 << (8 * size)), (n * 2654435761) & 0xFFFFFFFF
+            en2 = n & ((1 << (8 * self.en2_size)) - 1)
+            nonce = (n * 2654435761) & 0xFFFFFFFF
         else:
             en2, nonce = 0, n & 0xFFFFFFFF
-        mask = work.mask
-        vbits = ((n << ((mask & -mask).bit_length() - 1)) & mask) if mask else 0
-        share = ShareParams(
-            work.job_id, en2.to_bytes(size, "big").hex(), work.ntime, f"{nonce:08x}", self._version_param(vbits)
-        )
-        self.last_share = share
-        return share
-
-    async def begin(self, mode: str, duration: float, pipeline: int, rate: float) -> None:
-        """Mine again for `duration` seconds (the previous run must be over)."""
-        self.mode = "closed" if mode == "closed" else "rate"
-        self.duration = duration
-        self.pipeline = max(1, pipeline)
-        self.rate = rate
-        self._done = asyncio.get_running_loop().create_future()
-        self._expired = False
-        self._mined = 0
-        self.latencies = array.array("d")
-        await self.start()
+        vbits = (n << self._shift) & self.mask
+        rid = self.next_id
+        self.next_id = rid + 1
+        line = self.template % (rid, en2, nonce, vbits)
+        self.sent[rid] = time.perf_counter_ns()
+        transport.write(line)
+        self.gen.submitted += 1
 
 
 class Generator:
     def __init__(self, args: argparse.Namespace) -> None:
         self.keys = hotkeys(args.hotkeys, namespace="benchmark")
-        self.profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
         self.fresh = args.en2 == "fresh"
-        self.asics: list[BenchASIC] = []
+        self.sessions: list[Session] = []
+        self.latencies = array.array("q")
+        self.lateness = array.array("q")
+        self.rejected_by_code: dict[str, int] = {}
+        self.submitted = 0
+        self.lost = 0
+        self.mining = False
+        self.closed_loop = True
 
     async def connect(self, port: int, sessions: int, offset: int, concurrency: int, timeout: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         semaphore = asyncio.Semaphore(concurrency)
         errors: list[str] = []
 
-        async def one(index: int) -> BenchASIC | None:
+        async def one(index: int) -> Session | None:
             async with semaphore:
-                asic = BenchASIC(
-                    HOST,
-                    port,
-                    f"infinite.{self.keys[index % len(self.keys)]}.w{index}",
-                    profile=self.profiles[index % len(self.profiles)],  # type: ignore[arg-type]
-                    record_submits=False,
-                    reconnect=False,
-                    handshake_timeout=CONNECT_TIMEOUT,
-                    max_in_flight=64,
-                    drain_timeout=5.0,
-                    seed=index,
-                )
-                asic.fresh_en2 = self.fresh
+                worker = f"infinite.{self.keys[index % len(self.keys)]}.w{index}"
+                session: Session | None = None
                 try:
-                    await asic.connect()
+                    _, made = await asyncio.wait_for(
+                        loop.create_connection(lambda: Session(self, worker, self.fresh), HOST, port), CONNECT_TIMEOUT
+                    )
+                    session = made
+                    await asyncio.wait_for(asyncio.shield(made.ready), CONNECT_TIMEOUT)
                 except (OSError, Exception) as exc:  # counted and reported, never fatal here
                     if len(errors) < 5:
                         errors.append(f"{type(exc).__name__}: {exc}")
-                    await asic.stop(drain=False)
+                    if session is not None and session.transport is not None:
+                        session.transport.abort()
                     return None
-                return asic
+                return session
 
         tasks = [asyncio.ensure_future(one(offset + i)) for i in range(sessions)]
         done, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
             task.cancel()
         connected = [t.result() for t in done if not t.cancelled() and t.exception() is None]
-        self.asics = [a for a in connected if a is not None]
+        self.sessions = [s for s in connected if s is not None]
         return {
-            "connected": len(self.asics),
-            "failed": sessions - len(self.asics),
+            "connected": len(self.sessions),
+            "failed": sessions - len(self.sessions),
             "seconds": time.perf_counter() - started,
             "errors": errors,
         }
 
-    async def run(self, mode: str, duration: float, pipeline: int, rate: float) -> dict[str, Any]:
-        before = [(a.submitted, a.accepted, a.rejected, a.lost) for a in self.asics]
-        started = time.perf_counter()
-        await asyncio.gather(*(a.begin(mode, duration, pipeline, rate) for a in self.asics))
+    async def run(self, mode: str, duration: float, rate: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        sessions = [s for s in self.sessions if not s.closed]
+        self.latencies = array.array("q")
+        self.lateness = array.array("q")
+        self.rejected_by_code = {}
+        before = (self.submitted, self.lost, sum(s.accepted for s in sessions), sum(s.rejected for s in sessions))
+        self.closed_loop = mode == "closed"
+        self.mining = True
         reply({"started": time.time()})
-        waits = [asyncio.ensure_future(a.wait()) for a in self.asics]
-        _, pending = await asyncio.wait(waits, timeout=duration + 20.0)
-        for task in pending:
-            task.cancel()
+        started = time.perf_counter()
+        deadline = loop.time() + duration
+        if self.closed_loop:
+            for s in sessions:
+                s.submit()
+            await asyncio.sleep(duration)
+        elif sessions and rate > 0:
+            await self._paced(sessions, rate, duration)
+        self.mining = False
+        mined = time.perf_counter() - started
+        # Drain: the replies still owed (bounded).
+        drain_until = loop.time() + 10.0
+        while any(s.sent for s in sessions) and loop.time() < drain_until:
+            await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - started
+        del deadline
+        latencies = self.latencies
         counts: dict[int, int] = {}
-        latency_max = 0.0
-        replied = 0
-        for asic in self.asics:
-            lat = asic.latencies
-            replied += len(lat)
-            if lat:
-                latency_max = max(latency_max, max(lat))
-            for value in lat:
-                b = bucket_of(value)
-                counts[b] = counts.get(b, 0) + 1
-        totals = [0, 0, 0, 0]
-        for asic, (s, a, r, lost) in zip(self.asics, before, strict=True):
-            totals[0] += asic.submitted - s
-            totals[1] += asic.accepted - a
-            totals[2] += asic.rejected - r
-            totals[3] += asic.lost - lost
-        rejected_codes: dict[str, int] = {}
-        for asic in self.asics:
-            for code, n in asic.rejected_by_code.items():
-                rejected_codes[str(code)] = rejected_codes.get(str(code), 0) + n
+        for value in latencies:
+            b = bucket_of(value * 1e-9)
+            counts[b] = counts.get(b, 0) + 1
+        late: dict[int, int] = {}
+        for value in self.lateness:
+            b = bucket_of(max(value, 0) * 1e-9)
+            late[b] = late.get(b, 0) + 1
+        unanswered = sum(len(s.sent) for s in sessions)
+        for s in sessions:
+            s.sent.clear()  # answered after the drain: not this window's
         return {
             "done": True,
             "elapsed": elapsed,
-            "submitted": totals[0],
-            "accepted": totals[1],
-            "rejected": totals[2],
-            "lost": totals[3],
-            "replied": replied,
-            "unfinished": len(pending),
+            "mined_s": mined,
+            "submitted": self.submitted - before[0],
+            "accepted": sum(s.accepted for s in sessions) - before[2],
+            "rejected": sum(s.rejected for s in sessions) - before[3],
+            "lost": self.lost - before[1] + unanswered,
+            "replied": len(latencies),
+            "unfinished": unanswered,
             "latency_hist": counts,
-            "latency_max": latency_max,
-            "rejected_by_code": rejected_codes,
+            "latency_max": (max(latencies) * 1e-9) if latencies else 0.0,
+            "lateness_hist": late,
+            "lateness_max": (max(self.lateness) * 1e-9) if self.lateness else 0.0,
+            "rejected_by_code": self.rejected_by_code,
         }
+
+    async def _paced(self, sessions: list[Session], rate: float, duration: float) -> None:
+        """Open loop on a schedule: share k is due at t0 + k/rate; each tick sends every share due."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        total = int(rate * duration)
+        period_ns = 1e9 / rate
+        t0 = time.perf_counter_ns()
+        state = {"k": 0, "i": 0}
+        count = len(sessions)
+        lateness = self.lateness
+
+        def tick() -> None:
+            now = time.perf_counter_ns()
+            k, i = state["k"], state["i"]
+            due = min(total, int((now - t0) / period_ns) + 1)
+            while k < due:
+                lateness.append(now - t0 - int(k * period_ns))
+                sessions[i].submit()
+                i = i + 1 if i + 1 < count else 0
+                k += 1
+            state["k"], state["i"] = k, i
+            if k >= total:
+                done.set_result(None)
+                return
+            # Wake for the next share due (libuv timers have 1 ms resolution: a tick sends all due).
+            loop.call_at(loop.time() + max(0.0, (t0 + k * period_ns - time.perf_counter_ns()) * 1e-9), tick)
+
+        tick()
+        await asyncio.wait_for(done, duration + 10.0)
 
     async def close(self) -> dict[str, Any]:
         started = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(a.stop() for a in self.asics)), 60)
-        n, self.asics = len(self.asics), []
+        for s in self.sessions:
+            if s.transport is not None:
+                s.transport.close()
+        until = time.monotonic() + 30
+        while any(not s.closed for s in self.sessions) and time.monotonic() < until:
+            await asyncio.sleep(0.02)
+        n, self.sessions = len(self.sessions), []
         return {"closed": n, "seconds": time.perf_counter() - started}
 
 
@@ -201,10 +350,7 @@ async def serve(args: argparse.Namespace) -> None:
             elif op == "run":
                 reply(
                     await generator.run(
-                        str(command["mode"]),
-                        float(command["duration"]),
-                        int(command.get("pipeline", 1)),
-                        float(command.get("rate", 1.0)),
+                        str(command["mode"]), float(command["duration"]), float(command.get("rate", 1.0))
                     )
                 )
             elif op == "close":
@@ -213,18 +359,27 @@ async def serve(args: argparse.Namespace) -> None:
                 reply({"error": f"unknown op {op!r}"})
         except Exception as exc:
             reply({"error": f"{op}: {type(exc).__name__}: {exc}"})
-    if generator.asics:
+    if generator.sessions:
         await generator.close()
+
+
+def pin(cpus: str) -> None:
+    """Pin this process to the given CPUs ("0", "0,1"); ignored where unsupported."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",") if c.strip()})
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__)
     parser.add_argument("--hotkeys", type=int, default=64, help="distinct hotkeys the workers use")
-    parser.add_argument("--profiles", default="antminer,bitaxe", help="device profiles, round-robin")
     parser.add_argument("--en2", choices=("fresh", "reused"), default="fresh")
+    parser.add_argument("--cpus", default="", help="CPUs to pin to, comma-separated (default: not pinned)")
     args = parser.parse_args()
+    pin(args.cpus)
     raise_fd_limit()
-    run(serve(args))
+    import uvloop
+
+    uvloop.run(serve(args))
     return 0
 
 

@@ -148,6 +148,91 @@ def sha256d_header(n: int) -> None:
         sha256(sha256(header).digest()).digest()
 
 
+# --- memory and journal (the benchmark run prints these) ------------------------------------------------
+
+DUPLICATE_SET_SHARES = 100_000
+JOURNAL_ROWS = 20_000
+JOURNAL_ROWS_PER_COMMIT = 10  # rows one loop iteration appends at ~10,000 shares/s
+
+
+def duplicate_set_bytes_per_share(n: int = DUPLICATE_SET_SHARES) -> float:
+    """Bytes the duplicate check keeps per accepted share, measured with tracemalloc.
+
+    The session remembers, per block (prevhash), the 32-byte hash of every share it forwarded
+    (`set[bytes]`, proxy/session.py `_forwarded`, the last two blocks): one bytes object and one
+    set slot per share, for as long as the block lasts (~10 minutes)."""
+    import tracemalloc
+
+    hashes = [hashlib.sha256(i.to_bytes(8, "little")).digest() for i in range(n)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    forwarded: set[bytes] = set()
+    for i in range(n):
+        forwarded.add(hashes[i][:31] + hashes[i][31:])  # a new 32-byte object, as a share hash is
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(forwarded) == n
+    return (after - before) / n
+
+
+def journal_cost(rows: int = JOURNAL_ROWS) -> dict[str, float]:
+    """The crash journal per share: encode + append + one os.write per loop iteration (ns), bytes."""
+    import tempfile
+    from pathlib import Path
+
+    from ledger.rows import ShareRow
+    from proxy.journal import Journal
+
+    hotkey = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+    sample = [
+        ShareRow(
+            ts=1_790_000_000.0 + i * 1e-4,
+            proxy_id="bench-1",
+            hotkey=hotkey,
+            worker=f"infinite.{hotkey}.w{i % 1000}",
+            session=f"{i % 1000:08x}",
+            job_id="1a2b3c4d",
+            difficulty=65536.0,
+            share_difficulty=81234.5,
+            hash=hashlib.sha256(i.to_bytes(8, "little")).hexdigest(),
+            accepted=1,
+            reject_reason="",
+            upstream="127.0.0.1:3333",
+            block=0,
+            job_key="f" * 64,
+            extranonce1="0badc0de",
+            extranonce2=f"{i:08x}",
+            ntime=1_790_000_000,
+            nonce=i * 2654435761 & 0xFFFFFFFF,
+            version_bits=0x2000,
+            version_mask=0x1FFFE000,
+        )
+        for i in range(rows)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        best = float("inf")
+        written = 0
+        for repeat in range(3):
+            journal = Journal(Path(tmp) / str(repeat), "bench", lambda callback: None)
+            journal.open(0)
+            gc.disable()
+            started = time.perf_counter_ns()
+            for i, row in enumerate(sample):
+                journal.append(row)
+                if i % JOURNAL_ROWS_PER_COMMIT == 0:
+                    journal.commit()
+            journal.commit()
+            best = min(best, (time.perf_counter_ns() - started) / rows)
+            gc.enable()
+            written = journal.bytes_written
+            journal.close()
+    return {"journal_ns_per_share": best, "journal_bytes_per_share": written / rows}
+
+
+def memory_and_journal() -> dict[str, float]:
+    return {"duplicate_set_bytes_per_share": duplicate_set_bytes_per_share(), **journal_cost()}
+
+
 # --- report ---------------------------------------------------------------------------------------------
 
 
@@ -189,6 +274,8 @@ def main() -> int:
         f"share check = {fresh_ns / sha_ns:.1f}x (fresh) / {reused_ns / sha_ns:.1f}x (reused) "
         f"one header sha256d; total {(time.perf_counter_ns() - started) / 1e9:.1f} s"
     )
+    for name, value in memory_and_journal().items():
+        print(f"{name:<52} {value:>9.1f}")
     if over:
         print(f"{over} operation(s) over target")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from typing import Any, cast
 
 from benchmarks.common import HOST, POOL_DIFFICULTY, commands, raise_fd_limit, reply
@@ -60,7 +61,10 @@ def main() -> int:
     parser.add_argument("--verify", choices=("all", "sample", "none"), default="sample")
     parser.add_argument("--sample-every", type=int, default=100)
     parser.add_argument("--job-interval", type=float, default=30.0, help="seconds between new jobs (0: never)")
+    parser.add_argument("--cpus", default="", help="CPUs to pin to, comma-separated (default: not pinned)")
     args = parser.parse_args()
+    if args.cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",") if c.strip()})
     raise_fd_limit()
     run(serve(args))
     return 0

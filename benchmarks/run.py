@@ -1,16 +1,20 @@
 """Share throughput, latency and cost of one proxy process, against the direct path, in one run.
 
-    uv run python -m benchmarks            # the full run (~6 min), results in benchmarks/results/
-    uv run python -m benchmarks --quick    # 100 and 1,000 sessions, short windows (~1.5 min)
+    uv run python -m benchmarks            # the full run (~5 min), results in benchmarks/results/
+    uv run python -m benchmarks --quick    # shorter windows (~2 min), results in /tmp unless --out
 
-Processes (all on 127.0.0.1): a ClickHouse HTTP server (tests/clickhouse_http.py over chdb), the
-simulated pool (benchmarks/pool.py), two load generators (benchmarks/loadgen.py) and, per scenario,
-a fresh proxy started as an operator would (`python -m proxy --listen ... --upstream ...
---clickhouse-url http://...`, ledger on, limits raised). For every session count, interleaved:
+Processes (all on 127.0.0.1): a ClickHouse HTTP server (tests/clickhouse_http.py over chdb, its own
+process), the simulated pool (benchmarks/pool.py), two load generators (benchmarks/loadgen.py) and,
+per phase, a fresh proxy started as an operator would, through benchmarks/probe.py (the same
+`ProxyApp(config)` with an event-loop lag probe), limits raised so every session connects.
+On a machine with 2+ cores the proxy is pinned to the last core and everything else to the others,
+so the load never runs on the proxy's core. Phases, at 1,000 sessions and 5,000 shares/s:
 
-  proxy path   generators → proxy → pool: connect N, closed loop, then a fixed rate of half the
-               closed-loop throughput; CPU, RSS and ingest lag of the proxy process
-  direct path  generators → pool: connect N, closed loop, then the SAME fixed rate
+  direct            generators → pool: closed loop, then a fixed 5,000/s (again at the end)
+  embedded          the default ledger (chdb in the proxy process): closed loop; 5,000/s for the
+                    long window (loop stalls); then 9,000 sessions connected at once (time, RSS)
+  clickhouse-http   the ledger in another process (--clickhouse-url http://...): closed loop, 5,000/s
+  gc-freeze         embedded with gc.freeze() after the sessions connect and raised GC thresholds
 
 See benchmarks/README.md for what each figure means.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import os
 import platform
 import shutil
@@ -37,15 +42,15 @@ from typing import Any
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks import reference, report
+from benchmarks import micro, reference, report
 from benchmarks.common import HOST, POOL_DIFFICULTY, REPO, Child, hist_quantile, merge, raise_fd_limit
 
-DEFAULT_SESSIONS = (100, 1000, 5000, 9000)
 RESULTS = REPO / "benchmarks" / "results"
 UNLIMITED = "1000000"  # the per-session submit rate limits, raised for the benchmark
 WARMUP_SESSIONS = 20
 CLICKHOUSE_NICE = 19
 LEDGER_SETTLE = 1.0  # seconds after a window for the ledger's last batch of it
+GC_THRESHOLD = "50000,50,1000"  # the gc-freeze phase: fewer young collections, almost no full ones
 
 
 def free_port() -> int:
@@ -66,9 +71,15 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
+def busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores), to tell what other processes took."""
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of the event-loop thread (user, system) and of all other threads (the ledger's
-    insert workers, mostly)."""
+    insert workers and, embedded, the engine's own threads)."""
     out = {"loop_user": 0.0, "loop_system": 0.0, "other_threads": 0.0}
     try:
         threads = psutil.Process(pid).threads()
@@ -83,31 +94,65 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def write_bytes(pid: int) -> int:
+    try:
+        return int(psutil.Process(pid).io_counters().write_chars)
+    except (psutil.Error, AttributeError):
+        return 0
+
+
 def rss(pid: int) -> int:
     value: int = psutil.Process(pid).memory_info().rss
     return value
+
+
+def cpu_layout(pin: bool) -> tuple[str, str]:
+    """(the proxy's CPUs, everybody else's): the last core for the proxy, the rest for the load."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not pin or len(cores) < 2:
+        return "", ""
+    return str(cores[-1]), ",".join(map(str, cores[:-1]))
+
+
+def pin_pid(pid: int, cpus: str) -> None:
+    """Pin every thread of a running process (sched_setaffinity is per thread on Linux)."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return
+    with contextlib.suppress(psutil.Error):
+        for t in psutil.Process(pid).threads():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(t.id, {int(c) for c in cpus.split(",")})
 
 
 # --- the proxy process -------------------------------------------------------------------------------
 
 
 class Proxy:
-    """`python -m proxy` with flags, as an operator starts it; SIGTERM to stop."""
+    """The proxy's own flags, as an operator passes them, run through benchmarks/probe.py; SIGTERM to stop."""
 
-    def __init__(self, workdir: Path, pool_port: int, clickhouse_port: int, proxy_id: str, log: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        pool_port: int,
+        clickhouse_url: str | None,
+        proxy_id: str,
+        log: Path,
+        *,
+        cpus: str,
+        gc_freeze: bool = False,
+        gc_threshold: str = "",
+    ) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
         self.proxy_id = proxy_id
-        self.argv = [
-            sys.executable,
-            "-m",
-            "proxy",
+        self.workdir = workdir
+        self.probe_out = workdir / "probe.jsonl"
+        self.flags = [
             "--listen",
             f"{HOST}:{self.port}",
             "--upstream",
             f"stratum+tcp://{HOST}:{pool_port}",
-            "--clickhouse-url",
-            f"http://{HOST}:{clickhouse_port}/",
+            *(["--clickhouse-url", clickhouse_url] if clickhouse_url else []),
             "--metrics",
             f"{HOST}:{self.metrics_port}",
             "--data-dir",
@@ -125,6 +170,13 @@ class Proxy:
             "--submit-burst",
             UNLIMITED,
         ]
+        wrapper = ["--probe-out", str(self.probe_out), *(["--cpus", cpus] if cpus else [])]
+        if gc_freeze:
+            wrapper.append("--gc-freeze")
+        if gc_threshold:
+            wrapper += ["--gc-threshold", gc_threshold]
+        self.argv = [sys.executable, "-m", "benchmarks.probe", *wrapper, "--", *self.flags]
+        workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -146,6 +198,33 @@ class Proxy:
         with urllib.request.urlopen(f"http://{HOST}:{self.metrics_port}/metrics", timeout=30) as response:
             text: str = response.read().decode()
             return text
+
+    def probe(self, since: float, until: float) -> dict[str, Any]:
+        """The lag probe's seconds that lie inside [since, until] (wall time), summed."""
+        out: dict[str, Any] = {"seconds": 0, "max_lag_ms": 0.0, "over_1ms": 0, "over_5ms": 0, "over_10ms": 0}
+        per_second: list[float] = []
+        gcs: dict[str, list[float]] = {}
+        with contextlib.suppress(OSError), open(self.probe_out) as f:
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    r = json.loads(line)
+                    # A line covers the second before it was written, and a stall before that:
+                    # an overloaded loop writes late, so take every line that overlaps the window.
+                    if r["t"] < since or r["t"] - 1.0 - r["max_lag_ms"] / 1e3 > until:
+                        continue
+                    out["seconds"] += 1
+                    per_second.append(r["max_lag_ms"])
+                    out["max_lag_ms"] = max(out["max_lag_ms"], r["max_lag_ms"])
+                    for k in ("over_1ms", "over_5ms", "over_10ms"):
+                        out[k] += r[k]
+                    for g, (n, total, longest) in r["gc"].items():
+                        e = gcs.setdefault(g, [0, 0.0, 0.0])
+                        e[0] += n
+                        e[1] += total
+                        e[2] = max(e[2], longest)
+        out["per_second_max_lag_ms"] = per_second
+        out["gc"] = {g: {"collections": n, "total_ms": t, "max_ms": m} for g, (n, t, m) in sorted(gcs.items())}
+        return out
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -216,6 +295,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
+        self.proxy_cpus, self.load_cpus = cpu_layout(args.pin)
         py = sys.executable
         log = open(workdir / "helpers.log", "ab")  # noqa: SIM115 - lives as long as the run
         self.helper_log = log
@@ -224,15 +304,18 @@ class Bench:
             [py, "-m", "tests.clickhouse_http", "--data-dir", str(workdir / "clickhouse"), "--port", "0"],
             stderr=log,
         )
-        self.pool = Child("pool", [py, "-m", "benchmarks.pool", "--verify", args.pool_verify], stderr=log)
+        pin = ["--cpus", self.load_cpus] if self.load_cpus else []
+        self.pool = Child("pool", [py, "-m", "benchmarks.pool", "--verify", args.pool_verify, *pin], stderr=log)
         self.generators = [
-            Child(f"loadgen{i}", [py, "-m", "benchmarks.loadgen", "--en2", args.en2], stderr=log)
+            Child(f"loadgen{i}", [py, "-m", "benchmarks.loadgen", "--en2", args.en2, *pin], stderr=log)
             for i in range(args.generators)
         ]
         self.clickhouse_port = int(self.clickhouse.receive(120)["value"])
         # ClickHouse's insert and merge threads come in bursts that take both cores for tens of
-        # milliseconds; in production it has a machine of its own. Here it yields to the share path.
+        # milliseconds; in production it has a machine of its own. Here it yields to the share path
+        # and stays off the proxy's core.
         psutil.Process(self.clickhouse.pid).nice(CLICKHOUSE_NICE)
+        pin_pid(self.clickhouse.pid, self.load_cpus)
         self.pool_port = int(self.pool.receive(60)["port"])
         for generator in self.generators:
             generator.receive(120)
@@ -277,10 +360,10 @@ class Bench:
             )
             offset += 1_000_000  # worker indexes never collide between generators
         answers = [g.receive(self.args.connect_timeout + 60) for g in self.generators]
-        connected = sum(a["connected"] for a in answers)
         errors = [e for a in answers for e in a["errors"]]
         return {
-            "connected": connected,
+            "sessions": sessions,
+            "connected": sum(a["connected"] for a in answers),
             "failed": sum(a["failed"] for a in answers),
             "seconds": max(a["seconds"] for a in answers),
             "errors": errors[:3],
@@ -290,32 +373,43 @@ class Bench:
         answers = [g.request({"op": "close"}, 120) for g in self.generators]
         return max(float(a["seconds"]) for a in answers)
 
-    def run(self, mode: str, duration: float, rate_total: float, sessions: int) -> dict[str, Any]:
+    def run(self, mode: str, duration: float, rate_total: float = 0.0) -> dict[str, Any]:
         """One window on the connected sessions; CPU of every process over the same window."""
-        per_session = rate_total / max(1, sessions) if mode == "rate" else 1.0
-        # /metrics is served by the proxy's own event loop: read it while the proxy is idle, before
-        # and after the window (after the ledger's last batch of the window is written).
-        metrics_before = self.proxy.metrics_text() if self.proxy is not None else ""
+        per_generator = rate_total / len(self.generators)
+        proxy = self.proxy
+        # /metrics is served by the proxy's own event loop: read it before and after the window.
+        metrics_before = proxy.metrics_text() if proxy is not None else ""
         for generator in self.generators:
-            generator.send({"op": "run", "mode": mode, "duration": duration, "pipeline": 1, "rate": per_session})
+            generator.send({"op": "run", "mode": mode, "duration": duration, "rate": per_generator})
         for generator in self.generators:
             generator.receive(120)  # started
-        cpu_before = cpu_seconds(self.pids())
-        threads_before = thread_cpu(self.proxy.pid) if self.proxy is not None else {}
+        wall_start = time.time()
+        cpu_before, busy_before = cpu_seconds(self.pids()), busy_seconds()
+        threads_before = thread_cpu(proxy.pid) if proxy is not None else {}
+        io_before = write_bytes(proxy.pid) if proxy is not None else 0
+        spy = self._py_spy(duration) if proxy is not None and mode == "closed" and self.args.py_spy else None
         answers = [g.receive(duration + 90) for g in self.generators]
-        cpu_after = cpu_seconds(self.pids())
-        threads_after = thread_cpu(self.proxy.pid) if self.proxy is not None else {}
-        if self.proxy is not None:
+        cpu_after, busy_after = cpu_seconds(self.pids()), busy_seconds()
+        threads_after = thread_cpu(proxy.pid) if proxy is not None else {}
+        io_after = write_bytes(proxy.pid) if proxy is not None else 0
+        wall_end = time.time()
+        if spy is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(30)
+        if proxy is not None:
             time.sleep(LEDGER_SETTLE)
-        metrics_after = self.proxy.metrics_text() if self.proxy is not None else ""
+        metrics_after = proxy.metrics_text() if proxy is not None else ""
         elapsed = max(a["elapsed"] for a in answers)
         replied = sum(a["replied"] for a in answers)
         hist = merge([{int(k): v for k, v in a["latency_hist"].items()} for a in answers])
+        late = merge([{int(k): v for k, v in a["lateness_hist"].items()} for a in answers])
+        ours = sum(cpu_after[n] - cpu_before[n] for n in cpu_after if n in cpu_before)
         result: dict[str, Any] = {
             "mode": mode,
             "offered_rate": rate_total if mode == "rate" else None,
             "seconds": elapsed,
             "replied": replied,
+            "submitted": sum(a["submitted"] for a in answers),
             "accepted": sum(a["accepted"] for a in answers),
             "rejected": sum(a["rejected"] for a in answers),
             "lost": sum(a["lost"] for a in answers),
@@ -324,7 +418,11 @@ class Bench:
             "p50_ms": hist_quantile(hist, 0.50) * 1e3,
             "p90_ms": hist_quantile(hist, 0.90) * 1e3,
             "p99_ms": hist_quantile(hist, 0.99) * 1e3,
+            "p999_ms": hist_quantile(hist, 0.999) * 1e3,
             "max_ms": max(a["latency_max"] for a in answers) * 1e3,
+            "latency_hist": hist,
+            "generator_lateness_p99_ms": hist_quantile(late, 0.99) * 1e3 if late else None,
+            "generator_lateness_max_ms": max(a["lateness_max"] for a in answers) * 1e3 if late else None,
             "cpu_us_per_share": {
                 name: (cpu_after[name] - cpu_before[name]) / replied * 1e6
                 for name in cpu_after
@@ -335,8 +433,11 @@ class Bench:
                 for name in cpu_after
                 if name in cpu_before and elapsed > 0
             },
+            # Busy CPU of the whole machine not spent by the benchmark's processes (other work on the
+            # box): it shares the cores and shows up in every tail.
+            "foreign_cpu_percent": max(0.0, (busy_after - busy_before) - ours) / max(1e-9, wall_end - wall_start) * 100,
         }
-        if self.proxy is not None:
+        if proxy is not None:
             result["ingest_lag"] = histogram_delta(
                 metrics_before, metrics_after, "ih_ledger_ingest_lag_seconds", "row", threshold=2.0
             )
@@ -344,85 +445,157 @@ class Bench:
             result["proxy_cpu_split_us_per_share"] = {
                 k: (threads_after[k] - threads_before[k]) / replied * 1e6 for k in threads_after if replied
             }
+            result["proxy_write_bytes_per_share"] = (io_after - io_before) / replied if replied else None
+            result["loop"] = proxy.probe(wall_start, wall_end)
         return result
 
-    # -- one scenario ---------------------------------------------------------------------------
+    def _py_spy(self, duration: float) -> subprocess.Popen[bytes] | None:
+        assert self.proxy is not None
+        out = self.args.out / f"profile-{self.proxy.proxy_id}.txt"
+        seconds = max(1, int(duration) - 1)
+        return subprocess.Popen(
+            [
+                self.args.py_spy,
+                "record",
+                "-p",
+                str(self.proxy.pid),
+                "-d",
+                str(seconds),
+                "-r",
+                "97",
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
-    def scenario(self, sessions: int) -> dict[str, Any]:
+    # -- phases ---------------------------------------------------------------------------------
+
+    def direct(self, label: str, closed: bool = True) -> dict[str, Any]:
         args = self.args
-        out: dict[str, Any] = {"sessions": sessions}
-        proxy_id = f"bench-{sessions}"
-        self.proxy = Proxy(
-            self.workdir / f"proxy-{sessions}",
-            self.pool_port,
-            self.clickhouse_port,
-            proxy_id,
-            self.workdir / "proxy.log",
-        )
-        proxy = self.proxy
-        out["proxy_command"] = " ".join(Path(a).name if a == sys.executable else a for a in proxy.argv)
-        # Warm-up: every code path once (imports, metric children, the ledger client), then idle RSS.
-        self.connect(proxy.port, WARMUP_SESSIONS)
-        warm = self.run("closed", 1.0, 0.0, WARMUP_SESSIONS)
+        connect = self.connect(self.pool_port, args.sessions)
+        out: dict[str, Any] = {"connect": connect}
+        if closed:
+            out["closed"] = self.run("closed", args.duration)
+        out["rate"] = self.run("rate", args.duration, args.rate)
         self.disconnect()
-        time.sleep(0.5)
-        idle_rss = rss(proxy.pid)
-
-        # Proxy path.
-        connect = self.connect(proxy.port, sessions)
-        time.sleep(0.5)
-        connected_rss = rss(proxy.pid)
         _say(
-            f"  proxy : {connect['connected']} sessions in {connect['seconds']:.1f}s"
-            + (f" ({connect['failed']} failed: {connect['errors']})" if connect["failed"] else "")
-        )
-        closed = self.run("closed", args.duration, 0.0, sessions)
-        rate = closed["shares_per_s"] / 2
-        _say(f"  proxy : closed {closed['shares_per_s']:,.0f}/s; rate {rate:,.0f}/s ...")
-        paced = self.run("rate", args.duration, rate, sessions)
-        after_rss = rss(proxy.pid)
-        self.disconnect()
-        out["proxy"] = {
-            "connect": connect,
-            "closed": closed,
-            "rate": paced,
-            "idle_rss": idle_rss,
-            "connected_rss": connected_rss,
-            "after_runs_rss": after_rss,
-            "rss_per_session": (connected_rss - idle_rss) / max(1, connect["connected"]),
-        }
-        proxied_accepted = warm["accepted"] + closed["accepted"] + paced["accepted"]
-        out["proxy"]["exit_code"] = proxy.stop()
-        self.proxy = None
-        out["proxy"]["ledger_rows_accepted"] = self.ledger_rows(proxy_id)
-        out["proxy"]["shares_accepted"] = proxied_accepted
-
-        # Direct path, same sessions, same offered rate.
-        connect = self.connect(self.pool_port, sessions)
-        _say(f"  direct: {connect['connected']} sessions in {connect['seconds']:.1f}s")
-        closed_d = self.run("closed", args.duration, 0.0, sessions)
-        paced_d = self.run("rate", args.duration, rate, sessions)
-        self.disconnect()
-        out["direct"] = {"connect": connect, "closed": closed_d, "rate": paced_d}
-        _say(
-            f"  direct: closed {closed_d['shares_per_s']:,.0f}/s; "
-            f"p99 at {rate:,.0f}/s: direct {paced_d['p99_ms']:.2f} ms, proxy {paced['p99_ms']:.2f} ms; "
-            f"proxy CPU {closed['cpu_us_per_share'].get('proxy', float('nan')):.0f} us/share"
+            f"  {label}: {connect['connected']} sessions; "
+            + (f"closed {out['closed']['shares_per_s']:,.0f}/s; " if closed else "")
+            + _latency(out["rate"])
         )
         return out
 
-    def ledger_rows(self, proxy_id: str) -> int:
-        import clickhouse_connect
+    def proxy_phase(
+        self,
+        name: str,
+        clickhouse_url: str | None,
+        *,
+        rate_seconds: float,
+        gc_freeze: bool = False,
+        gc_threshold: str = "",
+        connect_many: int = 0,
+    ) -> dict[str, Any]:
+        args = self.args
+        proxy_id = f"bench-{name}"
+        workdir = self.workdir / f"proxy-{name}"
+        self.proxy = proxy = Proxy(
+            workdir,
+            self.pool_port,
+            clickhouse_url,
+            proxy_id,
+            self.workdir / "proxy.log",
+            cpus=self.proxy_cpus,
+            gc_freeze=gc_freeze,
+            gc_threshold=gc_threshold,
+        )
+        out: dict[str, Any] = {
+            "ledger": "ClickHouse HTTP server process" if clickhouse_url else "embedded (chdb in the proxy process)",
+            "gc": {"freeze": gc_freeze, "threshold": gc_threshold or "default"},
+            "proxy_command": "python -m proxy " + " ".join(proxy.flags),
+        }
+        # Warm-up: every code path once (imports, metric children, the ledger client), then idle RSS.
+        self.connect(proxy.port, WARMUP_SESSIONS)
+        warm = self.run("closed", 1.0)
+        self.disconnect()
+        time.sleep(0.5)
+        idle_rss = rss(proxy.pid)
+        connect = self.connect(proxy.port, args.sessions)
+        if gc_freeze:
+            proxy.proc.send_signal(signal.SIGUSR1)  # freeze the sessions just made
+        time.sleep(0.5)
+        connected_rss = rss(proxy.pid)
+        closed = self.run("closed", args.duration)
+        rss_after_closed = rss(proxy.pid)
+        paced = self.run("rate", rate_seconds, args.rate)
+        self.disconnect()
+        out.update(
+            connect=connect,
+            closed=closed,
+            rate=paced,
+            idle_rss=idle_rss,
+            connected_rss=connected_rss,
+            rss_after_closed=rss_after_closed,
+            rss_per_session=(connected_rss - idle_rss) / max(1, connect["connected"]),
+            rss_growth_per_closed_loop_share=(rss_after_closed - connected_rss) / max(1, closed["accepted"]),
+        )
+        accepted = warm["accepted"] + closed["accepted"] + paced["accepted"]
+        _say(
+            f"  {name}: {connect['connected']} sessions; closed {closed['shares_per_s']:,.0f}/s at "
+            f"{closed['cpu_us_per_share'].get('proxy', float('nan')):.1f} µs/share; {_latency(paced)}; "
+            f"longest loop stall {paced['loop']['max_lag_ms']:.1f} ms in {paced['loop']['seconds']} s"
+        )
+        if connect_many:
+            time.sleep(1.0)
+            before = rss(proxy.pid)
+            many = self.connect(proxy.port, connect_many)
+            time.sleep(0.5)
+            many["rss_per_session"] = (rss(proxy.pid) - before) / max(1, many["connected"])
+            many["seconds_disconnect"] = self.disconnect()
+            out["connect_many"] = many
+            _say(
+                f"  {name}: {many['connected']:,} of {connect_many:,} sessions connected and authorized in "
+                f"{many['seconds']:.2f} s; {many['rss_per_session'] / 1024:.1f} KiB RSS per session"
+            )
+        out["exit_code"] = proxy.stop()
+        self.proxy = None
+        out["shares_accepted"] = accepted
+        out["ledger_rows_accepted"] = self.ledger_rows(proxy_id, clickhouse_url, workdir)
+        return out
 
-        client = clickhouse_connect.get_client(host=HOST, port=self.clickhouse_port)
+    def ledger_rows(self, proxy_id: str, clickhouse_url: str | None, workdir: Path) -> int:
+        query = f"SELECT count() FROM infinitehash.shares WHERE proxy_id = '{proxy_id}' AND accepted = 1"
+        if clickhouse_url is not None:
+            import clickhouse_connect
+
+            client = clickhouse_connect.get_client(host=HOST, port=self.clickhouse_port)
+            try:
+                return int(client.query(query).result_rows[0][0])
+            finally:
+                client.close()
+        # chdb opens one data directory per process: count in a child process.
+        code = (
+            "import sys; from pathlib import Path; from ledger.target import connect; "
+            "c = connect(None, data_dir=Path(sys.argv[1])); print(c.query(sys.argv[2]).result_rows[0][0])"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(workdir), query], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
         try:
-            value = client.query(
-                "SELECT count() FROM infinitehash.shares WHERE proxy_id = {p:String} AND accepted = 1",
-                parameters={"p": proxy_id},
-            ).result_rows[0][0]
-            return int(value)
-        finally:
-            client.close()
+            return int(done.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return -1
+
+
+def _latency(r: dict[str, Any]) -> str:
+    return (
+        f"{r['shares_per_s']:,.0f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms "
+        f"(generator late p99 {r.get('generator_lateness_p99_ms') or 0:.2f} ms, "
+        f"other CPU {r['foreign_cpu_percent']:.0f} %)"
+    )
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -464,46 +637,68 @@ def environment() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--sessions",
-        default=",".join(map(str, DEFAULT_SESSIONS)),
-        help="session counts, comma-separated (default %(default)s)",
-    )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement window")
-    parser.add_argument("--quick", action="store_true", help="100 and 1,000 sessions, 5 s windows")
+    parser.add_argument("--sessions", type=int, default=1000, help="sessions of every window (default %(default)s)")
+    parser.add_argument("--rate", type=float, default=5000.0, help="the fixed rate, shares/s (default %(default)s)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per window (default %(default)s)")
+    parser.add_argument("--stall-window", type=float, default=60.0, help="seconds of the long fixed-rate window")
+    parser.add_argument("--connect-many", type=int, default=9000, help="sessions connected at once (0: skip)")
+    parser.add_argument("--quick", action="store_true", help="5 s windows, a 15 s long window, 3,000 at once")
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
-    parser.add_argument("--connect-concurrency", type=int, default=100, help="handshakes in flight per generator")
-    parser.add_argument("--connect-timeout", type=float, default=90.0, help="seconds to connect a scenario")
+    parser.add_argument("--connect-concurrency", type=int, default=500, help="handshakes in flight per generator")
+    parser.add_argument("--connect-timeout", type=float, default=90.0, help="seconds to connect a phase")
     parser.add_argument("--pool-verify", choices=("sample", "none", "all"), default="sample")
     parser.add_argument("--en2", choices=("fresh", "reused"), default="fresh")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where results go (default %(default)s)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin the proxy to its own core")
+    parser.add_argument("--py-spy", default="", help="py-spy executable: record the proxy in every closed loop")
+    parser.add_argument("--out", type=Path, default=None, help="where results go (default benchmarks/results/)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledger)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sessions, args.duration = "100,1000", 5.0
-    sessions = [int(s) for s in args.sessions.split(",") if s.strip()]
+        args.duration, args.stall_window, args.connect_many = 5.0, 15.0, 3000
+    if args.out is None:
+        args.out = RESULTS if not args.quick else Path(tempfile.gettempdir()) / "ih-bench-quick"
+    args.out.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
     env = environment()
+    proxy_cpus, load_cpus = cpu_layout(args.pin)
+    env["pinning"] = {"proxy": proxy_cpus or "any", "load": load_cpus or "any"}
+    if load_cpus:  # the orchestrator too stays off the proxy's core
+        os.sched_setaffinity(0, {int(c) for c in load_cpus.split(",")})
     _say(
         f"benchmark: {env['cpu']}, {env['cores']} cores, Python {env['python']}, uvloop {env['uvloop']}; "
-        f"sessions {sessions}, {args.duration:g} s windows"
+        f"{args.sessions:,} sessions, {args.rate:,.0f} shares/s, {args.duration:g} s windows; "
+        f"proxy on CPU {env['pinning']['proxy']}, load on CPU {env['pinning']['load']}"
     )
-    refs = reference.measure()
+    try:
+        refs: dict[str, Any] = reference.measure()
+    except Exception as exc:  # benchmarks.sharepath follows the session's internals: report, go on
+        refs = {"error": f"{type(exc).__name__}: {exc}"}
+    micros = micro.memory_and_journal()
     _say(
-        "reference: sha256d {sha256d_header_ns:.0f} ns, share check (12 branches, fresh en2) "
-        "{share_check_fresh_en2_ns:.0f} ns, uvloop echo round trip {uvloop_echo_round_trip_us:.1f} us "
-        "(two processes {uvloop_echo_two_processes_us:.1f} us), sans-I/O session "
-        "{sans_io_session_share_ns:.0f} ns/share".format(**refs)
+        f"reference: {json.dumps({k: round(v, 1) for k, v in refs.items() if isinstance(v, float)})}\n"
+        f"micro: {json.dumps({k: round(v, 1) for k, v in micros.items()})}"
     )
 
     workdir = Path(tempfile.mkdtemp(prefix="ih-bench-"))
     bench = Bench(args, workdir)
-    scenarios: list[dict[str, Any]] = []
+    phases: dict[str, Any] = {}
+    clickhouse_url = f"http://{HOST}:{bench.clickhouse_port}/"
     try:
-        for n in sessions:
-            _say(f"{n} sessions")
-            scenarios.append(bench.scenario(n))
+        _say("direct (generators → pool)")
+        phases["direct"] = bench.direct("direct")
+        _say("proxy, embedded ledger")
+        phases["embedded"] = bench.proxy_phase(
+            "embedded", None, rate_seconds=args.stall_window, connect_many=args.connect_many
+        )
+        _say("proxy, ClickHouse HTTP server in another process")
+        phases["clickhouse_http"] = bench.proxy_phase("clickhouse-http", clickhouse_url, rate_seconds=args.duration)
+        _say(f"proxy, embedded ledger, gc.freeze() + gc.set_threshold({GC_THRESHOLD})")
+        phases["gc_freeze"] = bench.proxy_phase(
+            "gc-freeze", None, rate_seconds=args.stall_window / 3, gc_freeze=True, gc_threshold=GC_THRESHOLD
+        )
+        _say("direct again (drift of the machine over the run)")
+        phases["direct_after"] = bench.direct("direct again", closed=False)
     finally:
         bench.close()
         if not args.keep:
@@ -512,31 +707,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             _say(f"work directory kept: {workdir}")
 
     results = {
-        "command": ("uv run python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
+        "command": (
+            "python3 -m uv run python -m benchmarks " + " ".join(argv if argv is not None else sys.argv[1:])
+        ).rstrip(),
         "environment": env,
         "settings": {
+            "sessions": args.sessions,
+            "rate": args.rate,
             "duration_s": args.duration,
+            "stall_window_s": args.stall_window,
+            "connect_many": args.connect_many,
             "generators": args.generators,
             "pool_verify": args.pool_verify,
             "pool_difficulty": POOL_DIFFICULTY,
             "extranonce2": args.en2,
             "merkle_branches": 12,
-            "ledger": "ClickHouse HTTP server process (tests/clickhouse_http.py over chdb, nice 19), proxy default "
-            "batching (10,000 rows or 0.25 s)",
         },
         "reference": refs,
-        "scenarios": scenarios,
+        "micro": micros,
+        "phases": phases,
         "runtime_s": time.monotonic() - started,
     }
+    if args.py_spy:
+        from benchmarks import profile
+
+        results["profiles"] = {
+            f.stem: {"summary": profile.summarize(f), "top": profile.top_functions(f)}
+            for f in sorted(args.out.glob("profile-*.txt"))
+        }
     results["targets"] = report.targets(results)
-    args.out.mkdir(parents=True, exist_ok=True)
     report.write(results, args.out)
     _say("")
     _say(report.text_table(results))
     _say("")
     _say(report.targets_text(results))
-    _say("")
-    _say(report.breakdown_text(results))
     _say("")
     _say(report.checks_text(results))
     _say(f"\ntotal {time.monotonic() - started:.0f} s; results in {args.out}")

@@ -1,0 +1,160 @@
+"""The proxy with an event-loop lag probe: a benchmark-only wrapper, never shipped.
+
+    python -m benchmarks.probe --probe-out FILE [--gc-freeze] [--gc-threshold 700,10,10] [--cpus 1] \\
+        -- <the proxy's own flags, exactly as `python -m proxy` takes them>
+
+It runs what `python -m proxy` runs (`proxy.config.load_config`, then `ProxyApp(config)` start,
+wait for SIGTERM/SIGINT, stop) on uvloop, plus, in the same loop:
+
+- a lag probe: a callback due every PERIOD seconds that records how late it ran. A callback can
+  only run between two other callbacks, so its lateness is the longest time the loop spent without
+  coming back to its timers: a stall (GC, a long callback, the GIL held by another thread);
+- the collector's own pauses: `gc.callbacks` times every collection, per generation.
+
+Every second it appends one JSON line to FILE: {"t": wall time, "ticks": n, "max_lag_ms": ...,
+"over_1ms": n, "over_5ms": n, "over_10ms": n, "gc": {gen: [count, total_ms, max_ms]}}; the
+orchestrator picks the lines of its window. The probe costs ~1,000 timer callbacks a second
+(~0.2 % of a core).
+
+--gc-freeze moves everything alive after start-up into the permanent generation (`gc.freeze()`),
+and again on SIGUSR1 (the orchestrator sends it once the sessions are connected), so the
+collector stops re-walking long-lived objects; --gc-threshold sets `gc.set_threshold`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PERIOD = 0.001  # seconds between two probe callbacks (libuv timers have 1 ms resolution)
+
+
+class LagProbe:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._file = open(out, "a", buffering=1)  # noqa: SIM115 - closed in stop()
+        self._reset()
+        self._gc_started = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._second: asyncio.TimerHandle | None = None
+
+    def _reset(self) -> None:
+        self.ticks = 0
+        self.max_lag = 0.0
+        self.over = [0, 0, 0]
+        self.gc: dict[int, list[float]] = {}
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._due = time.perf_counter() + PERIOD
+        self._handle = loop.call_later(PERIOD, self._tick)
+        self._second = loop.call_later(1.0, self._flush)
+        gc.callbacks.append(self._on_gc)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        lag = now - self._due
+        self.ticks += 1
+        if lag > self.max_lag:
+            self.max_lag = lag
+        if lag > 0.001:
+            self.over[0] += 1
+            if lag > 0.005:
+                self.over[1] += 1
+                if lag > 0.010:
+                    self.over[2] += 1
+        self._due = now + PERIOD
+        self._handle = self._loop.call_later(PERIOD, self._tick)
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter_ns()
+            return
+        ms = (time.perf_counter_ns() - self._gc_started) / 1e6
+        entry = self.gc.setdefault(int(info.get("generation", -1)), [0, 0.0, 0.0])
+        entry[0] += 1
+        entry[1] += ms
+        entry[2] = max(entry[2], ms)
+
+    def _flush(self) -> None:
+        record = {
+            "t": time.time(),
+            "ticks": self.ticks,
+            "max_lag_ms": self.max_lag * 1e3,
+            "over_1ms": self.over[0],
+            "over_5ms": self.over[1],
+            "over_10ms": self.over[2],
+            "gc": {str(g): v for g, v in self.gc.items()},
+        }
+        self._file.write(json.dumps(record) + "\n")
+        self._reset()
+        self._second = self._loop.call_later(1.0, self._flush)
+
+    def stop(self) -> None:
+        for handle in (self._handle, self._second):
+            if handle is not None:
+                handle.cancel()
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        self._file.close()
+
+
+async def serve(proxy_argv: Sequence[str], args: argparse.Namespace) -> None:
+    from proxy.app import ProxyApp
+    from proxy.config import load_config
+
+    config = load_config(list(proxy_argv))
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = ProxyApp(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if args.gc_freeze:
+        loop.add_signal_handler(signal.SIGUSR1, gc.freeze)
+    await app.start()
+    if args.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    probe = LagProbe(args.probe_out)
+    probe.start()
+    try:
+        await stop.wait()
+    finally:
+        probe.stop()
+        await app.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ours, proxy_argv = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.probe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--probe-out", type=Path, required=True, help="where the per-second JSON lines go")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after start-up and on SIGUSR1")
+    parser.add_argument("--gc-threshold", default="", help="gc.set_threshold(a, b, c), e.g. 50000,50,100")
+    parser.add_argument("--cpus", default="", help="CPUs to pin the proxy to, comma-separated")
+    args = parser.parse_args(ours)
+    if args.cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",") if c.strip()})
+    if args.gc_threshold:
+        a, b, c = (int(x) for x in args.gc_threshold.split(","))
+        gc.set_threshold(a, b, c)
+    import uvloop
+
+    uvloop.run(serve(proxy_argv, args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
