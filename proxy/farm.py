@@ -942,8 +942,8 @@ class FarmHub:
         upstream.jobs.clear()
         upstream.current = None
         upstream.forwarded.clear()
-        for method, context in pool.close():
-            if method == "mining.submit" and type(context) is _PendingShare:
+        for context in pool.close():  # what will never be answered
+            if type(context) is _PendingShare:
                 self._unanswered(upstream, context, f"pool connection lost: {reason}")
         for asic in upstream.asics:
             asic.jobs.clear()  # dead work: shares for it are stale from now on
