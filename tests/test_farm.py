@@ -344,3 +344,18 @@ def test_asics_on_one_upstream_mine_disjoint_extranonce_spaces(operations: list[
 
 def test_prefix_size_leaves_room_for_twice_the_sessions() -> None:
     assert [prefix_bytes_for(n) for n in (1, 128, 129, 10_000, 40_000)] == [1, 1, 2, 2, 3]
+
+
+def test_the_mode_and_the_slot_size_are_options() -> None:
+    from proxy.config import ConfigError, load_config
+
+    config = load_config(["--mode", "aggregate", "--farm-asics-per-upstream", "8"], {})
+    assert (config.mode, config.farm_asics_per_upstream) == ("aggregate", 8)
+    assert load_config([], {"IH_MODE": "aggregate"}).mode == "aggregate"
+    assert load_config([], {}).mode == "passthrough"
+    for bad in (["--mode", "farm"], ["--farm-asics-per-upstream", "0"]):
+        try:
+            load_config(bad, {})
+        except ConfigError:
+            continue
+        raise AssertionError(f"{bad} was accepted")

@@ -162,7 +162,8 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
     result: dict[str, Any] = {}
 
     async def scenario() -> None:
-        async with pool(seed=21) as primary, pool(seed=22) as backup:
+        # The primary answers late, so shares are in flight when it dies.
+        async with pool(seed=21, reply_delay=0.2) as primary, pool(seed=22) as backup:
             app = ProxyApp(farm_config([primary, backup], tmp_path))
             await app.start()
             fleet = Fleet(
@@ -179,6 +180,7 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
             await until(lambda: primary.accepted_count >= 20, "shares on the primary")
             notified = [a.notifies for a in fleet.asics]
             jobs_before = [set(a.jobs) for a in fleet.asics]
+            await until(lambda: sum(a.in_flight for a in fleet.asics) > 0, "shares in flight")
             await primary.stop()  # the primary dies: its connections close, it listens no more
             # Within 2 s every ASIC holds a job from the backup (a timeout on waiting, not a measurement).
             await until(
@@ -196,6 +198,7 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
             await until(lambda: backup.accepted_count >= accepted_at_failover + 20, "mining on the backup")
             await fleet.wait(timeout=60)
             result["reconnects"] = [a.reconnects for a in fleet.asics]
+            result["lost"] = fleet.lost  # every share in flight at the failover was answered
             result["connected"] = [a.connected for a in fleet.asics]
             await fleet.stop()
             await app.stop()
@@ -207,9 +210,11 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
             }
             result["accepted"] = primary.accepted_count + backup.accepted_count
             result["backup_accepted"] = backup.accepted_count
+            result["undelivered"] = primary.undelivered_count
 
     go(scenario)
     assert result["reconnects"] == [0] * 5  # no ASIC lost its TCP connection
+    assert result["lost"] == 0
     assert all(result["fresh_jobs"])  # the job they hold is the backup's (a clean one), not the dead pool's
     assert result["primary_connections"] == 1 and result["backup_connections"] == 1
     assert result["backup_accepted"] >= 20
@@ -217,5 +222,8 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
         read_ledger(tmp_path, "SELECT hotkey, sum(difficulty) FROM infinitehash.shares WHERE accepted GROUP BY 1")
     )
     assert by_hotkey == {hk: d for hk, d in result["pool"].items() if d}
+    # The shares the dead pool never answered are ledgered as unanswered, never credited.
+    ((timeouts,),) = read_ledger(tmp_path, "SELECT count() FROM infinitehash.shares WHERE reject_reason = 'timeout'")
+    assert timeouts == result["undelivered"] > 0
     report = audit(tmp_path)
     assert report.checked == result["accepted"] and report.clean, report.examples
