@@ -222,8 +222,9 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
         read_ledger(tmp_path, "SELECT hotkey, sum(difficulty) FROM infinitehash.shares WHERE accepted GROUP BY 1")
     )
     assert by_hotkey == {hk: d for hk, d in result["pool"].items() if d}
-    # The shares the dead pool never answered are ledgered as unanswered, never credited.
+    # The shares the dead pool never answered are ledgered as unanswered, never credited: those it
+    # judged but could not deliver, and any still on the wire to it when it closed.
     ((timeouts,),) = read_ledger(tmp_path, "SELECT count() FROM infinitehash.shares WHERE reject_reason = 'timeout'")
-    assert timeouts == result["undelivered"] > 0
+    assert timeouts >= result["undelivered"] > 0
     report = audit(tmp_path)
     assert report.checked == result["accepted"] and report.clean, report.examples
