@@ -19,6 +19,7 @@ from ledger.target import LedgerTarget
 from ledger.workers import health_check_names
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.coverage import CoverageRecorder
+from proxy.farm_net import FarmProxy
 from proxy.hotkeys import BittensorRegistry, HotkeyRegistry, RegisteredHotkeys
 from proxy.http import Check, HTTPServer, build_app
 from proxy.ledger import LedgerWriter
@@ -64,7 +65,11 @@ class ProxyApp:
             metrics=self.metrics,
             registered=self.registered,
         )
-        self.stratum = StratumProxy(config, self.ctx, self.metrics)
+        self.stratum: StratumProxy | FarmProxy
+        if config.mode == "aggregate":  # farm mode: the ASICs of one hotkey share pool connections
+            self.stratum = FarmProxy(config, self.ctx, self.metrics)
+        else:
+            self.stratum = StratumProxy(config, self.ctx, self.metrics)
         self.coverage = CoverageRecorder(
             config.proxy_id,
             sessions=self._mining_sessions,

@@ -64,6 +64,8 @@ class ProxyConfig:
     ledger_flush_interval: float = 0.25
     log_level: str = "INFO"
     limits: Limits = dataclasses.field(default_factory=Limits)
+    mode: str = "passthrough"  # or "aggregate": farm mode (proxy/farm.py)
+    farm_asics_per_upstream: int = 256
 
     @property
     def ledger_url(self) -> str:
@@ -111,6 +113,9 @@ _HELP: dict[str, str] = {
     "submit_timeout": "seconds to wait for the pool's verdict on a share",
     "late_verdict_timeout": "seconds a pool verdict still reaches the ledger after the miner was answered",
     "max_miner_buffer": "bytes queued to a miner that does not read before it is closed",
+    "mode": "passthrough (one pool connection per ASIC) or aggregate (farm mode: the ASICs of one hotkey share "
+    "pool connections and keep their connection when the pool fails over)",
+    "farm_asics_per_upstream": "in aggregate mode, ASICs per pool connection at most",
 }
 
 _LIMIT_FIELDS = {f.name: f for f in dataclasses.fields(Limits)}
@@ -206,6 +211,10 @@ def validate(config: ProxyConfig) -> None:
         raise ConfigError(f"clickhouse_url: {redact(str(exc))}") from None
     if not config.account or any(not ACCOUNT.fullmatch(a) for a in config.account):
         raise ConfigError("account must be one or more names of A-Z a-z 0-9 _ -, without dots")
+    if config.mode not in ("passthrough", "aggregate"):
+        raise ConfigError(f"mode must be passthrough or aggregate, got {config.mode!r}")
+    if config.farm_asics_per_upstream < 1:
+        raise ConfigError("farm_asics_per_upstream must be at least 1")
     if config.ttl_days < 1:
         raise ConfigError("ttl_days must be at least 1")
     if config.api_token is not None and (

@@ -1,0 +1,337 @@
+"""Farm mode's asyncio layer: accepts ASICs, keeps the hub's upstream pool connections, moves bytes.
+
+Every decision is `proxy.farm.FarmHub`'s; this module feeds it bytes and time, then writes what it
+marked dirty (one write per connection per callback), opens the pool connections it asks for (in
+`Upstreams` failover order) and closes the ones it retires. Same surface as `StratumProxy`
+(start, stop, port, upstreams, sessions), so `ProxyApp` runs either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import secrets
+import time
+from typing import Any, cast
+
+from proxy.config import ProxyConfig, parse_host_port
+from proxy.farm import FarmASIC, FarmHub, FarmUpstream
+from proxy.metrics import ProxyMetrics
+from proxy.session import SessionContext
+from proxy.upstream import PoolURL, Upstreams
+
+log = logging.getLogger("proxy.farm")
+
+_SWEEP_INTERVAL = 1.0
+
+
+class _ASICLink(asyncio.Protocol):
+    """One ASIC's TCP connection."""
+
+    def __init__(self, proxy: FarmProxy) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.asic: FarmASIC | None = None
+        self.peer_ip = ""
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else "?"
+        proxy = self.proxy
+        refusal = proxy.admit(self)
+        if refusal is not None:
+            proxy.metrics.connections_refused.labels(refusal).inc()
+            log.info("refused connection from %s: %s", self.peer_ip, refusal)
+            self.closed = True
+            self.transport.abort()
+            return
+        self.asic = proxy.hub.new_asic(proxy.new_session_id(), time.monotonic())
+        proxy.links[self.asic] = self
+        proxy.metrics.connections_total.inc()
+
+    def data_received(self, data: bytes) -> None:
+        asic = self.asic
+        if asic is None or self.closed:
+            return
+        now = time.monotonic()
+        shares = asic.shares_handled
+        self.proxy.hub.miner_data(asic, data, now)
+        self.proxy.flush()
+        if asic.shares_handled != shares:
+            self.proxy.metrics.proxy_latency.observe(time.monotonic() - now)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        proxy = self.proxy
+        if self.asic is not None:
+            proxy.links.pop(self.asic, None)
+            proxy.hub.asic_gone(self.asic)
+        proxy.forget(self)
+        proxy.flush()
+
+    def close(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.proxy.metrics.sessions_closed.labels(_reason_label(reason)).inc()
+            log.info(
+                "farm session %s from %s closed: %s", self.asic.session_id if self.asic else "-", self.peer_ip, reason
+            )
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+class _PoolLink(asyncio.Protocol):
+    """One upstream slot's current pool connection."""
+
+    def __init__(self, proxy: FarmProxy, upstream: FarmUpstream, url: PoolURL) -> None:
+        self.proxy = proxy
+        self.upstream = upstream
+        self.url = url
+        self.transport: asyncio.Transport | None = None
+        self.retired = False  # closed by us: its loss is no failover
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.proxy.pools.get(self.upstream) is not self:
+            return
+        now = time.monotonic()
+        self.proxy.hub.pool_data(self.upstream, data, now)
+        self.proxy.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        proxy = self.proxy
+        proxy.metrics.upstream_up.labels(self.url.label).set(0)
+        if proxy.pools.get(self.upstream) is not self:
+            return
+        del proxy.pools[self.upstream]
+        if not self.retired and proxy.accepting:
+            # Send the slot (and the next ones) to the next pool first: this one just failed us.
+            proxy.upstreams.failed(self.url)
+        proxy.hub.pool_lost(self.upstream, str(exc) if exc else "closed by the pool")
+        proxy.flush()
+
+    def close(self) -> None:
+        self.retired = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _reason_label(reason: str) -> str:
+    return reason.split("(")[0].split(":")[0].strip()[:48] or "unknown"
+
+
+class FarmProxy:
+    """The Stratum side in farm mode: listener, ASIC links, pool links, limits. Start, then stop."""
+
+    def __init__(self, config: ProxyConfig, ctx: SessionContext, metrics: ProxyMetrics) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.metrics = metrics
+        self.upstreams = Upstreams.from_strings(config.upstream)
+        self.hub = FarmHub(ctx, config.farm_asics_per_upstream)
+        self.links: dict[FarmASIC, _ASICLink] = {}
+        self.pools: dict[FarmUpstream, _PoolLink] = {}
+        self._connections: set[_ASICLink] = set()
+        self._per_ip: collections.Counter[str] = collections.Counter()
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._session_ids = itertools.count(1)
+        self._session_prefix = secrets.token_hex(3)
+        self.accepting = False
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def sessions(self) -> int:
+        return len(self._connections)
+
+    @property
+    def pool_connections(self) -> int:
+        """Open upstream connections (the pool sees this many, not one per ASIC)."""
+        return len(self.pools)
+
+    async def start(self) -> None:
+        host, port = parse_host_port(self.config.listen, "listen")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _ASICLink(self), host, port, backlog=4096, reuse_address=True)
+        self.accepting = True
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="farm-sweeper")
+        log.info(
+            "farm mode: listening for ASICs on %s:%d, up to %d per pool connection; pools: %s",
+            host,
+            self.port,
+            self.hub.per_upstream,
+            ", ".join(u.label for u in self.upstreams.urls),
+        )
+
+    def admit(self, link: _ASICLink) -> str | None:
+        limits = self.config.limits
+        if not self.accepting:
+            return "shutting down"
+        if len(self._connections) >= limits.max_sessions:
+            return "too many sessions"
+        if self._per_ip[link.peer_ip] >= limits.max_sessions_per_ip:
+            return "too many sessions from one address"
+        self._connections.add(link)
+        self._per_ip[link.peer_ip] += 1
+        return None
+
+    def forget(self, link: _ASICLink) -> None:
+        if link in self._connections:
+            self._connections.discard(link)
+            self._per_ip[link.peer_ip] -= 1
+            if self._per_ip[link.peer_ip] <= 0:
+                del self._per_ip[link.peer_ip]
+
+    def new_session_id(self) -> str:
+        return f"{self._session_prefix}-{next(self._session_ids)}"
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- moving bytes ------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what the hub produced, close what it retired, connect what it asked for."""
+        hub = self.hub
+        if hub.dirty_asics:
+            dirty, hub.dirty_asics = hub.dirty_asics, set()
+            if any(asic.to_miner for asic in dirty):
+                # Journal first: no verdict reaches a miner before its ledger row would survive a SIGKILL.
+                self.ctx.commit()
+            limit = self.config.limits.max_miner_buffer
+            for asic in dirty:
+                link = self.links.get(asic)
+                if link is None or link.transport is None:
+                    asic.to_miner.clear()
+                    continue
+                if asic.to_miner:
+                    if not link.closed:
+                        link.transport.write(b"".join(asic.to_miner))
+                    asic.to_miner.clear()
+                if asic.close_reason is not None:
+                    link.close(asic.close_reason)
+                elif link.transport.get_write_buffer_size() > limit:
+                    asic.close("miner is not reading (write buffer full)")
+                    link.close(asic.close_reason or "")
+        if hub.dirty_upstreams:
+            upstreams, hub.dirty_upstreams = hub.dirty_upstreams, set()
+            for upstream in upstreams:
+                pool = self.pools.get(upstream)
+                if upstream.to_pool and pool is not None and pool.transport is not None:
+                    pool.transport.write(b"".join(upstream.to_pool))
+                upstream.to_pool.clear()
+        if hub.closed_upstreams:
+            retired, hub.closed_upstreams = hub.closed_upstreams, []
+            for upstream in retired:
+                pool = self.pools.pop(upstream, None)
+                if pool is not None:
+                    pool.close()
+        if hub.want_connection:
+            wanted, hub.want_connection = hub.want_connection, []
+            for upstream in wanted:
+                self.spawn(self._connect(upstream))
+
+    async def _connect(self, upstream: FarmUpstream) -> None:
+        loop = asyncio.get_running_loop()
+        for url in self.upstreams.candidates():
+            if upstream.closed or not self.accepting:
+                upstream.connecting = False
+                return
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow stop()'s cancellation.
+                async with asyncio.timeout(self.config.upstream_connect_timeout):
+                    _, pool = await loop.create_connection(
+                        lambda url=url: _PoolLink(self, upstream, url),  # type: ignore[misc]
+                        url.host,
+                        url.port,
+                    )
+            except (TimeoutError, OSError) as exc:
+                backoff = self.upstreams.failed(url)
+                self.metrics.upstream_connects.labels(url.label, "failed").inc()
+                self.metrics.upstream_up.labels(url.label).set(0)
+                log.warning("pool %s unreachable (%s); backing off %.1fs", url.label, exc or "timeout", backoff)
+                continue
+            self.upstreams.succeeded(url)
+            self.metrics.upstream_connects.labels(url.label, "ok").inc()
+            self.metrics.upstream_up.labels(url.label).set(1)
+            link = pool
+            if upstream.closed or not self.accepting:
+                upstream.connecting = False
+                link.close()
+                return
+            self.pools[upstream] = link
+            self.hub.pool_connected(upstream, url.label, time.monotonic())
+            self.flush()
+            return
+        self.hub.pool_unreachable(upstream, "every pool refused or timed out")
+        self.flush()
+
+    # --- time --------------------------------------------------------------------------------------
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL)
+            try:
+                self.sweep()
+            except Exception:  # the sweep must go on: one bad state must not stop every timeout
+                log.exception("farm sweep failed")
+
+    def sweep(self) -> None:
+        hub = self.hub
+        hub.expire(time.monotonic())
+        for upstream, pool in list(self.pools.items()):
+            if upstream.closed and not upstream.pending_submits:
+                del self.pools[upstream]
+                pool.close()
+        states: collections.Counter[str] = collections.Counter(asic.state for asic in hub.asics)
+        for state in ("handshake", "subscribed", "mining"):
+            self.metrics.sessions.labels(state).set(states[state])
+        self.flush()
+
+    def in_flight(self) -> int:
+        return self.hub.in_flight()
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, give in-flight shares `grace` seconds for the pool's verdict, then close
+        everything (what is still unanswered is recorded as `timeout`)."""
+        self.accepting = False
+        if self._server is not None:
+            self._server.close()
+        for link in self._connections:
+            if link.transport is not None and not link.transport.is_closing():
+                link.transport.pause_reading()
+        deadline = time.monotonic() + grace
+        while self.in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for upstream in [*self.hub.upstreams(), *self.pools]:
+            upstream.closed = True
+            self.hub.pool_lost(upstream, "proxy shutting down", close=True)
+        for asic in list(self.hub.asics):
+            asic.close("proxy shutting down")
+        self.flush()
+        for pool in list(self.pools.values()):
+            pool.close()
+        self.pools.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *(t for t in [self._sweeper] if t), return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+        log.info("farm mode stopped: %d sessions closed", len(self._connections))

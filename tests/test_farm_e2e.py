@@ -1,0 +1,230 @@
+"""Farm mode end to end: the real proxy (`--mode aggregate`) between verifying simulated pools and a
+simulated ASIC fleet, the ledger in the real ClickHouse engine. The pool sees one connection per
+hotkey, not one per ASIC; the ledger equals what the pool accepted and re-hashes; a pool failover
+hands every ASIC a clean job from the next pool without a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from ledger.audit import audit_clickhouse
+from ledger.target import LedgerTarget
+from proxy.app import ProxyApp
+from proxy.config import Limits, ProxyConfig
+from proxy.farm_net import FarmProxy
+from simulation import Fleet, SimulatedPool, run
+from simulation.fleet import PROFILES
+from simulation.hotkeys import hotkeys
+
+HOST = "127.0.0.1"
+HOTKEYS = hotkeys(2, namespace="farm-e2e")
+TEST_TIMEOUT = 90.0
+POOL_DIFFICULTY = 2.0**-26  # powers of two: sums compare with ==
+SUGGESTED = 2.0**-25  # above the pool's: honoured (one ASIC asks for it)
+POOL_EXTRANONCE2 = 8  # what Luxor-like pools give; the farm takes 2 bytes of it for the prefix
+
+
+def go(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(scenario(), TEST_TIMEOUT)
+
+    run(bounded())
+
+
+async def until(predicate: Callable[[], bool], what: str, *, steps: int = 2000) -> None:
+    for _ in range(steps):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def farm_config(pools: list[SimulatedPool], data_dir: Path, **options: Any) -> ProxyConfig:
+    return ProxyConfig(
+        listen=f"{HOST}:0",
+        upstream=tuple(f"stratum+tcp://{HOST}:{p.port}" for p in pools),
+        data_dir=data_dir,
+        metrics=f"{HOST}:0",
+        proxy_id="farm-e2e",
+        ledger_flush_interval=0.05,
+        limits=Limits(),
+        mode="aggregate",
+        **options,
+    )
+
+
+def pool(seed: int, **options: Any) -> SimulatedPool:
+    return SimulatedPool(difficulty=POOL_DIFFICULTY, extranonce2_size=POOL_EXTRANONCE2, seed=seed, **options)
+
+
+def read_ledger(data_dir: Path, query: str) -> list[Any]:
+    client = LedgerTarget.parse(None, data_dir=data_dir).connect()
+    try:
+        return list(client.query(query).result_rows)
+    finally:
+        client.close()
+
+
+def audit(data_dir: Path) -> Any:
+    client = LedgerTarget.parse(None, data_dir=data_dir).connect()
+    try:
+        return audit_clickhouse(client, "infinitehash", 0.0, 4_102_444_800.0)
+    finally:
+        client.close()
+
+
+def test_asics_of_one_hotkey_share_one_pool_connection_and_the_ledger_equals_what_the_pool_accepted(
+    tmp_path: Path,
+) -> None:
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with pool(seed=11) as upstream:
+            app = ProxyApp(farm_config([upstream], tmp_path))
+            await app.start()
+            assert isinstance(app.stratum, FarmProxy)
+            # 6 ASICs of hotkey 0, 2 of hotkey 1; every 5th share is bad (answered by the proxy).
+            fleet = Fleet(
+                HOST,
+                app.port,
+                [f"infinite.{HOTKEYS[0]}.rig{i}" for i in range(6)]
+                + [f"infinite.{HOTKEYS[1]}.rig{i}" for i in range(2)],
+                max_shares=30,
+                bad_every=5,
+                bad_kinds=("duplicate", "low-difficulty", "stale", "bad-extranonce2", "unauthorized"),
+                profiles=("antminer", "cpuminer", "bitaxe"),
+            )
+            for asic in fleet.asics:
+                if asic.profile.name == "bitaxe":  # asks for more than the pool's difficulty: honoured
+                    asic.profile = dataclasses.replace(PROFILES["bitaxe"], suggest_difficulty=SUGGESTED)
+            await fleet.start()
+            await until(lambda: all(a.accepted for a in fleet.asics), "every ASIC mining")
+            result["proxy_pool_connections"] = app.stratum.pool_connections
+            result["pool_workers"] = sorted({w for s in upstream.sessions.values() for w in s.workers})
+            await fleet.wait(timeout=60)
+            await fleet.stop()
+            await app.ledger.flush()
+            result["pool_connections"] = upstream.connections_total
+            result["pool_by_hotkey"] = upstream.accepted_by_hotkey()
+            result["pool_submits"] = list(upstream.submits_seen)
+            result["fleet_by_worker"] = {
+                a.worker: (a.accepted, a.rejected, a.difficulty, a.reconnects) for a in fleet.asics
+            }
+            result["prefixes"] = [a.extranonce1 for a in fleet.asics]
+            result["lost"] = fleet.lost
+            await app.stop()
+
+    go(scenario)
+    # The pool saw one connection per hotkey, authorized as <account>.<hotkey>.farm1, not 8.
+    assert result["pool_connections"] == 2 and result["proxy_pool_connections"] == 2
+    assert result["pool_workers"] == sorted(f"infinite.{hk}.farm1" for hk in HOTKEYS)
+    # Each ASIC has its own extranonce1 (the proxy's prefix).
+    assert len(set(result["prefixes"])) == 8
+    # Everything forwarded was valid for the pool (bad shares never left the proxy)...
+    submits = result["pool_submits"]
+    assert submits and all(s.error is None for s in submits)
+    assert result["lost"] == 0
+    # ... and the ledger equals what the pool accepted, per hotkey.
+    by_hotkey = dict(
+        read_ledger(tmp_path, "SELECT hotkey, sum(difficulty) FROM infinitehash.shares WHERE accepted GROUP BY 1")
+    )
+    assert by_hotkey == result["pool_by_hotkey"]
+    assert set(by_hotkey) == set(HOTKEYS)
+    # Every accepted share is in the ledger under the ASIC's own worker name, as many as it was told.
+    per_worker = dict(
+        read_ledger(tmp_path, "SELECT worker, count() FROM infinitehash.shares WHERE accepted GROUP BY 1")
+    )
+    fleet = result["fleet_by_worker"]
+    assert per_worker == {w: accepted for w, (accepted, _, _, _) in fleet.items() if accepted}
+    assert sum(per_worker.values()) == len(submits)
+    # Credit is the pool's difficulty, even for the ASIC that was told a higher one.
+    credits = {
+        d for (d,) in read_ledger(tmp_path, "SELECT DISTINCT difficulty FROM infinitehash.shares WHERE accepted")
+    }
+    assert credits == {POOL_DIFFICULTY}
+    assert {d for (_, _, d, _) in fleet.values()} == {POOL_DIFFICULTY, SUGGESTED}
+    # Rejections stayed at the proxy, with rows for authorized workers only.
+    reasons = dict(
+        read_ledger(tmp_path, "SELECT reject_reason, count() FROM infinitehash.shares WHERE NOT accepted GROUP BY 1")
+    )
+    assert {"duplicate", "low-difficulty", "stale", "malformed"} <= set(reasons) and "unauthorized" not in reasons
+    # Every credited share re-hashes from the ledger alone.
+    report = audit(tmp_path)
+    assert report.checked == len(submits) and report.clean, report.examples
+
+
+def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path: Path) -> None:
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        # The primary answers late, so shares are in flight when it dies.
+        async with pool(seed=21, reply_delay=0.2) as primary, pool(seed=22) as backup:
+            app = ProxyApp(farm_config([primary, backup], tmp_path))
+            await app.start()
+            fleet = Fleet(
+                HOST,
+                app.port,
+                [f"infinite.{HOTKEYS[0]}.rig{i}" for i in range(5)],
+                max_shares=60,
+                mode="rate",
+                rate=20.0,
+                reconnect=True,
+                profiles=("antminer", "cpuminer"),
+            )
+            await fleet.start()
+            await until(lambda: primary.accepted_count >= 20, "shares on the primary")
+            notified = [a.notifies for a in fleet.asics]
+            jobs_before = [set(a.jobs) for a in fleet.asics]
+            await until(lambda: sum(a.in_flight for a in fleet.asics) > 0, "shares in flight")
+            await primary.stop()  # the primary dies: its connections close, it listens no more
+            # Within 2 s every ASIC holds a job from the backup (a timeout on waiting, not a measurement).
+            await until(
+                lambda: (
+                    all(a.notifies > n for a, n in zip(fleet.asics, notified, strict=True))
+                    and backup.connections_total == 1
+                ),
+                "new work from the backup",
+                steps=200,
+            )
+            result["fresh_jobs"] = [
+                not (set(a.jobs) & before) for a, before in zip(fleet.asics, jobs_before, strict=True)
+            ]
+            accepted_at_failover = backup.accepted_count
+            await until(lambda: backup.accepted_count >= accepted_at_failover + 20, "mining on the backup")
+            await fleet.wait(timeout=60)
+            result["reconnects"] = [a.reconnects for a in fleet.asics]
+            result["lost"] = fleet.lost  # every share in flight at the failover was answered
+            result["connected"] = [a.connected for a in fleet.asics]
+            await fleet.stop()
+            await app.stop()
+            result["primary_connections"] = primary.connections_total
+            result["backup_connections"] = backup.connections_total
+            result["pool"] = {
+                hk: primary.accepted_by_hotkey().get(hk, 0.0) + backup.accepted_by_hotkey().get(hk, 0.0)
+                for hk in HOTKEYS
+            }
+            result["accepted"] = primary.accepted_count + backup.accepted_count
+            result["backup_accepted"] = backup.accepted_count
+            result["undelivered"] = primary.undelivered_count
+
+    go(scenario)
+    assert result["reconnects"] == [0] * 5  # no ASIC lost its TCP connection
+    assert result["lost"] == 0
+    assert all(result["fresh_jobs"])  # the job they hold is the backup's (a clean one), not the dead pool's
+    assert result["primary_connections"] == 1 and result["backup_connections"] == 1
+    assert result["backup_accepted"] >= 20
+    by_hotkey = dict(
+        read_ledger(tmp_path, "SELECT hotkey, sum(difficulty) FROM infinitehash.shares WHERE accepted GROUP BY 1")
+    )
+    assert by_hotkey == {hk: d for hk, d in result["pool"].items() if d}
+    # The shares the dead pool never answered are ledgered as unanswered, never credited: those it
+    # judged but could not deliver, and any still on the wire to it when it closed.
+    ((timeouts,),) = read_ledger(tmp_path, "SELECT count() FROM infinitehash.shares WHERE reject_reason = 'timeout'")
+    assert timeouts >= result["undelivered"] > 0
+    report = audit(tmp_path)
+    assert report.checked == result["accepted"] and report.clean, report.examples
