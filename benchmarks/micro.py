@@ -213,7 +213,7 @@ def journal_cost(rows: int = JOURNAL_ROWS) -> dict[str, float]:
         best = float("inf")
         written = 0
         for repeat in range(3):
-            journal = Journal(Path(tmp) / str(repeat), "bench", lambda callback: None)
+            journal = Journal(Path(tmp) / str(repeat), "bench", 10_000, lambda callback: None)
             journal.open(0)
             gc.disable()
             started = time.perf_counter_ns()

@@ -32,7 +32,7 @@ from ledger.rows import TABLE_OF, Row
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^(\d{12})-([0-9a-f]+)\.journal$")
+_NAME = re.compile(r"^(\d{12})-([0-9a-f]+)-(\d+)\.journal$")  # <generation>-<run>-<rows per batch>
 _encode = msgspec.msgpack.Encoder().encode
 _LENGTH = struct.Struct("<I")  # each record: its length, then msgpack [table, row]
 
@@ -45,9 +45,15 @@ def batch_token(run: str, generation: int, table: str, chunk: int) -> str:
 class Journal:
     """Appends rows to the current generation's file; `rotate()` starts the next generation."""
 
-    def __init__(self, directory: Path, run: str, schedule: Callable[[Callable[[], None]], Any]) -> None:
+    def __init__(
+        self, directory: Path, run: str, batch_rows: int, schedule: Callable[[Callable[[], None]], Any]
+    ) -> None:
         self.directory = directory
         self.run = run
+        # In the file name: a replay must cut the rows into the same batches, under the same tokens,
+        # whatever batch size the restarted proxy is configured with (a different cut under a token
+        # ClickHouse has seen would be dropped as a duplicate: rows lost).
+        self.batch_rows = batch_rows
         self._schedule = schedule  # loop.call_soon: the group commit at the end of this iteration
         self._buffer = bytearray()
         self._scheduled = False
@@ -79,7 +85,7 @@ class Journal:
             )
 
     def _path(self, generation: int) -> Path:
-        return self.directory / f"{generation:012d}-{self.run}.journal"
+        return self.directory / f"{generation:012d}-{self.run}-{self.batch_rows}.journal"
 
     def append(self, row: Row) -> None:
         table = TABLE_OF[type(row)]
@@ -127,13 +133,10 @@ class Journal:
                 log.warning("ledger journal: fsync failed: %s", exc)
             os.close(fd)
 
-    def discard(self, generation: int, run: str | None = None) -> None:
+    def discard(self, generation: int) -> None:
         """Its rows are written or spooled: the file is no longer needed."""
         with contextlib.suppress(OSError):
-            self._path_of(generation, run or self.run).unlink(missing_ok=True)
-
-    def _path_of(self, generation: int, run: str) -> Path:
-        return self.directory / f"{generation:012d}-{run}.journal"
+            self._path(generation).unlink(missing_ok=True)
 
     def close(self) -> None:
         self.commit()
@@ -159,7 +162,8 @@ class Leftover(msgspec.Struct):
     path: Path
     run: str
     generation: int
-    rows: dict[str, list[list[Any]]]
+    batch_rows: int
+    rows: dict[str, list[list[Any]]] = msgspec.field(default_factory=dict)
 
 
 def leftovers(directory: Path) -> list[Leftover]:
@@ -188,5 +192,5 @@ def leftovers(directory: Path) -> list[Leftover]:
                 break
             rows.setdefault(table, []).append(row)
             offset = end + size
-        found.append(Leftover(path, match[2], int(match[1]), rows))
+        found.append(Leftover(path, match[2], int(match[1]), int(match[3]), rows))
     return found

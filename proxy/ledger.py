@@ -87,7 +87,7 @@ def _convert(kind: Kind, column: tuple[Any, ...]) -> list[Any]:
     return [_texts(tuple(v)) for v in column]  # texts: Array(String)
 
 
-def _to_columns(table: str, rows: Sequence[Sequence[Any]]) -> _Columns:
+def to_columns(table: str, rows: Sequence[Sequence[Any]]) -> _Columns:
     columns = COLUMNS_OF_TABLE[table]
     return [_convert(c.kind, values) for c, values in zip(columns, zip(*rows, strict=True), strict=True)]
 
@@ -106,7 +106,7 @@ class _Batch:
         # Converted once, in a worker thread, the first time the batch is inserted or spooled.
         if self.cols is None:
             assert self.rows is not None
-            self.cols, self.rows = _to_columns(self.table, self.rows), None
+            self.cols, self.rows = to_columns(self.table, self.rows), None
         return self.cols
 
 
@@ -214,16 +214,11 @@ class LedgerWriter:
         await asyncio.to_thread(self._load_spool)
         try:
             await asyncio.to_thread(self._recover_journal)
-            journal = Journal(self._journal_dir, self._run_id, asyncio.get_running_loop().call_soon)
-            journal.open(0)
-            self._journal = journal
         except OSError as exc:
-            # The proxy still ledgers; only a SIGKILL would lose the rows of the current batch.
-            log.error(
-                "ledger: no crash journal in %s (%s); rows in memory are lost if the proxy is killed",
-                self._journal_dir,
-                exc,
-            )
+            log.error("ledger: cannot read the crash journal in %s: %s", self._journal_dir, exc)
+        # Opening never raises: a disk that refuses leaves the journal off (logged) until it can.
+        self._journal = Journal(self._journal_dir, self._run_id, self._batch_rows, asyncio.get_running_loop().call_soon)
+        self._journal.open(0)
         if self._spool:
             log.info(
                 "ledger: %d batches (%d rows) spooled in %s by an earlier run; replaying them first",
@@ -369,7 +364,7 @@ class LedgerWriter:
         A batch that was inserted before the crash is inserted again with the same token, which
         ClickHouse drops: each row is counted once."""
         for leftover in leftovers(self._journal_dir):
-            batches = _chunks(leftover.rows, self._batch_rows)
+            batches = _chunks(leftover.rows, leftover.batch_rows)  # the cut the dead run used
             for table, chunk_number, chunk in batches:
                 seq, self._next_seq = self._next_seq, self._next_seq + 1
                 token = batch_token(leftover.run, leftover.generation, table, chunk_number)

@@ -38,7 +38,8 @@ from ledger.schema import (
     current_ttl_days,
 )
 from ledger.target import DEFAULT_DATABASE, LedgerTarget, redact
-from proxy.ledger import LedgerWriter
+from proxy.journal import Journal, batch_token
+from proxy.ledger import LedgerWriter, to_columns
 from proxy.metrics import ProxyMetrics
 from tests.clickhouse_http import ClickHouseHTTPServer
 
@@ -508,7 +509,8 @@ _CHILD = textwrap.dedent(
     import asyncio, logging, sys
     from pathlib import Path
     from ledger.target import LedgerTarget
-    from proxy.ledger import LedgerWriter
+    from proxy.journal import Journal, batch_token
+from proxy.ledger import LedgerWriter, to_columns
     from tests.test_ledger import make_rows
 
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(relativeCreated)d %(name)s %(message)s")
@@ -586,7 +588,8 @@ _JOURNAL_CHILD = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from ledger.target import LedgerTarget
-    from proxy.ledger import LedgerWriter
+    from proxy.journal import Journal, batch_token
+from proxy.ledger import LedgerWriter, to_columns
     from tests.test_ledger import make_rows
 
     async def main() -> None:
@@ -652,6 +655,37 @@ def test_sigkill_loses_no_row_the_proxy_had_answered(tmp_path: Path) -> None:
     assert acknowledged <= written <= acknowledged + 10
     assert_ledger(tmp_path / "ch", make_rows(written))
     assert not list((spool / "journal").glob("*.journal"))
+
+
+def test_a_journal_replays_in_the_batches_the_dead_run_cut(tmp_path: Path) -> None:
+    """The run that died cut 64-row batches and had inserted the first one; the proxy restarts with
+    another batch size. The replay must cut as the dead run did: a bigger batch under the first
+    batch's token would be dropped by ClickHouse as a duplicate, and its other rows lost."""
+    rows = make_rows(100)
+    spool = tmp_path / "spool"
+    journal = Journal(spool / "journal", "0badc0de", 64, lambda callback: callback())
+    journal.open(7)
+    for row in rows:
+        journal.append(row)
+    journal.close()
+    with chdb_client(tmp_path / "ch") as client:
+        apply_migrations(client, DB, 90)
+        client.insert(
+            f"{DB}.shares",
+            to_columns("shares", rows[:64]),
+            column_names=[c.name for c in SHARES],
+            column_oriented=True,
+            settings={"insert_deduplication_token": batch_token("0badc0de", 7, "shares", 0)},
+        )
+
+    async def restart() -> None:
+        w = writer(chdb_connect(tmp_path / "ch"), spool, batch_rows=10_000)
+        await w.start()
+        await w.flush()
+        await w.stop()
+
+    run(restart())
+    assert_ledger(tmp_path / "ch", rows)
 
 
 def test_spool_is_bounded_in_memory(tmp_path: Path) -> None:
