@@ -509,8 +509,7 @@ _CHILD = textwrap.dedent(
     import asyncio, logging, sys
     from pathlib import Path
     from ledger.target import LedgerTarget
-    from proxy.journal import Journal, batch_token
-from proxy.ledger import LedgerWriter, to_columns
+    from proxy.ledger import LedgerWriter
     from tests.test_ledger import make_rows
 
     logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(relativeCreated)d %(name)s %(message)s")
@@ -588,8 +587,7 @@ _JOURNAL_CHILD = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from ledger.target import LedgerTarget
-    from proxy.journal import Journal, batch_token
-from proxy.ledger import LedgerWriter, to_columns
+    from proxy.ledger import LedgerWriter
     from tests.test_ledger import make_rows
 
     async def main() -> None:
