@@ -122,7 +122,9 @@ def check_ports(config: ProxyConfig) -> None:
 
 
 def _strerror(exc: OSError) -> str:
-    return (exc.strerror or str(exc)).lower()
+    # asyncio puts the address into strerror ("error while attempting to bind on address ..."): the
+    # line already names it, so say only what the errno means.
+    return (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
 
 
 def _bind_failure(exc: OSError, config: ProxyConfig) -> str:
