@@ -118,3 +118,45 @@ def test_the_local_tables_and_the_view_run_in_chdb(tmp_path: Path) -> None:
             apply_migrations(client, "single", 30, cluster=CLUSTER)
     finally:
         client.close()
+
+
+# --- the `cluster` compose profile ---------------------------------------------------------------
+
+
+def test_the_compose_cluster_profile_matches_its_clickhouse_config() -> None:
+    import xml.etree.ElementTree as ET
+
+    from proxy.config import load_config
+    from tests.test_deploy import DEPLOY, REPO, compose, expand
+
+    services = compose()["services"]
+    profile = {name for name, s in services.items() if "cluster" in s.get("profiles", [])}
+    assert profile == {"keeper", "clickhouse-1", "clickhouse-2", "proxy-cluster"}
+    assert not any(s.get("profiles") for name, s in services.items() if name not in profile)  # the default stays
+
+    cluster_xml = ET.parse(DEPLOY / "clickhouse-cluster" / "cluster.xml").getroot()
+    servers = cluster_xml.find("remote_servers")
+    assert servers is not None
+    (cluster,) = list(servers)
+    hosts = sorted(r.findtext("host") or "" for r in cluster.iter("replica"))
+    assert hosts == ["clickhouse-1", "clickhouse-2"]
+    assert cluster_xml.findtext("zookeeper/node/host") == "keeper"
+
+    env = {
+        k: expand(str(v), {"CLICKHOUSE_PASSWORD": "pw"}) for k, v in services["proxy-cluster"]["environment"].items()
+    }
+    config = load_config([], environ=env)
+    assert config.clickhouse_cluster == cluster.tag
+    assert config.ledger_url.startswith("http://ih:pw@clickhouse-1:8123/")
+
+    replicas = set()
+    for host in hosts:
+        mounts = services[host]["volumes"]
+        assert "./deploy/clickhouse-cluster/cluster.xml:/etc/clickhouse-server/config.d/cluster.xml:ro" in mounts
+        (own,) = [m.split(":")[0] for m in mounts if "/replica-" in m]
+        macros = ET.parse(REPO / own).getroot()
+        assert macros.findtext("macros/shard") and macros.findtext("interserver_http_host") == host
+        replicas.add(macros.findtext("macros/replica"))
+    assert len(replicas) == 2  # each replica its own name in the Keeper paths
+    keeper_mount = services["keeper"]["volumes"][0]
+    assert (REPO / keeper_mount.split(":")[0]).exists()
