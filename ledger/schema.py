@@ -7,7 +7,9 @@ Migrations are applied by the proxy at start, in version order, and recorded in
   against one ClickHouse and both run the same migration;
 - placeholders: `{db}` (database name) and `{ttl_days}` (row retention in days);
 - columns live in `ledger/rows.py`, each with the migration that added it; a migration adds them
-  with `_added_columns` (a test checks every table against its row type after the last migration).
+  with `_added_columns` (a test checks every table against its row type after the last migration);
+- `--clickhouse-cluster` runs the same statements in their cluster rendering (`cluster_statements`):
+  a statement of a new shape needs a rule there (tests/test_cluster_ddl.py renders every migration).
 """
 
 from __future__ import annotations
@@ -169,6 +171,28 @@ def apply_migrations(client: Client, database: str, ttl_days: int, cluster: str 
         if exists and found != cluster:
             where = f"cluster {found!r}" if found else "one server (single-node tables)"
             raise ValueError(f"database {database} was created for {where}, not cluster {cluster!r}")
+    if cluster is None or not exists:
+        _create_migrations_table(client, database, cluster)
+    # On a cluster that has the tables, a reconnect runs no ON CLUSTER DDL unless a migration or a
+    # TTL change is due: such DDL waits for every server, and one replica down must not stop writes.
+    done = applied_versions(client, database)
+    applied: list[int] = []
+    for version, description, statements in MIGRATIONS:
+        if version in done:
+            continue
+        for sql in statements if cluster is None else cluster_statements(statements, cluster):
+            client.command(sql.format(db=database, ttl_days=ttl_days))
+        client.insert(
+            f"{database}.schema_migrations",
+            [[version, description]],
+            column_names=["version", "description"],
+        )
+        applied.append(version)
+    _apply_ttl(client, database, ttl_days, cluster)
+    return applied
+
+
+def _create_migrations_table(client: Client, database: str, cluster: str | None) -> None:
     on = f" ON CLUSTER '{cluster}'" if cluster else ""
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}{on}")
     # ReplacingMergeTree: two proxies racing through the same migration both record it; readers
@@ -188,21 +212,6 @@ def apply_migrations(client: Client, database: str, ttl_days: int, cluster: str 
             "(version UInt32, description String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3))\n"
             f"ENGINE = ReplicatedReplacingMergeTree('{MIGRATIONS_KEEPER_PATH}', '{{replica}}') ORDER BY version"
         )
-    done = applied_versions(client, database)
-    applied: list[int] = []
-    for version, description, statements in MIGRATIONS:
-        if version in done:
-            continue
-        for sql in statements if cluster is None else cluster_statements(statements, cluster):
-            client.command(sql.format(db=database, ttl_days=ttl_days))
-        client.insert(
-            f"{database}.schema_migrations",
-            [[version, description]],
-            column_names=["version", "description"],
-        )
-        applied.append(version)
-    _apply_ttl(client, database, ttl_days, cluster)
-    return applied
 
 
 def _apply_ttl(client: Client, database: str, ttl_days: int, cluster: str | None = None) -> None:
