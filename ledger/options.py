@@ -136,7 +136,7 @@ def load(
         try:
             values[o.name] = o.convert(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where} ({o.name}): {'bad value' if o.secret else exc}") from None
+            raise ConfigError(f"{o.name}: {'bad value' if o.secret else exc} (from {where})") from None
     return values
 
 

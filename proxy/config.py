@@ -66,6 +66,8 @@ class ProxyConfig:
     limits: Limits = dataclasses.field(default_factory=Limits)
     mode: str = "passthrough"  # or "aggregate": farm mode (proxy/farm.py)
     farm_asics_per_upstream: int = 256
+    log_format: str = "text"
+    clickhouse_cluster: str | None = None  # None: one ClickHouse server (or chdb), plain MergeTree tables
 
     @property
     def ledger_url(self) -> str:
@@ -102,6 +104,10 @@ _HELP: dict[str, str] = {
     "ledger_batch_rows": "rows per ledger insert at most",
     "ledger_flush_interval": "seconds between ledger inserts at most",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_format": "text, or json for one JSON object per line (ts, level, logger, message, extra fields)",
+    "clickhouse_cluster": "ClickHouse cluster name (from remote_servers): the migrations run ON CLUSTER with "
+    "Replicated tables (<table>_local) and Distributed tables under the names readers use; needs an "
+    "http(s):// --clickhouse-url and ClickHouse Keeper (default: none, one server)",
     "max_line": "longest line a miner may send, in bytes",
     "handshake_timeout": "seconds a miner has to subscribe and authorize",
     "idle_timeout": "seconds a miner may stay silent",

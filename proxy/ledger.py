@@ -34,7 +34,7 @@ import msgspec
 from clickhouse_connect.driver.client import Client
 
 from ledger.rows import COLUMNS_OF_TABLE, SHARES, TABLE_OF, Kind, Row
-from ledger.schema import apply_migrations
+from ledger.schema import apply_migrations, write_tables
 from ledger.target import redact
 from proxy.journal import Journal, batch_token, leftovers
 from proxy.metrics import ProxyMetrics
@@ -159,6 +159,8 @@ class LedgerWriter:
         self._unsynced: list[int | None] = []  # closed journal files to fsync before their batches go out
         self._next_seq = 0
         self._client: Client | None = None
+        self._tables: dict[str, str] = {}  # ledger table → the table inserts go to (<table>_local on a cluster)
+        self._down = False  # ClickHouse refused the last connect or insert: logged once, until it is back
         self._retry_delay = self._min_retry_delay = min(_RETRY_MIN, max_retry_delay)
         self._retry_at = 0.0  # time.monotonic() before which the background task does not retry
         self._lock = asyncio.Lock()  # one drain (hence one insert) at a time
@@ -421,12 +423,14 @@ class LedgerWriter:
         except Exception as exc:
             self._failed("cannot connect to ClickHouse or apply the schema", exc)
             return False
+        self._back()
         return True
 
     def _open(self) -> Client:
         client = self._connect()
         try:
             apply_migrations(client, self._database, self._ttl_days)
+            self._tables = write_tables(client, self._database)
         except BaseException:
             client.close()
             raise
@@ -451,15 +455,14 @@ class LedgerWriter:
                 self._lag_oldest.observe((now_ms - min(ticks)) / 1000.0)
                 self._lag_newest.observe((now_ms - max(ticks)) / 1000.0)
         self._rows_written += batch.size
-        if self._retry_delay > self._min_retry_delay:
-            log.info("ledger: ClickHouse takes inserts again; %d batches left in the spool", len(self._spool))
-            self._retry_delay = self._min_retry_delay
+        self._back()
+        self._retry_delay = self._min_retry_delay
         return True
 
     def _insert_sync(self, client: Client, batch: _Batch) -> None:
         columns = COLUMNS_OF_TABLE[batch.table][: len(batch.columns())]  # an older spool file: a prefix
         client.insert(
-            f"{self._database}.{batch.table}",
+            f"{self._database}.{self._tables.get(batch.table, batch.table)}",
             batch.columns(),
             column_names=[c.name for c in columns],
             column_type_names=[c.type for c in columns],  # spares a DESCRIBE round trip per insert
@@ -479,14 +482,25 @@ class LedgerWriter:
         delay = self._retry_delay * random.uniform(0.5, 1.0)  # jitter: proxies do not retry in lockstep
         self._retry_at = time.monotonic() + delay
         self._retry_delay = min(self._retry_delay * 2, self._max_retry_delay)
-        log.warning(
-            "ledger: %s: %s (retry in %.2fs; %d batches spooled in %s)",
+        # One WARNING when ClickHouse goes down, one INFO when it is back (_back); retries are DEBUG.
+        first, self._down = not self._down, True
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "ledger: %s%s: %s (retry in %.2fs; %d batches spooled in %s)",
+            "ClickHouse down: " if first else "still down: ",
             what,
             _describe(exc),
             delay,
             len(self._spool),
             self._spool_dir,
         )
+
+    def _back(self) -> None:
+        if self._down:
+            self._down = False
+            log.info(
+                "ledger: ClickHouse back; %d batches (%d rows) left in the spool", len(self._spool), self._spool_rows
+            )
 
     # -- spool ----------------------------------------------------------------------------------
 

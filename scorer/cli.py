@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TextIO
 
+from ledger.logs import UsageError, parse_format, parse_level, parse_quietly, setup_logging
+
 from .audit import AuditRefused, require_clean_sample
 from .audit import main as audit_main
 from .chain import (
@@ -37,7 +39,7 @@ from .chain import (
     submit_weights,
     with_retries,
 )
-from .config import ConfigError, Settings, load_settings
+from .config import Settings, load_settings
 from .coverage import CoverageGate, CoverageTooLow
 from .hashrate import Window
 from .luxor import LuxorClient, LuxorError, discrepancies, ours_by_hotkey
@@ -63,15 +65,6 @@ class Redactor:
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return text
-
-
-class _RedactingFormatter(logging.Formatter):
-    def __init__(self, redact: Redactor) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self.redact = redact
-
-    def format(self, record: logging.LogRecord) -> str:
-        return self.redact(super().format(record))
 
 
 class PassFailed(RuntimeError):
@@ -374,13 +367,9 @@ def build_scorer(settings: Settings, redact: Callable[[str], str]) -> Scorer:
     return Scorer(settings, source, chain, metagraph_file, luxor, redact=redact, coverage=coverage)
 
 
-def _setup_logging(level: str, redact: Redactor) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_RedactingFormatter(redact))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logging.getLogger("scorer").setLevel(getattr(logging, level, logging.INFO))
+def _setup_logging(level: int, fmt: str, redact: Redactor) -> None:
+    # Libraries stay at WARNING; --log-level is for the scorer's own lines.
+    setup_logging(level, fmt, redact=redact, root_level=logging.WARNING, own=("scorer",))
 
 
 async def _run(settings: Settings, redact: Redactor) -> int:
@@ -413,12 +402,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["audit"]:  # ih-scorer audit …: scorer/audit.py
         return audit_main(args[1:])
     try:
-        settings = load_settings(args)
-    except ConfigError as exc:
+        settings = parse_quietly(lambda: load_settings(args))
+        level = parse_level(settings.log_level)
+        parse_format(settings.log_format)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:  # ConfigError, and the log options
         print(f"ih-scorer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     redact = Redactor(settings.secrets())
-    _setup_logging(settings.log_level, redact)
+    _setup_logging(level, settings.log_format, redact)
     try:
         return asyncio.run(_run(settings, redact))
     except KeyboardInterrupt:

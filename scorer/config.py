@@ -61,6 +61,7 @@ class Settings:
     log_level: str
     audit_sample: int | None = None  # re-hash this many credited shares before setting weights (scorer/audit.py)
     min_coverage: float = 0.9  # scorer/coverage.py: refuse windows the proxies covered less
+    log_format: str = "text"  # or "json": one object per line (ledger/logs.py)
 
     def secrets(self) -> list[str]:
         out = list(self.clickhouse.secrets()) if self.clickhouse else []
@@ -237,6 +238,12 @@ OPTIONS: tuple[options.Option, ...] = (
     ),
     Option("--log-level", "log_level", "DEBUG, INFO, WARNING (default INFO)", default="INFO"),
     Option(
+        "--log-format",
+        "log_format",
+        "text, or json for one JSON object per line on stderr (default text)",
+        default="text",
+    ),
+    Option(
         "--audit-sample",
         "audit_sample",
         "before setting weights, re-hash a random sample of N credited shares of the window from the ledger "
@@ -345,4 +352,5 @@ def _settings(raw: dict[str, Any]) -> Settings:
         log_level=str(raw["log_level"]).upper(),
         audit_sample=raw["audit_sample"],
         min_coverage=raw["min_coverage"],
+        log_format=str(raw["log_format"]),
     )
