@@ -23,8 +23,9 @@ from proxy.hotkeys import BittensorRegistry, HotkeyRegistry, RegisteredHotkeys
 from proxy.http import Check, HTTPServer, build_app
 from proxy.ledger import LedgerWriter
 from proxy.metrics import ProxyMetrics
-from proxy.server import StratumProxy
-from proxy.session import SessionContext
+from proxy.server import Server
+from proxy.session import SessionRules
+from proxy.verdicts import VerdictSink
 
 log = logging.getLogger("proxy")
 
@@ -54,17 +55,20 @@ class ProxyApp:
         if config.require_registered:
             source = registry or BittensorRegistry(config.netuid, config.network)
             self.registered = RegisteredHotkeys(source, config.metagraph_refresh)
-        self.ctx = SessionContext(
+        self.rules = SessionRules(
             accounts=config.account,
-            health_checks=health_check_names(config.account, config.health_check),
-            commit=self.ledger.commit,
-            proxy_id=config.proxy_id,
             limits=config.limits,
-            record=self.ledger.record,
-            metrics=self.metrics,
             registered=self.registered,
+            health_checks=health_check_names(config.account, config.health_check),
         )
-        self.stratum = StratumProxy(config, self.ctx, self.metrics)
+        self.sink = VerdictSink(
+            config.proxy_id,
+            self.ledger.record,
+            self.metrics,
+            jobs_remembered=config.limits.jobs_remembered,
+            commit=self.ledger.commit,
+        )
+        self.stratum = Server(config, self.rules, self.sink, self.metrics, ledger_refusal=self.ledger_refusal)
         self.coverage = CoverageRecorder(
             config.proxy_id,
             sessions=self._mining_sessions,
@@ -77,6 +81,10 @@ class ProxyApp:
             self.metrics, self.ledger.query, target.database, api_token=config.api_token, readiness=self.readiness
         )
         self.http = HTTPServer(app, host, port)
+
+    def ledger_refusal(self) -> str | None:
+        """Why miners' shares are refused right now: the ledger cannot persist what they would earn."""
+        return None
 
     def _mining_sessions(self) -> int:
         # Authorized sessions, as the session sweep last counted them for ih_sessions{state="mining"}.
