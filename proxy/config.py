@@ -75,6 +75,9 @@ class ProxyConfig:
     shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight submits
     ledger_batch_rows: int = 10_000
     ledger_flush_interval: float = 0.25
+    ledger_max_memory_rows: int = 500_000  # rows held in memory before miners' shares are refused
+    ledger_max_spool_rows: int = 100_000_000  # rows spooled on disk before miners' shares are refused
+    ledger_max_spool_bytes: int = 20 * 2**30  # bytes spooled on disk before miners' shares are refused
     log_level: str = "INFO"
     limits: Limits = dataclasses.field(default_factory=Limits)
 
@@ -112,6 +115,9 @@ _HELP: dict[str, str] = {
     "shutdown_grace": "seconds SIGTERM waits for the pool's verdict on in-flight shares",
     "ledger_batch_rows": "rows per ledger insert at most",
     "ledger_flush_interval": "seconds between ledger inserts at most",
+    "ledger_max_memory_rows": "rows held in memory (ClickHouse down, spool full) before shares are refused",
+    "ledger_max_spool_rows": "rows spooled to disk before new shares are refused",
+    "ledger_max_spool_bytes": "bytes spooled to disk before new shares are refused",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "max_line": "longest line a miner may send, in bytes",
     "handshake_timeout": "seconds a miner has to subscribe and authorize",

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import itertools
 import logging
 import resource
 import secrets
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -390,8 +393,15 @@ class Rig:
 
     def _abort_miner(self) -> None:
         self._abort = None
-        if self.miner is not None and not self._miner_gone:
-            self.miner.abort()
+        miner = self.miner
+        if miner is not None and not self._miner_gone:
+            sock = miner.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0: the kernel drops what the peer never read and resets the connection, instead
+                # of holding the buffers of an orphaned socket for as long as the peer likes.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            miner.abort()
 
     def tick(self, at: Instant) -> None:
         session = self.session

@@ -602,3 +602,27 @@ def test_several_accounts_are_each_forwarded_as_sent() -> None:
     assert forwarded["params"][0] == name
     h.miner("mining.authorize", [f"other.{HOTKEY}.worker1", "x"], request_id=9)
     assert h.to_pool() == [] and h.to_miner()[0]["error"][0] == 24
+
+
+def test_a_lost_pool_is_explained_to_the_miner_after_its_requests_are_answered() -> None:
+    h = Harness()
+    h.handshake()
+    h.miner("mining.extranonce.subscribe", [], request_id=12)
+    h.pool_lost("reset")
+    answers = h.to_miner()
+    assert answers[0]["id"] == 12 and answers[0]["error"][0] == 20
+    assert answers[-1]["method"] == "client.show_message" and "pool connection lost: reset" in answers[-1]["params"][0]
+
+
+def test_while_the_ledger_is_full_submits_are_refused_with_a_clear_error_and_never_forwarded() -> None:
+    h = Harness()
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    h.ctx.shares_refused = "the proxy cannot ledger shares right now"
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=4)
+    assert h.to_pool() == [] and h.rows == []
+    assert h.to_miner() == [{"id": 4, "result": None, "error": [20, "the proxy cannot ledger shares right now", None]}]
+    h.ctx.shares_refused = None  # the ledger recovered: the same share is taken
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=5)
+    (forwarded,) = h.to_pool()
+    assert forwarded["method"] == "mining.submit"
