@@ -61,6 +61,7 @@ from protocol.messages import (
     SuggestDifficulty,
     configure_options,
     encode_notification,
+    encode_reply,
     is_hex,
     subscribe_result,
 )
@@ -115,7 +116,7 @@ class WorkRef(NamedTuple):
     extranonce1: str
 
 
-class Verdict(NamedTuple):
+class Verdict(msgspec.Struct, frozen=True, gc=False):
     """One judged share: accepted when `reason` is empty. `worker` None: a submit this session never
     authorized (counted, never ledgered); `share` None: it never hashed; `latency` None: judged here,
     else seconds from forwarding it to the pool's verdict."""
@@ -326,7 +327,16 @@ class MinerSession:
         if type(event) is RequestReceived:
             message = event.message
             if type(message) is Submit:
-                self._charge(limits.submit_cost + len(event.line) * limits.byte_cost, mono)
+                # The share path: the cost's decay and charge inlined (one submit costs `submit_cost`).
+                elapsed = mono - self._cost_at
+                cost = self.cost
+                if elapsed > 0.0:
+                    cost = max(0.0, cost - elapsed * limits.cost_decay_per_second)
+                    self._cost_at = mono
+                cost += limits.submit_cost + len(event.line) * limits.byte_cost
+                self.cost = cost
+                if cost > limits.cost_hard_limit:
+                    self.close(f"requests cost more than the session may spend (cost {cost:.0f})")
                 self._submit(message, now)
                 return
             self.spoken = True
@@ -632,7 +642,10 @@ class MinerSession:
                 self._grant_mask(int(mask, 16) if isinstance(mask, str) and 0 < len(mask) <= 8 and is_hex(mask) else 0)
         request = pending.request
         if request is not None and request.id is not None and not pending.answered:
-            self.outbox.to_miner.append(self.miner.relay(request, reply))
+            if method == SUBMIT:  # moves no state: the reply re-addressed, its bytes unchanged
+                self.outbox.to_miner.append(encode_reply(request.id, reply))
+            else:
+                self.outbox.to_miner.append(self.miner.relay(request, reply))
 
     def _submit_verdict(self, pending: _Pending, reply: Reply, now: Instant) -> None:
         self.shares_handled += 1

@@ -39,14 +39,15 @@ class VerdictSink:
 
     def take(self, outbox: Outbox, peer: str = "-") -> None:
         """Record and count what the session produced; empties those lists (not the bytes)."""
+        verdicts = outbox.verdicts
+        if verdicts:
+            for verdict in verdicts:
+                self.verdict(verdict)
+            verdicts.clear()
         if outbox.jobs:
             for seen in outbox.jobs:
                 self.job(seen)
             outbox.jobs.clear()
-        if outbox.verdicts:
-            for verdict in outbox.verdicts:
-                self.verdict(verdict)
-            outbox.verdicts.clear()
         if outbox.notes:
             for note in outbox.notes:
                 self.note(note, peer)
