@@ -354,3 +354,15 @@ def test_a_pool_that_dies_is_down_at_once_and_the_miner_is_told_why_before_the_d
     # the request in flight got an error (or its answer, if the pool answered before it died)
     assert len(answered) == 1
     assert result["lines"].index(answered[0]) < result["lines"].index(shown[0])
+
+
+def test_the_session_limit_defaults_to_what_the_open_file_limit_allows() -> None:
+    import resource
+
+    from proxy.server import session_limit
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    automatic = session_limit(Limits())
+    # two fds a session (miner, pool), headroom for the ledger, spool, HTTP and the listener
+    assert 2 * automatic < soft and automatic >= min(16, soft)
+    assert session_limit(Limits(max_sessions=7)) == 7
