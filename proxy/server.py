@@ -269,12 +269,11 @@ class Rig:
                 state.pool_failed(url, "connect timeout")
                 continue
             state.pool_up(url)
-            if self.closed:
-                self._pool_closing = True
-                transport.close()
-                return
             self.pool = transport
-            self.pool_url = url
+            self.pool_url = url  # from here on, pool_lost counts this connection out
+            if self.closed:
+                self._close_pool()
+                return
             if self.session is not None:
                 self.session.upstream = url.label
             self.flush()
