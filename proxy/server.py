@@ -164,6 +164,7 @@ class Rig:
         self._resume: asyncio.TimerHandle | None = None
         self._abort: asyncio.TimerHandle | None = None
         self._stalled_since: float | None = None  # the miner's write buffer is full since
+        self._unauthorized = True  # in ServerState.never_authorized (a shedding candidate)
 
     # --- the miner side ----------------------------------------------------------------------------
 
@@ -350,7 +351,8 @@ class Rig:
                 outbox.to_pool.clear()
             elif len(outbox.to_pool) > state.limits.max_queued_before_pool:
                 session.close("too many requests before the pool connection was up")
-        if session.authorized and self in state.never_authorized:
+        if self._unauthorized and session.workers:
+            self._unauthorized = False
             state.authorized(self)
         if outbox.close is not None:
             self.close(outbox.close)

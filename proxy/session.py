@@ -292,6 +292,8 @@ class MinerSession:
 
     def throttle(self, now: float) -> float:
         """Seconds to stop reading this miner for: until its cost decays below the soft limit (0: read on)."""
+        if self.cost <= self.limits.cost_soft_limit:  # the common case, once per read: no decay to compute
+            return 0.0
         cost = self._decayed(now)
         soft = self.limits.cost_soft_limit
         if cost <= soft:
