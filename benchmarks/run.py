@@ -46,7 +46,7 @@ from benchmarks import micro, reference, report
 from benchmarks.common import HOST, POOL_DIFFICULTY, REPO, Child, hist_quantile, merge, raise_fd_limit
 
 RESULTS = REPO / "benchmarks" / "results"
-UNLIMITED = "1000000"  # the per-session submit rate limits, raised for the benchmark
+UNLIMITED = "1000000000000"  # the per-session cost limits, raised for the benchmark
 WARMUP_SESSIONS = 20
 CLICKHOUSE_NICE = 19
 LEDGER_SETTLE = 1.0  # seconds after a window for the ledger's last batch of it
@@ -165,9 +165,9 @@ class Proxy:
             "20000",
             "--max-sessions-per-ip",
             "20000",
-            "--submits-per-second",
+            "--cost-soft-limit",
             UNLIMITED,
-            "--submit-burst",
+            "--cost-hard-limit",
             UNLIMITED,
         ]
         wrapper = ["--probe-out", str(self.probe_out), *(["--cpus", cpus] if cpus else [])]

@@ -1,9 +1,11 @@
 """The proxy's per-share Python work without sockets: `MinerSession` (sans-I/O) fed a submit line
-and the pool's verdict, as `proxy/server.py` feeds it. Run: `uv run python -m benchmarks.sharepath`.
+and the pool's verdict, as `proxy/server.py` feeds it, its outbox recorded by `VerdictSink`.
+Run: `uv run python -m benchmarks.sharepath`.
 
-What it times per share: decode the submit, the checks, the share hash (12 branches, fresh
-extranonce2: 14 sha256d), encode the upstream request, decode the verdict, re-address it, count it
-in the metrics, record the ledger row (an append; the insert itself is a background thread's job).
+What it times per share: frame and decode the submit (protocol's Connection classes), the checks,
+the share hash (12 branches, fresh extranonce2: 14 sha256d), encode the upstream request, decode
+the verdict, re-address it, count it in the metrics, record the ledger row (an append; the insert
+itself is a background thread's job). Framing was outside this figure before the session took bytes.
 Compared with the proxy process's CPU per share in the full benchmark, the rest is the event loop,
 the transports and the kernel. Also timed: the share check alone, the metric updates one share
 makes (in the session and in server.py), and the LineFramer + write-join glue of the asyncio layer.
@@ -22,7 +24,8 @@ from protocol.messages import encode_notify
 from protocol.work import Job
 from proxy.config import Limits
 from proxy.metrics import ProxyMetrics
-from proxy.session import MinerSession, SessionContext
+from proxy.session import Instant, MinerSession, SessionRules
+from proxy.verdicts import VerdictSink
 from simulation.hotkeys import hotkey
 
 SHARES = 20_000
@@ -30,12 +33,17 @@ REPEATS = 3
 EXTRANONCE1 = "57a6f098"
 
 
-def _session(metrics: Any, rows: list[Row]) -> tuple[MinerSession, str]:
-    limits = Limits(submits_per_second=1e12, submit_burst=1e12)
-    ctx = SessionContext(accounts=("infinite",), proxy_id="bench", limits=limits, record=rows.append, metrics=metrics)
-    session = MinerSession(ctx, "s-1", "127.0.0.1:3333", time.monotonic())
+def _now() -> Instant:
+    return Instant(time.monotonic(), time.time())
+
+
+def _session(metrics: Any, rows: list[Row]) -> tuple[MinerSession, VerdictSink, str]:
+    limits = Limits(cost_hard_limit=1e18, cost_soft_limit=1e18)
+    rules = SessionRules(accounts=("infinite",), limits=limits)
+    sink = VerdictSink("bench", rows.append, metrics)
+    session = MinerSession(rules, "s-1", "127.0.0.1:3333", _now())
     worker = f"infinite.{hotkey(0, 'benchmark')}.w0"
-    now = time.monotonic()
+    now = _now()
     # An antminer's handshake and the pool's answers (upstream ids 1..4 in this order).
     for line in (
         b'{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"1fffe000",'
@@ -44,7 +52,7 @@ def _session(metrics: Any, rows: list[Row]) -> tuple[MinerSession, str]:
         b'{"id":3,"method":"mining.authorize","params":["' + worker.encode() + b'","x"]}',
         b'{"id":4,"method":"mining.extranonce.subscribe","params":[]}',
     ):
-        session.miner_line(line, now)
+        session.receive_miner(line + b"\n", now)
     for line in (
         b'{"id":1,"result":{"version-rolling":true,"version-rolling.mask":"1fffe000"},"error":null}',
         b'{"id":2,"result":[[["mining.set_difficulty","1"],["mining.notify","1"]],"'
@@ -55,33 +63,37 @@ def _session(metrics: Any, rows: list[Row]) -> tuple[MinerSession, str]:
         b'{"id":null,"method":"mining.set_difficulty","params":[1e-10]}',
         encode_notify(make_notify()).rstrip(b"\n"),
     ):
-        session.pool_line(line, now)
+        session.receive_pool(line + b"\n", now)
     assert session.state == "mining" and session.jobs, "handshake failed"
-    session.to_miner.clear()
-    session.to_pool.clear()
-    return session, worker
+    sink.take(session.outbox)
+    session.outbox.to_miner.clear()
+    session.outbox.to_pool.clear()
+    return session, sink, worker
 
 
 def _per_share_ns(metrics_factory: Any, repeats: int = REPEATS) -> float:
     best = float("inf")
     for _ in range(repeats):
         rows: list[Row] = []
-        session, worker = _session(metrics_factory(), rows)
+        session, sink, worker = _session(metrics_factory(), rows)
         first_id = 5
         submits = [
-            b'{"id":%d,"method":"mining.submit","params":["%s","bench","%08x","%s","%08x","%08x"]}'
+            b'{"id":%d,"method":"mining.submit","params":["%s","bench","%08x","%s","%08x","%08x"]}\n'
             % (i + 10, worker.encode(), i, NTIME.encode(), (i * 2654435761) & 0xFFFFFFFF, (i << 13) & 0x1FFFE000)
             for i in range(SHARES)
         ]
-        replies = [b'{"id":%d,"result":true,"error":null}' % (first_id + i) for i in range(SHARES)]
+        replies = [b'{"id":%d,"result":true,"error":null}\n' % (first_id + i) for i in range(SHARES)]
+        outbox = session.outbox
         gc.collect()
         started = time.perf_counter_ns()
         for submit, reply in zip(submits, replies, strict=True):
-            now = time.monotonic()
-            session.miner_line(submit, now)
-            session.to_pool.clear()
-            session.pool_line(reply, now)
-            session.to_miner.clear()
+            now = _now()
+            session.receive_miner(submit, now)
+            sink.take(outbox)
+            outbox.to_pool.clear()
+            session.receive_pool(reply, now)
+            sink.take(outbox)
+            outbox.to_miner.clear()
         elapsed = time.perf_counter_ns() - started
         accepted = sum(1 for r in rows if isinstance(r, ShareRow) and r.accepted)
         assert accepted == SHARES, f"only {accepted} of {SHARES} shares accepted: {rows[-1] if rows else None}"

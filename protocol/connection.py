@@ -66,6 +66,8 @@ __all__ = [
     "encode_notification_message",
 ]
 
+_MINING, _CLOSED = State.MINING, State.CLOSED  # module globals: an enum attribute costs a lookup per line
+
 # --- events ---------------------------------------------------------------------------------------
 # gc=False: events hold no reference cycles, and the share path makes one per submit.
 
@@ -126,67 +128,94 @@ Event: TypeAlias = MinerEvent | PoolEvent
 # --- request bookkeeping --------------------------------------------------------------------------
 
 
+class _Queue(collections.deque[Any]):
+    """Several requests waiting under one id (a miner that reuses ids), oldest first."""
+
+    __slots__ = ()
+
+
+_NONE: Any = object()
+
+
 class PendingRequests:
     """Requests awaiting replies, matched by id in order.
 
     Ids need not be unique: cpuminer sends every submit with id 4, and a pool answers a connection's
     requests in order, so replies to one id are matched first-in first-out. Requests sent without an
-    id get a fresh one from this connection's counter.
+    id get a fresh one from this connection's counter. (One waiting request is held as is, several
+    under one id in a queue: the share path, one fresh id per submit, allocates no queue.)
     """
 
     __slots__ = ("_ids", "_waiting")
 
     def __init__(self) -> None:
-        self._waiting: dict[Any, collections.deque[Any]] = {}
+        self._waiting: dict[Any, Any] = {}  # id → the context, or a _Queue of them
         self._ids = itertools.count(1)
 
     def new_id(self) -> int:
         return next(self._ids)
 
     def add(self, request_id: Any, context: Any) -> None:
-        queue = self._waiting.get(request_id)
-        if queue is None:
-            queue = self._waiting[request_id] = collections.deque()
-        queue.append(context)
+        waiting = self._waiting
+        held = waiting.get(request_id, _NONE)
+        if held is _NONE:
+            waiting[request_id] = context
+        elif type(held) is _Queue:
+            held.append(context)
+        else:
+            waiting[request_id] = _Queue((held, context))
 
     def pop(self, request_id: Any) -> Any | None:
         """The context of the oldest request with this id, or None when nothing waits for it."""
+        waiting = self._waiting
         try:
-            queue = self._waiting.get(request_id)
+            held = waiting.get(request_id, _NONE)
         except TypeError:  # an unhashable id (a list): nothing of ours
             return None
-        if not queue:
+        if held is _NONE:
             return None
-        context = queue.popleft()
-        if not queue:
-            del self._waiting[request_id]
+        if type(held) is not _Queue:
+            del waiting[request_id]
+            return held
+        context = held.popleft()
+        if not held:
+            del waiting[request_id]
         return context
 
     def expire(self, is_due: Callable[[Any], bool]) -> list[Any]:
         """Pop, oldest id first, the contexts `is_due` says have waited too long; stops at the first
         that has not (with fresh ids, the order requests were sent in)."""
         expired = []
-        while self._waiting:
-            request_id, queue = next(iter(self._waiting.items()))
-            if not is_due(queue[0]):
+        waiting = self._waiting
+        while waiting:
+            request_id, held = next(iter(waiting.items()))
+            queued = type(held) is _Queue
+            if not is_due(held[0] if queued else held):
                 break
-            expired.append(queue.popleft())
-            if not queue:
-                del self._waiting[request_id]
+            if queued:
+                expired.append(held.popleft())
+                if held:
+                    continue
+            else:
+                expired.append(held)
+            del waiting[request_id]
         return expired
 
     def drain(self) -> list[Any]:
         """Every waiting context, oldest first per id (for a connection that closed)."""
-        contexts = [c for queue in self._waiting.values() for c in queue]
+        contexts = list(self.contexts())
         self._waiting.clear()
         return contexts
 
     def contexts(self) -> Iterator[Any]:
-        for queue in self._waiting.values():
-            yield from queue
+        for held in self._waiting.values():
+            if type(held) is _Queue:
+                yield from held
+            else:
+                yield held
 
     def __len__(self) -> int:
-        return sum(len(q) for q in self._waiting.values())
+        return sum(len(h) if type(h) is _Queue else 1 for h in self._waiting.values())
 
 
 class _Session:
@@ -233,7 +262,7 @@ class MinerConnection:
 
     def events(self, data: bytes) -> Iterator[MinerEvent]:
         session = self._session
-        if session.state is State.CLOSED:  # nothing read after close counts
+        if session.state is _CLOSED:  # nothing read after close counts
             return
         for line in self._framer.feed(data):
             if type(line) is not bytes:
@@ -241,7 +270,7 @@ class MinerConnection:
                 continue
             message = decode_client_message(line)
             if type(message) is Submit:
-                if session.state is not State.MINING:
+                if session.state is not _MINING:
                     refusal = session.step(Step.SUBMIT)
                     if refusal is not None:
                         yield Refused(message, line, StratumError(int(refusal.code), refusal.message), refusal.reason)
@@ -380,7 +409,7 @@ class PoolConnection:
 
     def events(self, data: bytes) -> Iterator[PoolEvent]:
         pending = self._pending
-        if self._session.state is State.CLOSED:
+        if self._session.state is _CLOSED:
             return
         for line in self._framer.feed(data):
             if type(line) is not bytes:

@@ -19,15 +19,19 @@ from ledger.target import LedgerTarget
 from ledger.workers import health_check_names
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.coverage import CoverageRecorder
+from proxy.farm import FarmContext
 from proxy.farm_net import FarmProxy
 from proxy.hotkeys import BittensorRegistry, HotkeyRegistry, RegisteredHotkeys
 from proxy.http import Check, HTTPServer, build_app
 from proxy.ledger import LedgerWriter
 from proxy.metrics import ProxyMetrics
-from proxy.server import StratumProxy
-from proxy.session import SessionContext
+from proxy.server import Server
+from proxy.session import SessionRules
+from proxy.verdicts import VerdictSink
 
 log = logging.getLogger("proxy")
+# What a miner reads (error 20) for a share the proxy cannot ledger: it is never forwarded.
+REFUSED_WHILE_LEDGER_FULL = "the proxy cannot ledger shares right now; try again shortly"
 
 
 class ProxyApp:
@@ -50,26 +54,33 @@ class ProxyApp:
             batch_rows=config.ledger_batch_rows,
             flush_interval=config.ledger_flush_interval,
             metrics=self.metrics,
+            max_memory_rows=config.ledger_max_memory_rows,
+            max_spool_rows=config.ledger_max_spool_rows,
+            max_spool_bytes=config.ledger_max_spool_bytes,
         )
+        self._ledger_full: str | None = None
         self.registered: RegisteredHotkeys | None = None
         if config.require_registered:
             source = registry or BittensorRegistry(config.netuid, config.network)
             self.registered = RegisteredHotkeys(source, config.metagraph_refresh)
-        self.ctx = SessionContext(
+        self.rules = SessionRules(
             accounts=config.account,
-            health_checks=health_check_names(config.account, config.health_check),
-            commit=self.ledger.commit,
-            proxy_id=config.proxy_id,
             limits=config.limits,
-            record=self.ledger.record,
-            metrics=self.metrics,
             registered=self.registered,
+            health_checks=health_check_names(config.account, config.health_check),
         )
-        self.stratum: StratumProxy | FarmProxy
+        self.sink = VerdictSink(
+            config.proxy_id,
+            self.ledger.record,
+            self.metrics,
+            jobs_remembered=config.limits.jobs_remembered,
+            commit=self.ledger.commit,
+        )
+        self.stratum: Server | FarmProxy
         if config.mode == "aggregate":  # farm mode: the ASICs of one hotkey share pool connections
-            self.stratum = FarmProxy(config, self.ctx, self.metrics)
+            self.stratum = FarmProxy(config, FarmContext(self.rules, self.sink), self.metrics)
         else:
-            self.stratum = StratumProxy(config, self.ctx, self.metrics)
+            self.stratum = Server(config, self.rules, self.sink, self.metrics, ledger_refusal=self.ledger_refusal)
         self.coverage = CoverageRecorder(
             config.proxy_id,
             sessions=self._mining_sessions,
@@ -82,6 +93,19 @@ class ProxyApp:
             self.metrics, self.ledger.query, target.database, api_token=config.api_token, readiness=self.readiness
         )
         self.http = HTTPServer(app, host, port)
+
+    def ledger_refusal(self) -> str | None:
+        """Why miners' shares are refused right now: the ledger cannot persist what they would earn.
+        Checked once a second by the server's sweep; one log line per change."""
+        full = self.ledger.backpressure
+        if (full is None) != (self._ledger_full is None):
+            if full is not None:
+                log.error("ledger full: %s; refusing new shares until ClickHouse takes rows again", full)
+            else:
+                log.warning("ledger takes rows again; accepting shares")
+            self.metrics.ledger_backpressure.set(0 if full is None else 1)
+        self._ledger_full = full
+        return None if full is None else REFUSED_WHILE_LEDGER_FULL
 
     def _mining_sessions(self) -> int:
         # Authorized sessions, as the session sweep last counted them for ih_sessions{state="mining"}.
@@ -100,7 +124,10 @@ class ProxyApp:
         }
         # Rows pile up in memory only when ClickHouse refuses them AND the spool cannot take them.
         held = self.ledger.queue_rows
-        if held > 4 * self.config.ledger_batch_rows:
+        full = self.ledger.backpressure
+        if full is not None:
+            checks["ledger"] = Check(False, f"full, shares refused: {full}")
+        elif held > 4 * self.config.ledger_batch_rows:
             checks["ledger"] = Check(False, f"cannot write nor spool: {held} rows held in memory")
         elif self.ledger.spooled_batches:
             checks["ledger"] = Check(True, f"spooling: {self.ledger.spooled_rows} rows wait for ClickHouse")

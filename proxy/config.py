@@ -26,19 +26,39 @@ LUXOR_URL = "stratum+tcp://btc.global.luxor.tech:700"
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Per-session costs and limits (in the spirit of aiorpcx): breaking one closes that session."""
+    """Per-session costs and limits (in the spirit of aiorpcX): every knob of a session's budget.
+
+    Costs are in submits: one submit costs 1. A session's cost decays at `cost_decay_per_second`;
+    above `cost_soft_limit` the proxy stops reading that miner until it decays below, above
+    `cost_hard_limit` it closes the session. A farm behind one session (IHP) sends hundreds of
+    submits a second and stays far below; a loop of extranonce.subscribe or unknown methods, each
+    relayed to the pool, costs `request_cost` apiece and is throttled to a few dozen a second."""
 
     max_line: int = 16 * 1024  # bytes; a notify with a large coinbase is ~3 KiB
-    handshake_timeout: float = 60.0  # seconds from connect to a successful authorize
+    handshake_timeout: float = 15.0  # seconds from connect to a successful authorize
     idle_timeout: float = 900.0  # seconds without a line from the miner
-    max_sessions: int = 10_000
+    max_sessions: int = 0  # 0: from RLIMIT_NOFILE (each session holds two fds; headroom kept)
     max_sessions_per_ip: int = 2_000  # farms sit behind one NAT address
-    submits_per_second: float = 100.0  # sustained, per session (an S21 at Luxor difficulty sends < 1/s)
-    submit_burst: float = 200.0
-    max_bad_lines: int = 20  # malformed lines per session before it is closed
+    cost_decay_per_second: float = 2_000.0  # the sustained budget: 2,000 submits/s per session
+    cost_soft_limit: float = 10_000.0  # above it, reading pauses until the cost decays below
+    cost_hard_limit: float = 50_000.0  # above it, the session is closed
+    submit_cost: float = 1.0  # a submit, answered here or forwarded
+    request_cost: float = 25.0  # any other request: relayed to the pool, which pays for it too
+    error_cost: float = 50.0  # a malformed line, a refused or rejected submit (on top of its own cost)
+    byte_cost: float = 0.001  # per byte read (a submit line is ~150 bytes)
+    max_bad_lines: int = 20  # malformed lines not yet forgiven before the session is closed
+    bad_line_forgiven_after: float = 60.0  # seconds after which one malformed line is forgiven
     submit_timeout: float = 20.0  # seconds to wait for the pool's verdict on a share
     late_verdict_timeout: float = 120.0  # seconds a verdict still counts after the miner was told "no answer"
     max_miner_buffer: int = 1024 * 1024  # bytes queued to a miner that does not read
+    max_write_stall: float = 60.0  # seconds a miner may leave its socket unread (writes paused)
+    close_grace: float = 2.0  # seconds a closed miner has to take its last bytes before it is aborted
+    max_queued_before_pool: int = 64  # requests a miner may send before its pool connection is up
+    max_jobs: int = 16  # live jobs kept per session; a clean_jobs notify drops all earlier ones
+    jobs_remembered: int = 4096  # job keys the proxy remembers having ledgered (one job row per content)
+    max_text: int = 128  # characters kept of a user agent or a worker name in a log line
+    max_error_text: int = 200  # characters of a decoder's message sent back to a miner
+    max_reason_text: int = 120  # characters of a pool's reject message kept in the ledger
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +82,9 @@ class ProxyConfig:
     shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight submits
     ledger_batch_rows: int = 10_000
     ledger_flush_interval: float = 0.25
+    ledger_max_memory_rows: int = 500_000  # rows held in memory before miners' shares are refused
+    ledger_max_spool_rows: int = 100_000_000  # rows spooled on disk before miners' shares are refused
+    ledger_max_spool_bytes: int = 20 * 2**30  # bytes spooled on disk before miners' shares are refused
     log_level: str = "INFO"
     limits: Limits = dataclasses.field(default_factory=Limits)
     mode: str = "passthrough"  # or "aggregate": farm mode (proxy/farm.py)
@@ -103,6 +126,9 @@ _HELP: dict[str, str] = {
     "shutdown_grace": "seconds SIGTERM waits for the pool's verdict on in-flight shares",
     "ledger_batch_rows": "rows per ledger insert at most",
     "ledger_flush_interval": "seconds between ledger inserts at most",
+    "ledger_max_memory_rows": "rows held in memory (ClickHouse down, spool full) before shares are refused",
+    "ledger_max_spool_rows": "rows spooled to disk before new shares are refused",
+    "ledger_max_spool_bytes": "bytes spooled to disk before new shares are refused",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_format": "text, or json for one JSON object per line (ts, level, logger, message, extra fields)",
     "clickhouse_cluster": "ClickHouse cluster name (from remote_servers): the migrations run ON CLUSTER with "
@@ -111,17 +137,31 @@ _HELP: dict[str, str] = {
     "max_line": "longest line a miner may send, in bytes",
     "handshake_timeout": "seconds a miner has to subscribe and authorize",
     "idle_timeout": "seconds a miner may stay silent",
-    "max_sessions": "ASIC sessions at most",
+    "max_sessions": "ASIC sessions at most (0: about half of the open-file limit, RLIMIT_NOFILE)",
     "max_sessions_per_ip": "ASIC sessions per source address at most",
-    "submits_per_second": "sustained submits per second per session",
-    "submit_burst": "submits a session may send in a burst",
-    "max_bad_lines": "malformed lines a session may send before it is closed",
+    "cost_decay_per_second": "a session's cost decays by this much per second (one submit costs 1)",
+    "cost_soft_limit": "session cost above which the proxy stops reading the miner until it decays",
+    "cost_hard_limit": "session cost above which the session is closed",
+    "submit_cost": "cost of one submit",
+    "request_cost": "cost of any other request (most are relayed to the pool)",
+    "error_cost": "extra cost of a malformed line or a refused or rejected submit",
+    "byte_cost": "cost of one byte read from the miner",
+    "max_bad_lines": "malformed lines (not yet forgiven) a session may send before it is closed",
+    "bad_line_forgiven_after": "seconds after which one malformed line is forgiven",
     "submit_timeout": "seconds to wait for the pool's verdict on a share",
     "late_verdict_timeout": "seconds a pool verdict still reaches the ledger after the miner was answered",
     "max_miner_buffer": "bytes queued to a miner that does not read before it is closed",
     "mode": "passthrough (one pool connection per ASIC) or aggregate (farm mode: the ASICs of one hotkey share "
     "pool connections and keep their connection when the pool fails over)",
     "farm_asics_per_upstream": "in aggregate mode, ASICs per pool connection at most",
+    "max_write_stall": "seconds a miner may leave its socket unread while the proxy has bytes for it",
+    "close_grace": "seconds a closed miner has to read its last bytes before the socket is aborted",
+    "max_queued_before_pool": "requests a miner may send before its pool connection is up",
+    "max_jobs": "live jobs kept per session",
+    "jobs_remembered": "job keys remembered as ledgered (one job row per distinct content)",
+    "max_text": "characters kept of a user agent or worker name",
+    "max_error_text": "characters of a decoder error sent back to a miner",
+    "max_reason_text": "characters of a pool's reject message kept in the ledger",
 }
 
 _LIMIT_FIELDS = {f.name: f for f in dataclasses.fields(Limits)}

@@ -81,9 +81,33 @@ from protocol.messages import (
 )
 from protocol.state import State
 from protocol.work import BIP320_MASK, Job, Share, ShareRejected
-from proxy.session import SessionContext
+from proxy.metrics import ProxyMetrics
+from proxy.server import session_limit
+from proxy.session import JobSeen, SessionRules
+from proxy.verdicts import VerdictSink
 
 log = logging.getLogger("proxy.farm")
+
+
+class FarmContext:
+    """What farm mode takes from the proxy: the rules every session follows and the sink that turns
+    verdicts and jobs into ledger rows (the same objects passthrough sessions use)."""
+
+    def __init__(self, rules: SessionRules, sink: VerdictSink) -> None:
+        self.rules = rules
+        self.sink = sink
+        self.accounts = rules.accounts
+        self.limits = rules.limits
+        self.registered = rules.registered
+        self.health_checks = rules.health_checks
+        self.proxy_id = sink.proxy_id
+        self.metrics: ProxyMetrics = sink.metrics
+        self.record = sink.record
+        self.commit = sink.commit
+
+    def record_job(self, notify: Notify, key: str, upstream: str) -> None:
+        self.sink.job(JobSeen(notify, key, upstream, time.time()))
+
 
 __all__ = [
     "DEFAULT_ASIC_EXTRANONCE2_SIZE",
@@ -287,7 +311,7 @@ class FarmASIC:
         self.jobs: dict[str, _AsicJob] = {}
         self.bad_lines = 0
         self.shares_handled = 0
-        self._tokens = hub.ctx.limits.submit_burst
+        self._tokens = hub.ctx.limits.cost_soft_limit
         self._tokens_at = now
 
     @property
@@ -313,11 +337,14 @@ class FarmASIC:
 
     def take_token(self, now: float) -> bool:
         limits = self.hub.ctx.limits
-        self._tokens = min(limits.submit_burst, self._tokens + (now - self._tokens_at) * limits.submits_per_second)
+        # The passthrough session's budget as a bucket: refills at the sustained rate, up to the soft limit.
+        self._tokens = min(
+            limits.cost_soft_limit, self._tokens + (now - self._tokens_at) * limits.cost_decay_per_second
+        )
         self._tokens_at = now
-        if self._tokens < 1.0:
+        if self._tokens < limits.submit_cost:
             return False
-        self._tokens -= 1.0
+        self._tokens -= limits.submit_cost
         return True
 
 
@@ -365,12 +392,12 @@ class FarmHub:
     bytes and time in, and drain `dirty_asics` (to_miner, close_reason), `dirty_upstreams` (to_pool)
     and `want_connection` (slots that need a pool connection) after every call."""
 
-    def __init__(self, ctx: SessionContext, per_upstream: int = 256, *, prefix_bytes: int | None = None) -> None:
+    def __init__(self, ctx: FarmContext, per_upstream: int = 256, *, prefix_bytes: int | None = None) -> None:
         if per_upstream < 1:
             raise ValueError("per_upstream must be at least 1")
         self.ctx = ctx
         self.per_upstream = per_upstream
-        self.prefixes = PrefixAllocator(prefix_bytes or prefix_bytes_for(ctx.limits.max_sessions))
+        self.prefixes = PrefixAllocator(prefix_bytes or prefix_bytes_for(session_limit(ctx.limits)))
         self.groups: dict[str, list[FarmUpstream]] = {}
         self.asics: set[FarmASIC] = set()
         self.dirty_asics: set[FarmASIC] = set()

@@ -17,9 +17,9 @@ import time
 from typing import Any, cast
 
 from proxy.config import ProxyConfig, parse_host_port
-from proxy.farm import FarmASIC, FarmHub, FarmUpstream
+from proxy.farm import FarmASIC, FarmContext, FarmHub, FarmUpstream
 from proxy.metrics import ProxyMetrics
-from proxy.session import SessionContext
+from proxy.server import session_limit
 from proxy.upstream import PoolURL, Upstreams
 
 log = logging.getLogger("proxy.farm")
@@ -130,12 +130,13 @@ def _reason_label(reason: str) -> str:
 class FarmProxy:
     """The Stratum side in farm mode: listener, ASIC links, pool links, limits. Start, then stop."""
 
-    def __init__(self, config: ProxyConfig, ctx: SessionContext, metrics: ProxyMetrics) -> None:
+    def __init__(self, config: ProxyConfig, ctx: FarmContext, metrics: ProxyMetrics) -> None:
         self.config = config
         self.ctx = ctx
         self.metrics = metrics
         self.upstreams = Upstreams.from_strings(config.upstream)
         self.hub = FarmHub(ctx, config.farm_asics_per_upstream)
+        self.max_sessions = session_limit(config.limits)  # as passthrough: from RLIMIT_NOFILE when 0
         self.links: dict[FarmASIC, _ASICLink] = {}
         self.pools: dict[FarmUpstream, _PoolLink] = {}
         self._connections: set[_ASICLink] = set()
@@ -180,7 +181,7 @@ class FarmProxy:
         limits = self.config.limits
         if not self.accepting:
             return "shutting down"
-        if len(self._connections) >= limits.max_sessions:
+        if len(self._connections) >= self.max_sessions:
             return "too many sessions"
         if self._per_ip[link.peer_ip] >= limits.max_sessions_per_ip:
             return "too many sessions from one address"

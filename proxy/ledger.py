@@ -115,6 +115,7 @@ class _Spooled:
     seq: int
     size: int
     path: Path
+    nbytes: int = 0
 
 
 class LedgerWriter:
@@ -135,6 +136,9 @@ class LedgerWriter:
         flush_interval: float = 0.25,
         metrics: ProxyMetrics | None = None,
         max_retry_delay: float = 30.0,
+        max_memory_rows: int = 500_000,
+        max_spool_rows: int = 100_000_000,
+        max_spool_bytes: int = 20 * 2**30,
     ) -> None:
         self._connect = connect
         self._spool_dir = spool_dir
@@ -144,6 +148,12 @@ class LedgerWriter:
         self._flush_interval = flush_interval
         self._metrics = metrics
         self._max_retry_delay = max_retry_delay
+        # Bounds under a long ClickHouse outage: past them nothing is dropped; `backpressure` says so
+        # and the proxy stops taking shares until ClickHouse takes rows again.
+        self._max_memory_rows = max_memory_rows
+        self._max_spool_rows = max_spool_rows
+        self._max_spool_bytes = max_spool_bytes
+        self._spool_bytes = 0
 
         self._queues: dict[str, list[Row]] = {table: [] for table in COLUMNS_OF_TABLE}  # not yet cut
         self._queue = self._queues["shares"]
@@ -197,6 +207,27 @@ class LedgerWriter:
     @property
     def spooled_rows(self) -> int:
         return self._spool_rows
+
+    @property
+    def spooled_bytes(self) -> int:
+        return self._spool_bytes
+
+    def _spool_full(self) -> bool:
+        return self._spool_rows >= self._max_spool_rows or self._spool_bytes >= self._max_spool_bytes
+
+    @property
+    def backpressure(self) -> str | None:
+        """Why the ledger cannot take more rows right now (None: it can): the rows held in memory or
+        the spool on disk reached their limit. Rows already recorded are kept either way."""
+        held = self.queue_rows
+        if held >= self._max_memory_rows:
+            return f"{held} rows wait in memory for ClickHouse (limit {self._max_memory_rows})"
+        if self._spool_full():
+            return (
+                f"the spool holds {self._spool_rows} rows, {self._spool_bytes} bytes "
+                f"(limits {self._max_spool_rows} rows, {self._max_spool_bytes} bytes)"
+            )
+        return None
 
     @property
     def rows_written(self) -> int:
@@ -296,9 +327,10 @@ class LedgerWriter:
             await self._drain(force=True, replay=False)
             if self._pending:
                 log.error(
-                    "ledger: %d rows could neither be written nor spooled to %s and are lost",
+                    "ledger: %d rows could neither be written nor spooled to %s; %s",
                     self.queue_rows,
                     self._spool_dir,
+                    "the journal keeps them for the next start" if self._journal is not None else "they are lost",
                 )
             await self._drop_client()
             if self._journal is not None and not self._pending:
@@ -373,6 +405,7 @@ class LedgerWriter:
                 entry = self._write_spool_sync(_Batch(seq, token, len(chunk), rows=chunk, table=table))
                 self._spool.append(entry)
                 self._spool_rows += entry.size
+                self._spool_bytes += entry.nbytes
             if batches:
                 log.warning(
                     "ledger: recovered %d rows from the journal of a run that did not stop cleanly (%s)",
@@ -395,6 +428,8 @@ class LedgerWriter:
                     break
                 self._settled(self._pending.popleft())
         while self._pending:
+            if self._spool_full():
+                break  # bounded on disk: the rows stay in memory (and the journal) until ClickHouse is back
             if not await self._write_spool(self._pending[0]):
                 break  # disk trouble: keep it (and everything after it) in memory, retry next cycle
             self._settled(self._pending.popleft())
@@ -412,6 +447,7 @@ class LedgerWriter:
                 await asyncio.to_thread(entry.path.unlink, missing_ok=True)
             self._spool.popleft()
             self._spool_rows -= entry.size
+            self._spool_bytes -= entry.nbytes
 
     # -- ClickHouse -----------------------------------------------------------------------------
 
@@ -524,10 +560,15 @@ class LedgerWriter:
                 max_seq = max(max_seq, int(seq_text))  # .bad files too: never reuse a name
             match = _SPOOL_NAME.match(path.name)
             if match:
-                entries.append(_Spooled(int(match[1]), int(match[2]), path))
+                try:
+                    nbytes = path.stat().st_size
+                except OSError:
+                    nbytes = 0
+                entries.append(_Spooled(int(match[1]), int(match[2]), path, nbytes))
         entries.sort(key=lambda e: e.seq)
         self._spool = deque(entries)
         self._spool_rows = sum(e.size for e in entries)
+        self._spool_bytes = sum(e.nbytes for e in entries)
         self._next_seq = max(self._next_seq, max_seq + 1)
 
     async def _write_spool(self, batch: _Batch) -> bool:
@@ -538,6 +579,7 @@ class LedgerWriter:
             return False
         self._spool.append(entry)
         self._spool_rows += entry.size
+        self._spool_bytes += entry.nbytes
         return True
 
     def _write_spool_sync(self, batch: _Batch) -> _Spooled:
@@ -555,7 +597,7 @@ class LedgerWriter:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        return _Spooled(batch.seq, batch.size, path)
+        return _Spooled(batch.seq, batch.size, path, len(data))
 
     def _read_spool(self, entry: _Spooled) -> _Batch | None:
         """The spooled batch, or None when the file is unreadable (then it is moved aside as .bad)."""

@@ -105,6 +105,11 @@ class ProxyMetrics:
             "ih_ledger_spool_batches", "Batches spooled to disk waiting for ClickHouse", registry=r
         )
         self.ledger_spool_rows = Gauge("ih_ledger_spool_rows", "Share rows in batches spooled to disk", registry=r)
+        self.ledger_backpressure = Gauge(
+            "ih_ledger_backpressure",
+            "1 while the ledger cannot take more rows and miners' shares are refused",
+            registry=r,
+        )
         self.ledger_rows_written = Counter("ih_ledger_rows_written", "Share rows written to ClickHouse", registry=r)
         self.ledger_flush_seconds = Histogram(
             "ih_ledger_flush_seconds",

@@ -1,240 +1,482 @@
-"""The asyncio layer: accepts ASICs, opens one pool connection per ASIC, and moves bytes.
+"""The network layer: one `Rig` per ASIC owns both sockets and its session; one `Server` runs them.
 
-All decisions live in `MinerSession`; this module frames bytes into lines, feeds the session,
-writes what it produced (one write per burst, not per line), and enforces the limits that need a
-socket: connection counts, backpressure, timeouts (one sweep per second for all sessions, not a
-timer per session).
+All decisions live in `MinerSession` (proxy/session.py); a `Rig` moves bytes between the sockets and
+its session, hands the session's verdicts to the shared `VerdictSink`, and carries out what the
+session decided (close, throttle). The two `asyncio.Protocol` classes are shims that forward every
+callback to their rig. Rigs share a `ServerState` (limits, counters, upstreams, the verdict sink),
+never the server itself; nothing calls another class's private members.
+
+Life of a rig: accepted (a slot) → the first valid request opens its pool connection → mining →
+the close decision releases its slot at once, closes the miner (aborted after `close_grace` if it
+does not read) and the pool connection (once the shares in flight have their verdicts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import errno
 import itertools
 import logging
+import resource
 import secrets
+import socket
+import struct
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
-from protocol.framing import LineFramer
-from proxy.config import ProxyConfig, parse_host_port
+from proxy.config import Limits, ProxyConfig, parse_host_port
 from proxy.metrics import ProxyMetrics
-from proxy.session import MinerSession, SessionContext
+from proxy.session import Instant, MinerSession, SessionRules
 from proxy.upstream import PoolURL, Upstreams
+from proxy.verdicts import VerdictSink
 
 log = logging.getLogger("proxy.server")
 
 _SWEEP_INTERVAL = 1.0
-_MAX_QUEUED_BEFORE_POOL = 64  # lines a miner may send before its pool connection is up
+# Errors of this machine, not of the pool: no backoff for the pool, a clear reason for the miner.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
 
 
-class MinerConnection(asyncio.Protocol):
-    """One ASIC, and through `pool`, its own connection to the pool."""
+def now() -> Instant:
+    return Instant(time.monotonic(), time.time())
 
-    def __init__(self, server: StratumProxy) -> None:
-        self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.pool: PoolConnection | None = None
+
+def session_limit(limits: Limits) -> int:
+    """`max_sessions`, or when 0 what the open-file limit allows: each session holds two fds (miner,
+    pool); a tenth of the limit (at least 64) stays for the ledger, the spool, HTTP and the listener."""
+    if limits.max_sessions > 0:
+        return limits.max_sessions
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, (soft - max(64, soft // 10)) // 2)
+
+
+class ServerState:
+    """What every rig of one server shares."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        rules: SessionRules,
+        sink: VerdictSink,
+        metrics: ProxyMetrics,
+        upstreams: Upstreams,
+    ) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.rules = rules
+        self.sink = sink
+        self.metrics = metrics
+        self.upstreams = upstreams
+        self.max_sessions = session_limit(config.limits)
+        self.rigs: dict[Rig, None] = {}  # holding a slot, oldest first
+        self.never_authorized: dict[Rig, None] = {}  # the subset that never authorized, oldest first
+        self.draining: set[Rig] = set()  # closed, shares still in flight to the pool
+        self.per_ip: collections.Counter[str] = collections.Counter()
+        self.live_pools: collections.Counter[PoolURL] = collections.Counter()
+        self.accepting = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(3)
+
+    def new_session(self, at: Instant) -> MinerSession:
+        return MinerSession(self.rules, f"{self._prefix}-{next(self._ids)}", "", at)
+
+    def admit(self, rig: Rig) -> str | None:
+        """Why a new connection is refused, or None when it holds a slot now. At the session limit the
+        oldest session that never authorized is shed to make room."""
+        if not self.accepting:
+            return "shutting down"
+        if self.per_ip[rig.peer_ip] >= self.limits.max_sessions_per_ip:
+            return "too many sessions from one address"
+        if len(self.rigs) >= self.max_sessions:
+            if not self.never_authorized:
+                return "too many sessions"
+            oldest = next(iter(self.never_authorized))
+            self.metrics.connections_refused.labels("shed").inc()
+            oldest.close("shed: the proxy is full and this session never authorized")
+        self.rigs[rig] = None
+        self.never_authorized[rig] = None
+        self.per_ip[rig.peer_ip] += 1
+        return None
+
+    def authorized(self, rig: Rig) -> None:
+        self.never_authorized.pop(rig, None)
+
+    def release(self, rig: Rig) -> None:
+        """The rig's slot is free (at its close decision, not when its sockets are finally gone)."""
+        if self.rigs.pop(rig, False) is None:
+            self.never_authorized.pop(rig, None)
+            self.per_ip[rig.peer_ip] -= 1
+            if self.per_ip[rig.peer_ip] <= 0:
+                del self.per_ip[rig.peer_ip]
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # --- the pools' state, as operators see it -----------------------------------------------------
+
+    def pool_up(self, url: PoolURL) -> None:
+        self.live_pools[url] += 1
+        self.upstreams.succeeded(url)
+        self.metrics.upstream_connects.labels(url.label, "ok").inc()
+        self.metrics.upstream_up.labels(url.label).set(1)
+
+    def pool_failed(self, url: PoolURL, reason: str) -> None:
+        """A connection attempt the pool did not take."""
+        self.upstreams.failed(url, reason)
+        self.metrics.upstream_connects.labels(url.label, "failed").inc()
+        self.metrics.upstream_up.labels(url.label).set(0)
+
+    def pool_closed(self, url: PoolURL, reason: str | None) -> None:
+        """A live pool connection ended; `reason` set when the pool (not we) ended it."""
+        self.live_pools[url] -= 1
+        if self.live_pools[url] <= 0:
+            del self.live_pools[url]
+            if reason is not None:  # the last live connection died: the pool is down until one succeeds
+                self.upstreams.lost(url, reason)
+                self.metrics.upstream_up.labels(url.label).set(0)
+
+
+class Rig:
+    """One ASIC: its socket, its pool connection, its session."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.miner: asyncio.Transport | None = None
+        self.pool: asyncio.Transport | None = None
+        self.pool_url: PoolURL | None = None
         self.session: MinerSession | None = None
-        self.peer_ip = ""
-        self._framer = LineFramer(server.config.limits.max_line)
+        self.peer_ip = "?"
+        self.peer = "?"
+        self.closed = False
         self._miner_gone = False
-        self._closed = False
+        self._pool_closing = False  # we closed the pool connection ourselves
+        self._connecting: asyncio.Task[None] | None = None
+        self._miner_paused: set[str] = set()  # why we are not reading the miner: pool, cost, shutdown
+        self._resume: asyncio.TimerHandle | None = None
+        self._abort: asyncio.TimerHandle | None = None
+        self._stalled_since: float | None = None  # the miner's write buffer is full since
+        self._unauthorized = True  # in ServerState.never_authorized (a shedding candidate)
 
     # --- the miner side ----------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
+    def miner_connected(self, transport: asyncio.BaseTransport) -> None:
+        self.miner = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
         peer = transport.get_extra_info("peername")
-        self.peer_ip = peer[0] if peer else "?"
-        refusal = self.server.admit(self)
+        if peer:
+            self.peer_ip, self.peer = peer[0], f"{peer[0]}:{peer[1]}"
+        state = self.state
+        refusal = state.admit(self)
         if refusal is not None:
-            self.server.metrics.connections_refused.labels(refusal).inc()
-            log.info("refused connection from %s: %s", self.peer_ip, refusal)
-            self._closed = True
-            self.transport.abort()
+            state.metrics.connections_refused.labels(refusal).inc()
+            log.info("refused connection from %s: %s", self.peer, refusal)
+            self.closed = True
+            self.miner.abort()
             return
-        self.session = self.server.new_session()
-        self.server.metrics.connections_total.inc()
-        self.server.spawn(self._connect_pool())
+        self.session = state.new_session(now())
+        state.metrics.connections_total.inc()
 
-    def data_received(self, data: bytes) -> None:
+    def miner_data(self, data: bytes) -> None:
         session = self.session
-        if session is None or self._closed:
+        if session is None or self.closed:
             return
-        now = time.monotonic()
+        at = now()
         shares = session.shares_handled
-        for line in self._framer.feed(data):
-            session.miner_line(line, now)
-            if session.close_reason is not None:
-                break
+        session.receive_miner(data, at)
+        if session.spoken and self._connecting is None and not self.closed:
+            # The first valid request: only now is a pool connection worth its fd.
+            self._connecting = self.state.spawn(self._connect_pool())
         self.flush()
         if session.shares_handled != shares:
-            self.server.metrics.proxy_latency.observe(time.monotonic() - now)
+            self.state.metrics.proxy_latency.observe(time.monotonic() - at.mono)
+        wait = session.throttle(at.mono)
+        if wait > 0.0 and not self.closed:
+            self._pause_miner("cost")
+            if self._resume is None:
+                self._resume = asyncio.get_running_loop().call_later(wait, self._cost_decayed)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _cost_decayed(self) -> None:
+        self._resume = None
+        session = self.session
+        if session is None or self.closed:
+            return
+        wait = session.throttle(time.monotonic())
+        if wait > 0.0:
+            self._resume = asyncio.get_running_loop().call_later(wait, self._cost_decayed)
+        else:
+            self._resume_miner("cost")
+
+    def miner_lost(self, exc: Exception | None) -> None:
         self._miner_gone = True
-        if self.session is not None and self.session.close_reason is None:
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
+        if self.session is not None and not self.closed:
             self.session.close("miner disconnected")
-        # Shares already forwarded still get the pool's verdict and reach the ledger: keep the pool
-        # connection until they are answered (or time out).
-        if self.session is None or not self.session.pending_submits:
-            self._close_pool()
-        self.server.forget(self)
+            self.flush()
 
-    def pause_writing(self) -> None:
-        # The miner is not reading: stop reading from its pool until it catches up.
-        if self.pool is not None and self.pool.transport is not None:
-            self.pool.transport.pause_reading()
+    def miner_stalled(self) -> None:
+        """The miner does not read: stop reading its pool until it catches up."""
+        self._stalled_since = time.monotonic()
+        if self.pool is not None:
+            self.pool.pause_reading()
 
-    def resume_writing(self) -> None:
-        if self.pool is not None and self.pool.transport is not None:
-            self.pool.transport.resume_reading()
+    def miner_unstalled(self) -> None:
+        self._stalled_since = None
+        if self.pool is not None:
+            self.pool.resume_reading()
+
+    def _pause_miner(self, why: str) -> None:
+        if not self._miner_paused and self.miner is not None and not self.miner.is_closing():
+            self.miner.pause_reading()
+        self._miner_paused.add(why)
+
+    def _resume_miner(self, why: str) -> None:
+        self._miner_paused.discard(why)
+        if not self._miner_paused and self.miner is not None and not self.miner.is_closing() and not self.closed:
+            self.miner.resume_reading()
 
     # --- the pool side -----------------------------------------------------------------------------
 
     async def _connect_pool(self) -> None:
-        server = self.server
+        state = self.state
         loop = asyncio.get_running_loop()
-        for url in server.upstreams.candidates():
-            if self._closed:
+        for url in state.upstreams.candidates():
+            if self.closed:
                 return
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
-                # stop() sends, and shutdown would wait on this task forever.
-                async with asyncio.timeout(server.config.upstream_connect_timeout):
-                    _, pool = await loop.create_connection(lambda: PoolConnection(self), url.host, url.port)
-            except (TimeoutError, OSError) as exc:
-                backoff = server.upstreams.failed(url)
-                server.metrics.upstream_connects.labels(url.label, "failed").inc()
-                server.metrics.upstream_up.labels(url.label).set(0)
-                log.warning("pool %s unreachable (%s); backing off %.1fs", url.label, exc or "timeout", backoff)
+                # shutdown sends, and it would wait on this task forever.
+                async with asyncio.timeout(state.config.upstream_connect_timeout):
+                    transport, _ = await loop.create_connection(lambda: PoolProtocol(self), url.host, url.port)
+            except OSError as exc:
+                if exc.errno in _LOCAL_ERRNOS:
+                    # This machine ran out of something (fds, buffers): not the pool's fault.
+                    state.metrics.upstream_connects.labels(url.label, "local-error").inc()
+                    log.error("cannot open a pool connection: %s (the pool is not to blame)", exc)
+                    self._pool_unreachable(f"the proxy is out of resources ({exc.strerror or exc})")
+                    return
+                state.pool_failed(url, str(exc) or type(exc).__name__)
                 continue
-            server.upstreams.succeeded(url)
-            server.metrics.upstream_connects.labels(url.label, "ok").inc()
-            server.metrics.upstream_up.labels(url.label).set(1)
-            if self._closed:
-                pool.transport_close()
+            except TimeoutError:
+                state.pool_failed(url, "connect timeout")
+                continue
+            state.pool_up(url)
+            self.pool = transport
+            self.pool_url = url  # from here on, pool_lost counts this connection out
+            if self.closed:
+                self._close_pool()
                 return
-            self._pool_ready(pool, url)
+            if self.session is not None:
+                self.session.upstream = url.label
+            self.flush()
             return
+        self._pool_unreachable("no pool reachable")
+
+    def _pool_unreachable(self, reason: str) -> None:
         if self.session is not None:
-            self.session.close("no pool reachable")
+            self.session.pool_lost(reason, now())
         self.flush()
 
-    def _pool_ready(self, pool: PoolConnection, url: PoolURL) -> None:
-        self.pool = pool
-        assert self.session is not None
-        self.session.upstream = url.label
+    def pool_data(self, data: bytes) -> None:
+        session = self.session
+        if session is None:
+            return
+        at = now()
+        shares = session.shares_handled
+        session.receive_pool(data, at)
         self.flush()
+        if session.shares_handled != shares:
+            self.state.metrics.proxy_latency.observe(time.monotonic() - at.mono)
+        if self.closed and not session.pending_submits:
+            self._close_pool()
 
     def pool_lost(self, exc: Exception | None) -> None:
         self.pool = None
+        url, self.pool_url = self.pool_url, None
+        ours = self._pool_closing
+        reason = str(exc) if exc else "closed by the pool"
+        if url is not None:
+            self.state.pool_closed(url, None if ours else reason)
+        self.state.draining.discard(self)
         session = self.session
         if session is None:
             return
-        if session.close_reason is None or session.pending_submits:
-            session.pool_lost(str(exc) if exc else "closed by the pool")
+        if not self.closed or session.pending_submits:
+            session.pool_lost(f"pool connection lost: {reason}", now())
         self.flush()
 
-    # --- moving bytes ------------------------------------------------------------------------------
+    def pool_stalled(self) -> None:
+        self._pause_miner("pool")
 
-    def flush(self) -> None:
-        """Write what the session produced, then act on a close decision."""
-        session = self.session
-        if session is None:
-            return
-        if session.to_miner:
-            # Journal first: no verdict reaches a miner before its ledger row would survive a SIGKILL.
-            self.server.ctx.commit()
-            if self.transport is not None and not self._miner_gone:
-                self.transport.write(b"".join(session.to_miner))
-            session.to_miner.clear()
-        if session.to_pool:
-            pool = self.pool
-            if pool is not None and pool.transport is not None:
-                pool.transport.write(b"".join(session.to_pool))
-                session.to_pool.clear()
-            elif len(session.to_pool) > _MAX_QUEUED_BEFORE_POOL:
-                session.close("too many requests before the pool connection was up")
-        if session.close_reason is not None:
-            self._close(session.close_reason)
-        elif (
-            self.transport is not None
-            and self.transport.get_write_buffer_size() > self.server.config.limits.max_miner_buffer
-        ):
-            session.close("miner is not reading (write buffer full)")
-            self._close(session.close_reason or "")
-
-    def _close(self, reason: str) -> None:
-        if not self._closed:
-            self._closed = True
-            self.server.metrics.sessions_closed.labels(_reason_label(reason)).inc()
-            log.info(
-                "session %s from %s closed: %s", self.session.session_id if self.session else "-", self.peer_ip, reason
-            )
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-        if self.session is None or not self.session.pending_submits:
-            self._close_pool()
+    def pool_unstalled(self) -> None:
+        if self.state.accepting:  # while shutting down, miners stay paused: no new share starts
+            self._resume_miner("pool")
 
     def _close_pool(self) -> None:
-        if self.pool is not None:
-            self.pool.transport_close()
+        self.state.draining.discard(self)
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self.pool is not None and not self.pool.is_closing():
+            self._pool_closing = True
+            self.pool.close()
 
-    def sweep(self, now: float) -> None:
+    # --- moving bytes and carrying out decisions ---------------------------------------------------
+
+    def flush(self) -> None:
+        """Record what the session decided, write what it produced, then act on a close decision."""
         session = self.session
         if session is None:
             return
-        session.expire(now)
-        # Most sessions have nothing to say once a second: only flush the ones that do.
-        if session.to_miner or session.to_pool or session.close_reason is not None:
-            self.flush()
-        if self._closed and not session.pending_submits:
+        outbox = session.outbox
+        state = self.state
+        state.sink.take(outbox, self.peer)
+        if outbox.to_miner:
+            # Journal first: no verdict reaches a miner before its ledger row would survive a SIGKILL.
+            state.sink.commit()
+            if self.miner is not None and not self._miner_gone and not self.miner.is_closing():
+                self.miner.write(b"".join(outbox.to_miner))
+            outbox.to_miner.clear()
+        if outbox.to_pool:
+            if self.pool is not None:
+                self.pool.write(b"".join(outbox.to_pool))
+                outbox.to_pool.clear()
+            elif len(outbox.to_pool) > state.limits.max_queued_before_pool:
+                session.close("too many requests before the pool connection was up")
+        if self._unauthorized and session.workers:
+            self._unauthorized = False
+            state.authorized(self)
+        if outbox.close is not None:
+            self.close(outbox.close)
+        elif self.miner is not None and self.miner.get_write_buffer_size() > state.limits.max_miner_buffer:
+            self.close("miner is not reading (write buffer full)")
+
+    def close(self, reason: str) -> None:
+        """The close decision: the slot is free now, the miner socket closes (aborted after
+        `close_grace` if it will not take its last bytes), the pool connection once nothing is in flight."""
+        session = self.session
+        if session is not None:
+            session.close(reason)
+        if self.closed:
+            return
+        self.closed = True
+        state = self.state
+        state.release(self)
+        state.metrics.sessions_closed.labels(_reason_label(reason)).inc()
+        workers = ", ".join(session.worker_names) if session is not None else ""
+        log.info(
+            "session %s from %s%s closed: %s",
+            session.session_id if session else "-",
+            self.peer,
+            f" ({workers})" if workers else "",
+            reason,
+        )
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        miner = self.miner
+        if miner is not None and not self._miner_gone:
+            if not miner.is_closing():
+                miner.close()
+            self._abort = asyncio.get_running_loop().call_later(state.limits.close_grace, self._abort_miner)
+        if session is not None and session.pending_submits and self.pool is not None:
+            state.draining.add(self)  # the pool's verdicts on shares in flight still reach the ledger
+        else:
             self._close_pool()
 
+    def _abort_miner(self) -> None:
+        self._abort = None
+        miner = self.miner
+        if miner is not None and not self._miner_gone:
+            sock = miner.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0: the kernel drops what the peer never read and resets the connection, instead
+                # of holding the buffers of an orphaned socket for as long as the peer likes.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            miner.abort()
 
-class PoolConnection(asyncio.Protocol):
-    """The pool side of one session."""
-
-    def __init__(self, miner: MinerConnection) -> None:
-        self.miner = miner
-        self.transport: asyncio.Transport | None = None
-        self._framer = LineFramer(miner.server.config.limits.max_line)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        session = self.miner.session
+    def tick(self, at: Instant) -> None:
+        session = self.session
         if session is None:
             return
-        now = time.monotonic()
-        shares = session.shares_handled
-        for line in self._framer.feed(data):
-            session.pool_line(line, now)
-        self.miner.flush()
-        if session.shares_handled != shares:
-            self.miner.server.metrics.proxy_latency.observe(time.monotonic() - now)
-        if self.miner._closed and not session.pending_submits:
-            self.transport_close()
+        session.tick(at)
+        if (
+            self._stalled_since is not None
+            and not self.closed
+            and at.mono - self._stalled_since > self.state.limits.max_write_stall
+        ):
+            session.close("miner is not reading (stalled)")
+        outbox = session.outbox
+        # Most sessions have nothing to say once a second: only flush the ones that do.
+        if outbox.to_miner or outbox.to_pool or outbox.close is not None or outbox.verdicts or outbox.notes:
+            self.flush()
+        if self.closed and not session.pending_submits:
+            self._close_pool()
+
+    def pause_for_shutdown(self) -> None:
+        self._pause_miner("shutdown")
+
+    def shut_down(self, reason: str) -> None:
+        """The proxy is stopping: what is still in flight is recorded as unanswered, then close."""
+        if self.session is not None:
+            self.session.pool_lost(reason, now())
+        self.flush()
+        self.close(reason)
+        self._close_pool()
+
+
+class MinerProtocol(asyncio.Protocol):
+    """Shim: the miner's socket callbacks, forwarded to its rig."""
+
+    __slots__ = ("rig",)
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.rig.miner_connected(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.rig.miner_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.miner.pool_lost(exc)
+        self.rig.miner_lost(exc)
 
     def pause_writing(self) -> None:
-        if self.miner.transport is not None:
-            self.miner.transport.pause_reading()
+        self.rig.miner_stalled()
 
     def resume_writing(self) -> None:
-        # (Not while shutting down: then miners stay paused so no new share starts.)
-        if self.miner.transport is not None and not self.miner._closed and self.miner.server.accepting:
-            self.miner.transport.resume_reading()
+        self.rig.miner_unstalled()
 
-    def transport_close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+
+class PoolProtocol(asyncio.Protocol):
+    """Shim: the pool connection's callbacks, forwarded to its rig."""
+
+    __slots__ = ("rig",)
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+
+    def data_received(self, data: bytes) -> None:
+        self.rig.pool_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.rig.pool_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.rig.pool_stalled()
+
+    def resume_writing(self) -> None:
+        self.rig.pool_unstalled()
 
 
 def _reason_label(reason: str) -> str:
@@ -242,23 +484,28 @@ def _reason_label(reason: str) -> str:
     return reason.split("(")[0].split(":")[0].strip()[:48] or "unknown"
 
 
-class StratumProxy:
-    """The Stratum side of the proxy: listener, sessions, limits. Start, then stop."""
+class Server:
+    """The Stratum side of the proxy: startup (listen, sweep), the main loop (the sweeper), shutdown."""
 
-    def __init__(self, config: ProxyConfig, ctx: SessionContext, metrics: ProxyMetrics) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        rules: SessionRules,
+        sink: VerdictSink,
+        metrics: ProxyMetrics,
+        *,
+        ledger_refusal: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.config = config
-        self.ctx = ctx
         self.metrics = metrics
-        self.upstreams = Upstreams.from_strings(config.upstream)
-        self._connections: set[MinerConnection] = set()
-        self._draining: set[MinerConnection] = set()  # closed by the miner, shares still in flight
-        self._per_ip: collections.Counter[str] = collections.Counter()
+        self.state = ServerState(config, rules, sink, metrics, Upstreams.from_strings(config.upstream))
+        self._ledger_refusal = ledger_refusal
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._session_ids = itertools.count(1)
-        self._session_prefix = secrets.token_hex(3)
-        self.accepting = False
+
+    @property
+    def upstreams(self) -> Upstreams:
+        return self.state.upstreams
 
     @property
     def port(self) -> int:
@@ -268,100 +515,80 @@ class StratumProxy:
 
     @property
     def sessions(self) -> int:
-        return len(self._connections)
+        return len(self.state.rigs)
+
+    @property
+    def pool_connections(self) -> int:
+        return sum(self.state.live_pools.values())
 
     async def start(self) -> None:
         host, port = parse_host_port(self.config.listen, "listen")
         loop = asyncio.get_running_loop()
+        state = self.state
         self._server = await loop.create_server(
-            lambda: MinerConnection(self), host, port, backlog=4096, reuse_address=True
+            lambda: MinerProtocol(Rig(state)), host, port, backlog=4096, reuse_address=True
         )
-        self.accepting = True
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="session-sweeper")
+        state.accepting = True
+        self._sweeper = asyncio.create_task(self._main_loop(), name="session-sweeper")
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         log.info(
-            "listening for ASICs on %s:%d; pools: %s", host, self.port, ", ".join(u.label for u in self.upstreams.urls)
+            "listening for ASICs on %s:%d; pools: %s; at most %d sessions (open-file limit %s)",
+            host,
+            self.port,
+            ", ".join(u.label for u in self.upstreams.urls),
+            state.max_sessions,
+            soft,
         )
 
-    def admit(self, connection: MinerConnection) -> str | None:
-        """Why a new connection is refused, or None to admit it."""
-        limits = self.config.limits
-        if not self.accepting:
-            return "shutting down"
-        if len(self._connections) >= limits.max_sessions:
-            return "too many sessions"
-        if self._per_ip[connection.peer_ip] >= limits.max_sessions_per_ip:
-            return "too many sessions from one address"
-        self._connections.add(connection)
-        self._per_ip[connection.peer_ip] += 1
-        return None
-
-    def forget(self, connection: MinerConnection) -> None:
-        if connection in self._connections:
-            self._connections.discard(connection)
-            self._per_ip[connection.peer_ip] -= 1
-            if self._per_ip[connection.peer_ip] <= 0:
-                del self._per_ip[connection.peer_ip]
-        if connection.session is not None and connection.session.pending_submits:
-            # The miner left with shares in flight: keep sweeping until the pool answers them.
-            self._draining.add(connection)
-
-    def new_session(self) -> MinerSession:
-        session_id = f"{self._session_prefix}-{next(self._session_ids)}"
-        return MinerSession(self.ctx, session_id, "", time.monotonic())
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _sweep_forever(self) -> None:
+    async def _main_loop(self) -> None:
         while True:
             await asyncio.sleep(_SWEEP_INTERVAL)
             self.sweep()
 
     def sweep(self) -> None:
-        now = time.monotonic()
+        at = now()
+        state = self.state
+        refusal = self._ledger_refusal()
+        if refusal != state.rules.shares_refused:
+            state.rules.shares_refused = refusal
         states: collections.Counter[str] = collections.Counter()
-        for connection in list(self._connections) + list(self._draining):
+        for rig in list(state.rigs) + list(state.draining):
             try:
-                connection.sweep(now)
+                rig.tick(at)
             except Exception:  # one broken session must not stop the sweep for everyone
                 log.exception("sweep failed for a session; closing it")
-                connection._close("internal error")
-            if connection.session is not None and connection in self._connections:
-                states[connection.session.state] += 1
-        self._draining = {c for c in self._draining if c.session is not None and c.session.pending_submits}
-        for state in ("handshake", "subscribed", "mining"):
-            self.metrics.sessions.labels(state).set(states[state])
+                rig.close("internal error")
+            if rig.session is not None and rig in state.rigs:
+                states[rig.session.state] += 1
+        for name in ("handshake", "subscribed", "mining"):
+            self.metrics.sessions.labels(name).set(states[name])
 
     def in_flight(self) -> int:
-        return sum(c.session.pending_submits for c in self._connections | self._draining if c.session)
+        state = self.state
+        return sum(r.session.pending_submits for r in [*state.rigs, *state.draining] if r.session)
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, give in-flight submits `grace` seconds for the pool's verdict, then close
         every session (what is still unanswered is recorded as `timeout`)."""
-        self.accepting = False
+        state = self.state
+        state.accepting = False
         if self._server is not None:
             self._server.close()
         # No new shares from here on (they wait unread in the kernel and die with the connection,
         # never having reached the pool); the ones in flight get their verdict and their ledger row.
-        for connection in self._connections:
-            if connection.transport is not None and not connection.transport.is_closing():
-                connection.transport.pause_reading()
+        for rig in list(state.rigs):
+            rig.pause_for_shutdown()
         deadline = time.monotonic() + grace
         while self.in_flight() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for connection in list(self._connections | self._draining):
-            if connection.session is not None:
-                connection.session.pool_lost("proxy shutting down")
-                connection.flush()
-            connection._close("proxy shutting down")
-            connection._close_pool()
+        rigs = list(state.rigs) + list(state.draining)
+        for rig in rigs:
+            rig.shut_down("proxy shutting down")
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for task in list(self._tasks):
+        for task in list(state.tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, *(t for t in [self._sweeper] if t), return_exceptions=True)
+        await asyncio.gather(*state.tasks, *(t for t in [self._sweeper] if t), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-        log.info("stopped: %d sessions closed", len(self._connections))
+        log.info("stopped: %d sessions closed", len(rigs))

@@ -1,39 +1,49 @@
-"""One ASIC's passthrough session, sans-I/O: lines in, lines out, ledger rows recorded.
+"""One ASIC's passthrough session, pure: protocol events and an instant in, an outbox out.
 
-The asyncio layer (`proxy/server.py`) feeds `miner_line` / `pool_line` with complete lines and
-writes out what accumulates in `to_miner` / `to_pool`; `close_reason` set means "close both
-connections". Everything the proxy decides about a session lives here, testable without sockets.
+The network layer (`proxy/server.py`) feeds the bytes it reads to `receive_miner` / `receive_pool`
+(which run them through protocol's sans-I/O `MinerConnection` / `PoolConnection` and hand each event
+to `miner_event` / `pool_event`), calls `tick` once a second, and carries out what accumulates in
+`outbox`: bytes for the miner, bytes for the pool, share verdicts (turned into ledger rows and
+metrics by `proxy/verdicts.py`, the one module that does), jobs seen, authorize outcomes, and a close
+decision. Nothing here reads a clock, logs, counts a metric or builds a ledger row: every decision the
+proxy makes about a session lives here and is tested without sockets or time.
 
-Ids: every request forwarded to the pool gets a fresh id from this session, and the reply is
-re-addressed to the miner's own id. Miners reuse ids (cpuminer sends every submit as id 4), so the
-miner's id can never key anything.
+Ids: every request forwarded to the pool goes under a fresh id from the `PoolConnection`, and the
+reply is re-addressed to the miner's own id. Miners reuse ids (cpuminer sends every submit as id 4),
+so the miner's id can never key anything.
+
+Costs (in the spirit of aiorpcX's sessions): every request, byte and error adds to one number that
+decays at `cost_decay_per_second`; above `cost_soft_limit` the network layer stops reading this
+miner until it has decayed below (`throttle`), above `cost_hard_limit` the session is closed.
+Malformed lines are also counted on their own, forgiven one per `bad_line_forgiven_after` seconds.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import msgspec
 
-from ledger.jobs import job_key, job_row
-from ledger.rows import Row, ShareRow
+from ledger.jobs import job_key
 from ledger.workers import WorkerName as Worker
 from ledger.workers import WorkerRefused
-from protocol.errors import (
-    ErrorCode,
-    InvalidMessage,
-    LineTooLong,
-    ProtocolError,
-    RejectReason,
-    StratumError,
+from protocol.connection import (
+    BadLine,
+    MinerConnection,
+    MinerEvent,
+    Notification,
+    PoolConnection,
+    PoolEvent,
+    Refused,
+    ReplyReceived,
+    RequestReceived,
 )
+from protocol.errors import ErrorCode, InvalidMessage, LineTooLong, ProtocolError, RejectReason, StratumError
 from protocol.messages import (
     Authorize,
+    ClientMessage,
     Configure,
     ExtranonceSubscribe,
     Notify,
@@ -44,127 +54,191 @@ from protocol.messages import (
     SetDifficulty,
     SetExtranonce,
     SetVersionMask,
+    ShowMessage,
     Submit,
     SubmitParams,
     Subscribe,
     SuggestDifficulty,
     configure_options,
-    decode_client_message,
-    decode_server_message,
-    encode_error,
+    encode_notification,
     encode_reply,
-    encode_request,
-    encode_result,
     is_hex,
     subscribe_result,
 )
 from protocol.work import Job, Share, ShareRejected
-from proxy.config import Limits
-from proxy.hotkeys import RegisteredHotkeys
-from proxy.metrics import ProxyMetrics
 
-log = logging.getLogger("proxy.session")
+if TYPE_CHECKING:  # only read, never imported at run time: the session depends on no proxy module
+    from proxy.config import Limits
 
 _TRUE = msgspec.Raw(b"true")
 _NULL = msgspec.Raw(b"null")
-MAX_JOBS = 16  # live jobs kept per session; a clean_jobs notify drops all earlier ones
 _BLOCKS_REMEMBERED = 2  # prevhashes whose forwarded shares are remembered (the current block and the last)
-_JOBS_REMEMBERED = 4096  # job keys the proxy remembers having ledgered
 VERSION = "ih-proxy/0.1"
+SUBMIT = "mining.submit"
+AUTHORIZE = "mining.authorize"
+LEDGER_UNAVAILABLE = "ledger-unavailable"  # the reason of a share refused because the ledger is full
+
+
+class Instant(msgspec.Struct, frozen=True, gc=False):
+    """Now, as the caller's clocks say: `mono` for durations, `wall` (Unix seconds) for the ledger.
+    (A Struct, not a NamedTuple: one is made per read, and a Struct is built in C.)"""
+
+    mono: float
+    wall: float
+
+
+class Registered(Protocol):
+    """The subnet's hotkeys (proxy.hotkeys.RegisteredHotkeys), as the session reads them."""
+
+    @property
+    def loaded(self) -> bool: ...
+
+    def __contains__(self, hotkey: str) -> bool: ...
 
 
 @dataclass
-class SessionContext:
-    """What every session of one proxy shares."""
+class SessionRules:
+    """What every session of one proxy shares: plain data, no I/O.
+
+    `shares_refused` is set by the proxy while the ledger cannot persist what it would credit: submits
+    are then answered with that text (error 20) instead of being judged or forwarded."""
 
     accounts: Sequence[str]
-    proxy_id: str
     limits: Limits
-    record: Callable[[Row], None]
-    metrics: ProxyMetrics
-    registered: RegisteredHotkeys | None = None  # None: any valid hotkey may mine
+    registered: Registered | None = None  # None: any valid hotkey may mine
     health_checks: frozenset[str] = frozenset()  # worker names authorized and given work, never credited
-    commit: Callable[[], None] = lambda: None  # make recorded rows crash-proof before miners are answered
-    jobs_recorded: dict[str, None] = field(default_factory=dict)  # job keys ledgered lately (insertion order)
+    shares_refused: str | None = None
 
-    def record_job(self, notify: Notify, key: str, upstream: str) -> None:
-        """Ledger a job once per distinct content: every session of one pool account sees the same jobs."""
-        recorded = self.jobs_recorded
-        if key in recorded:
-            return
-        recorded[key] = None
-        if len(recorded) > _JOBS_REMEMBERED:
-            del recorded[next(iter(recorded))]
-        self.record(job_row(notify, key, time.time(), self.proxy_id, upstream))
+
+class WorkRef(NamedTuple):
+    """Which job a share was made for, as the ledger names it."""
+
+    key: str
+    extranonce1: str
+
+
+class Verdict(msgspec.Struct, frozen=True, gc=False):
+    """One judged share: accepted when `reason` is empty. `worker` None: a submit this session never
+    authorized (counted, never ledgered); `share` None: it never hashed; `latency` None: judged here,
+    else seconds from forwarding it to the pool's verdict."""
+
+    session: str
+    upstream: str
+    worker: Worker | None
+    work: WorkRef | None
+    submit: SubmitParams | None
+    credit: float
+    share: Share | None
+    reason: str
+    received: float  # wall clock, when the submit arrived
+    version_mask: int
+    latency: float | None = None
+
+
+class JobSeen(NamedTuple):
+    """A job the pool notified, for the ledger's job table."""
+
+    notify: Notify
+    key: str
+    upstream: str
+    seen: float  # wall clock
+
+
+class AuthorizeOutcome(NamedTuple):
+    """What became of a mining.authorize: accepted, refused (by the proxy), pool-refused, health-check."""
+
+    outcome: str
+    worker: str  # as the miner sent it, cut to `Limits.max_text`
+    detail: str = ""
+
+
+class PoolTrouble(NamedTuple):
+    """Something the pool sent that the operator should hear about (a bad or over-long line)."""
+
+    detail: str
+
+
+class Outbox:
+    """What the session decided since the caller last emptied it."""
+
+    __slots__ = ("close", "jobs", "notes", "to_miner", "to_pool", "verdicts")
+
+    def __init__(self) -> None:
+        self.to_miner: list[bytes] = []
+        self.to_pool: list[bytes] = []
+        self.verdicts: list[Verdict] = []
+        self.jobs: list[JobSeen] = []
+        self.notes: list[AuthorizeOutcome | PoolTrouble] = []
+        self.close: str | None = None  # set once: close the miner (and the pool once nothing is in flight)
 
 
 class _Work:
     """A live job of this session: the share math, its ledger key, and the extranonce1 it was made with."""
 
-    __slots__ = ("extranonce1", "job", "key", "prevhash")
+    __slots__ = ("job", "prevhash", "ref")
 
     def __init__(self, job: Job, key: str, extranonce1: str, prevhash: str) -> None:
         self.job = job
-        self.key = key
-        self.extranonce1 = extranonce1
+        self.ref = WorkRef(key, extranonce1)
         self.prevhash = prevhash
 
 
 class _Pending:
-    """A request forwarded to the pool, waiting for its reply."""
+    """A request forwarded to the pool, waiting for its reply (the PoolConnection's context)."""
 
     __slots__ = (
         "alias",
         "answered",
         "credit",
-        "job",
-        "kind",
-        "miner_id",
         "received",
+        "request",
         "sent_at",
         "share",
         "submit",
+        "upstream_id",
+        "work",
         "worker",
     )
 
     def __init__(
         self,
-        kind: str,
-        miner_id: Any,
+        request: ClientMessage | None,
         sent_at: float,
         worker: Worker | None = None,
-        job: _Work | None = None,
+        work: _Work | None = None,
         share: Share | None = None,
         received: float = 0.0,
         submit: SubmitParams | None = None,
         credit: float = 0.0,
     ) -> None:
-        self.kind = kind
-        self.miner_id = miner_id
+        self.request = request  # what the miner sent: the reply is relayed to its id
         self.sent_at = sent_at  # monotonic
         self.worker = worker
-        self.job = job
+        self.work = work
         self.share = share
         self.received = received  # wall clock, for the ledger
         self.alias = ""  # authorize: the worker name as the miner spelled it
         self.submit = submit
         self.credit = credit  # the difficulty the share earns if the pool accepts it
         self.answered = False  # the miner was already told (the pool was late); the verdict is still ledgered
+        self.upstream_id: Any = None
 
 
 class MinerSession:
     """The proxy's view of one ASIC and its pool connection."""
 
-    def __init__(self, ctx: SessionContext, session_id: str, upstream: str, now: float) -> None:
-        self.ctx = ctx
+    def __init__(self, rules: SessionRules, session_id: str, upstream: str, now: Instant) -> None:
+        self.rules = rules
+        limits = rules.limits
+        self.limits = limits
         self.session_id = session_id
         self.upstream = upstream  # host:port label of the pool this session talks to
-        self.to_miner: list[bytes] = []
-        self.to_pool: list[bytes] = []
-        self.close_reason: str | None = None
+        self.outbox = Outbox()
+        self.miner = MinerConnection(max_line=limits.max_line)
+        self.pool = PoolConnection(max_line=limits.max_line)
 
-        self.connected_at = now
-        self.last_line_at = now
+        self.connected_at = now.mono
+        self.last_line_at = now.mono
         self.user_agent = ""
         self.extranonce1: str | None = None
         self.extranonce2_size = 0
@@ -179,14 +253,15 @@ class MinerSession:
         self._forwarded: dict[str, set[bytes]] = {}
         self._early_notifies: list[Notify] = []  # jobs that came before we knew extranonce1
         self.workers: dict[str, Worker] = {}  # name as the miner sends it → authorized worker
-        self._pending: dict[int, _Pending] = {}
-        self._ids = itertools.count(1)
-        self.bad_lines = 0
+        self.spoken = False  # a valid request arrived: only then is a pool connection worth opening
+        self.submits_in_flight = 0
         self.shares_handled = 0  # submits judged plus pool verdicts relayed: the layer times bursts by it
-        self._tokens = ctx.limits.submit_burst
-        self._tokens_at = now
+        self.cost = 0.0
+        self._cost_at = now.mono
+        self.bad_lines = 0  # malformed lines not yet forgiven
+        self._bad_since = now.mono
 
-    # --- state the server layer reads --------------------------------------------------------------
+    # --- state the network layer reads -------------------------------------------------------------
 
     @property
     def state(self) -> str:
@@ -195,128 +270,202 @@ class MinerSession:
         return "subscribed" if self.extranonce1 is not None else "handshake"
 
     @property
+    def authorized(self) -> bool:
+        return bool(self.workers)
+
+    @property
+    def close_reason(self) -> str | None:
+        return self.outbox.close
+
+    @property
     def pending_submits(self) -> int:
-        if not self._pending:  # the common case, checked on every pool read: no scan
-            return 0
-        return sum(1 for p in self._pending.values() if p.kind == "mining.submit")
+        return self.submits_in_flight
+
+    @property
+    def worker_names(self) -> list[str]:
+        """The workers this session mines for, for log lines."""
+        return sorted({w.full_name for w in self.workers.values()})
 
     def close(self, reason: str) -> None:
-        if self.close_reason is None:
-            self.close_reason = reason
+        if self.outbox.close is None:
+            self.outbox.close = reason
+            self.miner.close()
+
+    def throttle(self, now: float) -> float:
+        """Seconds to stop reading this miner for: until its cost decays below the soft limit (0: read on)."""
+        if self.cost <= self.limits.cost_soft_limit:  # the common case, once per read: no decay to compute
+            return 0.0
+        cost = self._decayed(now)
+        soft = self.limits.cost_soft_limit
+        if cost <= soft:
+            return 0.0
+        return (cost - soft) / self.limits.cost_decay_per_second
+
+    def _decayed(self, now: float) -> float:
+        elapsed = now - self._cost_at
+        if elapsed > 0.0:
+            self.cost = max(0.0, self.cost - elapsed * self.limits.cost_decay_per_second)
+            self._cost_at = now
+        return self.cost
+
+    def _charge(self, amount: float, now: float) -> None:
+        cost = self._decayed(now) + amount
+        self.cost = cost
+        if cost > self.limits.cost_hard_limit:
+            self.close(f"requests cost more than the session may spend (cost {cost:.0f})")
 
     # --- from the miner ----------------------------------------------------------------------------
 
-    def miner_line(self, line: bytes | LineTooLong, now: float) -> None:
-        self.last_line_at = now
-        message = decode_client_message(line) if isinstance(line, bytes) else line
-        if isinstance(message, Submit):
-            self._submit(message, now)
-        elif isinstance(message, ProtocolError):
-            self._bad_line(message)
-        elif isinstance(message, Authorize):
+    def receive_miner(self, data: bytes, now: Instant) -> None:
+        """Bytes the miner sent: every complete line becomes an event, judged in order."""
+        for event in self.miner.events(data):
+            self.miner_event(event, now)
+            if self.outbox.close is not None:
+                break
+
+    def miner_event(self, event: MinerEvent, now: Instant) -> None:
+        mono = now.mono
+        self.last_line_at = mono
+        limits = self.limits
+        if type(event) is RequestReceived:
+            message = event.message
+            if type(message) is Submit:
+                # The share path: the cost's decay and charge inlined (one submit costs `submit_cost`).
+                elapsed = mono - self._cost_at
+                cost = self.cost
+                if elapsed > 0.0:
+                    cost = max(0.0, cost - elapsed * limits.cost_decay_per_second)
+                    self._cost_at = mono
+                cost += limits.submit_cost + len(event.line) * limits.byte_cost
+                self.cost = cost
+                if cost > limits.cost_hard_limit:
+                    self.close(f"requests cost more than the session may spend (cost {cost:.0f})")
+                self._submit(message, now)
+                return
+            self.spoken = True
+            self._charge(limits.request_cost + len(event.line) * limits.byte_cost, mono)
+            self._request(message, now)
+        elif type(event) is Refused:
+            self._charge(limits.submit_cost + limits.error_cost + len(event.line) * limits.byte_cost, mono)
+            self._refused(event, now)
+        elif type(event) is BadLine:
+            self._charge(limits.error_cost + len(event.line) * limits.byte_cost, mono)
+            self._bad_line(event.error, now)
+
+    def _request(self, message: ClientMessage, now: Instant) -> None:
+        if type(message) is Authorize:
             self._authorize(message, now)
-        elif isinstance(message, Subscribe):
+        elif type(message) is Subscribe:
             if message.params.user_agent:
-                self.user_agent = message.params.user_agent[:128]
-            self._forward(message.id, "mining.subscribe", _subscribe_params(message), now)
-        elif isinstance(message, Configure):
+                self.user_agent = message.params.user_agent[: self.limits.max_text]
+            self._forward(message, "mining.subscribe", _subscribe_params(message), now)
+        elif type(message) is Configure:
             options = configure_options(message)
             if isinstance(options, InvalidMessage):
-                self._bad_line(options)
+                self._bad_line(options, now)
                 return
             if options.version_rolling:
                 self.requested_mask = options.version_rolling_mask
-            self._forward(message.id, "mining.configure", [message.params.extensions, message.params.options], now)
-        elif isinstance(message, ExtranonceSubscribe):
-            self._forward(message.id, "mining.extranonce.subscribe", message.params, now)
-        elif isinstance(message, SuggestDifficulty):
-            params = [message.params.difficulty]
-            self._forward(message.id, "mining.suggest_difficulty", params, now)
+            self._forward(message, "mining.configure", [message.params.extensions, message.params.options], now)
+        elif type(message) is ExtranonceSubscribe:
+            self._forward(message, "mining.extranonce.subscribe", message.params, now)
+        elif type(message) is SuggestDifficulty:
+            self._forward(message, "mining.suggest_difficulty", [message.params.difficulty], now)
         elif isinstance(message, Request):
             # Unknown to us, maybe known to the pool: relay it and its answer.
-            self._forward(message.id, message.method, message.params, now)
+            self._forward(message, message.method, message.params, now)
 
-    def _forward(
-        self, miner_id: Any, method: str, params: list[Any], now: float, pending: _Pending | None = None
-    ) -> None:
-        """Send a request to the pool under a fresh id; remember it when its reply matters."""
-        upstream_id = next(self._ids)
-        self.to_pool.append(encode_request(upstream_id, method, params))
-        if pending is None and miner_id is not None:
-            pending = _Pending(method, miner_id, now)
-        if pending is not None:
-            self._pending[upstream_id] = pending
+    def _forward(self, request: ClientMessage | None, method: str, params: list[Any], now: Instant,
+                 pending: _Pending | None = None) -> None:  # fmt: skip
+        """Send a request to the pool under a fresh id, remembering what to do with its reply."""
+        if pending is None:
+            pending = _Pending(request, now.mono)
+        upstream_id, line = self.pool.send_request(method, params, pending)
+        pending.upstream_id = upstream_id
+        self.outbox.to_pool.append(line)
 
-    def _answer_error(self, miner_id: Any, code: int, message: str) -> None:
-        if miner_id is not None:
-            self.to_miner.append(encode_error(miner_id, StratumError(code, message)))
+    def _answer_error(self, request: ClientMessage | ProtocolError | None, code: int, message: str) -> None:
+        if request is not None and request.id is not None:
+            self.outbox.to_miner.append(self.miner.refuse(request, StratumError(code, message)))
 
-    def _bad_line(self, error: ProtocolError) -> None:
+    def _bad_line(self, error: ProtocolError, now: Instant) -> None:
         if isinstance(error, LineTooLong):
             self.close(f"line too long ({error.length} bytes)")
             return
+        limits = self.limits
+        # One malformed line is forgiven every `bad_line_forgiven_after` seconds: a rig's stray lines
+        # over weeks never add up; a burst does.
+        forgiven = int((now.mono - self._bad_since) / limits.bad_line_forgiven_after)
+        if forgiven:
+            self.bad_lines = max(0, self.bad_lines - forgiven)
+            self._bad_since += forgiven * limits.bad_line_forgiven_after
+        if not self.bad_lines:
+            self._bad_since = now.mono
         self.bad_lines += 1
-        self._answer_error(error.id, ErrorCode.OTHER, error.reason[:200])
-        if isinstance(error, InvalidMessage) and error.method == "mining.submit":
-            self.ctx.metrics.count_share("refused", "malformed")  # counted; never a ledger row of attacker text
-        if self.bad_lines > self.ctx.limits.max_bad_lines:
+        self._answer_error(error, ErrorCode.OTHER, error.reason[: limits.max_error_text])
+        if isinstance(error, InvalidMessage) and error.method == SUBMIT:
+            # Counted; never a ledger row of attacker text.
+            self._verdict(now.wall, None, None, None, 0.0, None, RejectReason.MALFORMED)
+        if self.bad_lines > limits.max_bad_lines:
             self.close(f"too many malformed lines ({self.bad_lines})")
 
-    def _authorize(self, message: Authorize, now: float) -> None:
+    def _authorize(self, message: Authorize, now: Instant) -> None:
         name = message.params.worker
-        if name in self.ctx.health_checks:
+        rules = self.rules
+        shown = name[: self.limits.max_text]
+        if name in rules.health_checks:
             # IHP's health check: the pool authorizes it and sends work; it is never credited.
-            self.ctx.metrics.authorize.labels("health-check").inc()
-            self._forward(
-                message.id,
-                "mining.authorize",
-                [name, *self._password(message)],
-                now,
-                _Pending("mining.authorize", message.id, now, None),
-            )
+            self.outbox.notes.append(AuthorizeOutcome("health-check", shown))
+            self._forward(message, AUTHORIZE, [name, *_password(message)], now)
             return
         try:
-            worker = Worker.parse(name, self.ctx.accounts)
-            registered = self.ctx.registered
+            worker = Worker.parse(name, rules.accounts)
+            registered = rules.registered
             if registered is not None and worker.hotkey not in registered:
                 if not registered.loaded:
                     raise WorkerRefused("the subnet registry is not loaded yet; try again shortly")
                 raise WorkerRefused(f"hotkey {worker.hotkey} is not registered on the subnet")
         except WorkerRefused as refused:
-            self.ctx.metrics.authorize.labels("refused").inc()
-            log.info("session %s: refused worker %r: %s", self.session_id, name[:128], refused)
-            self._answer_error(message.id, ErrorCode.UNAUTHORIZED, str(refused))
+            self.outbox.notes.append(AuthorizeOutcome("refused", shown, str(refused)))
+            self._answer_error(message, ErrorCode.UNAUTHORIZED, str(refused))
             return
-        params: list[Any] = [worker.full_name, *self._password(message)]
-        pending = _Pending("mining.authorize", message.id, now, worker)
+        pending = _Pending(message, now.mono, worker)
         pending.alias = name  # submits may use the name as the miner sent it
-        self._forward(message.id, "mining.authorize", params, now, pending)
+        self._forward(message, AUTHORIZE, [worker.full_name, *_password(message)], now, pending)
 
-    @staticmethod
-    def _password(message: Authorize) -> list[Any]:
-        return [] if message.params.password is None else [message.params.password]
+    def _refused(self, event: Refused, now: Instant) -> None:
+        """A submit the state table forbids here (before subscribe or authorize)."""
+        self.shares_handled += 1
+        message = event.message
+        if message.id is not None:
+            self.outbox.to_miner.append(self.miner.refuse(message, event.error))
+        if type(message) is not Submit:
+            return
+        worker = self.workers.get(message.params.worker)
+        if worker is None:  # never authorized here: counted, no row
+            self._verdict(now.wall, None, None, None, 0.0, None, RejectReason.UNAUTHORIZED)
+            return
+        self._verdict(now.wall, worker, None, message.params, 0.0, None, event.reason)
 
-    def _submit(self, message: Submit, now: float) -> None:
+    def _submit(self, message: Submit, now: Instant) -> None:
         p = message.params
         self.shares_handled += 1
-        if not self._take_token(now):
-            self.close("submit rate limit exceeded")
-            self._answer_error(message.id, ErrorCode.OTHER, "rate limit exceeded")
-            return
         worker = self.workers.get(p.worker)
         if worker is None:
             # Only authorized work reaches the ledger: no row, no text the sender chose.
-            self._answer_error(message.id, ErrorCode.UNAUTHORIZED, "Unauthorized worker")
-            self.ctx.metrics.count_share("refused", "unauthorized")
+            self._answer_error(message, ErrorCode.UNAUTHORIZED, "Unauthorized worker")
+            self._verdict(now.wall, None, None, None, 0.0, None, RejectReason.UNAUTHORIZED)
             return
-        if self.extranonce1 is None:
-            self._answer_error(message.id, ErrorCode.NOT_SUBSCRIBED, "Not subscribed")
-            self._record(time.time(), worker, None, p, 0.0, None, RejectReason.NOT_SUBSCRIBED)
+        refused = self.rules.shares_refused
+        if refused is not None:
+            # The ledger cannot take more: a share we cannot record must not be credited by the pool.
+            self._answer_error(message, ErrorCode.OTHER, refused)
+            self._verdict(now.wall, None, None, None, 0.0, None, LEDGER_UNAVAILABLE)
             return
         work = self.jobs.get(p.job_id)
         if work is None:
-            self._answer_error(message.id, ErrorCode.JOB_NOT_FOUND, "Job not found")
-            self._record(time.time(), worker, None, p, 0.0, None, RejectReason.STALE)
+            self._answer_error(message, ErrorCode.JOB_NOT_FOUND, "Job not found")
+            self._verdict(now.wall, worker, None, p, 0.0, None, RejectReason.STALE)
             return
         # Never more than the pool could credit: whether it applies a new set_difficulty to live
         # jobs or not, the lower of the two is what it owes at least.
@@ -336,107 +485,92 @@ class MinerSession:
                     share,
                 )
         except ShareRejected as rejected:
-            self._answer_error(message.id, rejected.code, rejected.message)
-            self._record(time.time(), worker, work, p, credit, rejected.share, rejected.reason)
+            # A rejected share costs what any submit costs: farms send stale shares in bursts at
+            # every block, and a duplicate is hashed like any other share.
+            self._answer_error(message, rejected.code, rejected.message)
+            self._verdict(now.wall, worker, work.ref, p, credit, rejected.share, rejected.reason)
             return
         forwarded.add(share.hash)
         params = [worker.full_name, p.job_id, p.extranonce2, p.ntime, p.nonce]
         if p.version_bits is not None:
             params.append(p.version_bits)
         # Kept even when the miner sent no id: the pool's verdict is what the ledger records.
-        self._forward(
-            message.id,
-            "mining.submit",
-            params,
-            now,
-            _Pending("mining.submit", message.id, now, worker, work, share, time.time(), p, credit),
-        )
+        self.submits_in_flight += 1
+        pending = _Pending(message, now.mono, worker, work, share, now.wall, p, credit)
+        self._forward(message, SUBMIT, params, now, pending)
 
-    def _take_token(self, now: float) -> bool:
-        limits = self.ctx.limits
-        self._tokens = min(limits.submit_burst, self._tokens + (now - self._tokens_at) * limits.submits_per_second)
-        self._tokens_at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-    def _record(
+    def _verdict(
         self,
         received: float,
         worker: Worker | None,
-        work: _Work | None,
-        submit: SubmitParams,
+        work: WorkRef | None,
+        submit: SubmitParams | None,
         credit: float,
         share: Share | None,
         reason: str,
+        latency: float | None = None,
     ) -> None:
-        """Count a judged share and write its ledger row: accepted when `reason` is empty.
-
-        `credit` is what the share earns when accepted; `share` is None when it never hashed. A
-        health check's shares are counted, never ledgered."""
-        self.ctx.metrics.count_share(*_metric_labels(reason))
-        if worker is None:
-            return
-        bits = submit.version_bits
-        self.ctx.record(
-            ShareRow(
-                received,
-                self.ctx.proxy_id,
-                worker.hotkey,
-                worker.full_name,
+        self.outbox.verdicts.append(
+            Verdict(
                 self.session_id,
-                submit.job_id[:64],
-                credit,
-                share.difficulty if share else 0.0,
-                share.hex_hash if share else "",
-                0 if reason else 1,
-                reason,
                 self.upstream,
-                1 if share is not None and share.is_block else 0,
-                work.key if work else "",
-                work.extranonce1 if work else "",
-                submit.extranonce2[:64].lower(),
-                _uint32(submit.ntime),
-                _uint32(submit.nonce),
-                None if bits is None else _uint32(bits),
+                worker,
+                work,
+                submit,
+                credit,
+                share,
+                reason,
+                received,
                 self.version_mask,
+                latency,
             )
         )
 
     # --- from the pool -----------------------------------------------------------------------------
 
-    def pool_line(self, line: bytes | LineTooLong, now: float) -> None:
-        if isinstance(line, LineTooLong):
-            log.warning("session %s: over-long line from pool %s dropped", self.session_id, self.upstream)
-            return
-        message = decode_server_message(line)
-        if isinstance(message, Reply):
-            self._reply(message, now)
-        elif isinstance(message, Notify):
-            self._notify(message)
-            self.to_miner.append(line + b"\n")
-        elif isinstance(message, SetDifficulty):
+    def receive_pool(self, data: bytes, now: Instant) -> None:
+        """Bytes the pool sent."""
+        for event in self.pool.events(data):
+            self.pool_event(event, now)
+
+    def pool_event(self, event: PoolEvent, now: Instant) -> None:
+        if type(event) is ReplyReceived:
+            self._reply(event, now)
+        elif type(event) is Notification:
+            self._notification(event.message, event.line, now)
+        elif type(event) is BadLine:
+            error = event.error
+            if isinstance(error, LineTooLong):
+                self.outbox.notes.append(PoolTrouble(f"over-long line from pool {self.upstream} dropped"))
+            else:
+                self.outbox.notes.append(PoolTrouble(f"bad line from pool {self.upstream}: {error.reason}"))
+        # UnmatchedReply: a reply to no request of ours (one we gave up on): nothing to do.
+
+    def _notification(self, message: Any, line: bytes, now: Instant) -> None:
+        to_miner = self.outbox.to_miner
+        kind = type(message)
+        if kind is Notify:
+            self._notify(message, now.wall)
+            to_miner.append(line + b"\n")
+        elif kind is SetDifficulty:
             self.difficulty = message.difficulty
-            self.to_miner.append(line + b"\n")
-        elif isinstance(message, SetExtranonce):
+            to_miner.append(line + b"\n")
+        elif kind is SetExtranonce:
             # Applies to jobs notified from now on; live jobs keep the extranonce they were made with.
             self.extranonce1 = message.extranonce1
             self.extranonce2_size = message.extranonce2_size
-            self.to_miner.append(line + b"\n")
-        elif isinstance(message, SetVersionMask):
+            to_miner.append(line + b"\n")
+        elif kind is SetVersionMask:
             self._grant_mask(message.mask)
-            self.to_miner.append(line + b"\n")
-        elif isinstance(message, Reconnect):
+            to_miner.append(line + b"\n")
+        elif kind is Reconnect:
             # Never relay: the miner would leave the proxy for the pool. It reconnects to us instead,
             # and its new session gets a fresh pool connection.
             self.close("pool asked to reconnect")
-        elif isinstance(message, ServerRequest):
+        elif kind is ServerRequest:
             self._pool_request(message)
-        elif isinstance(message, ProtocolError):
-            log.warning("session %s: bad line from pool %s: %s", self.session_id, self.upstream, message.reason)
         else:  # ShowMessage and anything else harmless: the miner may display it
-            self.to_miner.append(line + b"\n")
+            to_miner.append(line + b"\n")
 
     def _grant_mask(self, pool_mask: int) -> None:
         """The pool granted version bits: a share may roll only those both sides agreed on."""
@@ -447,21 +581,21 @@ class MinerSession:
         if message.id is None:
             return
         if message.method == "client.get_version":
-            answer = encode_result(message.id, f"{self.user_agent or 'unknown'} via {VERSION}")
+            answer = self.pool.answer(message.id, f"{self.user_agent or 'unknown'} via {VERSION}")
         elif message.method == "mining.ping":
-            answer = encode_result(message.id, "pong")
+            answer = self.pool.answer(message.id, "pong")
         else:
-            answer = encode_error(message.id, StratumError(ErrorCode.OTHER, f"{message.method} not supported"))
-        self.to_pool.append(answer)
+            answer = self.pool.refuse(message.id, StratumError(ErrorCode.OTHER, f"{message.method} not supported"))
+        self.outbox.to_pool.append(answer)
 
-    def _notify(self, notify: Notify) -> None:
+    def _notify(self, notify: Notify, seen: float) -> None:
         if self.extranonce1 is None:
             self._early_notifies.append(notify)
-            del self._early_notifies[:-MAX_JOBS]
+            del self._early_notifies[: -self.limits.max_jobs]
             return
         if notify.clean_jobs:
             self.jobs.clear()
-        elif len(self.jobs) >= MAX_JOBS:
+        elif len(self.jobs) >= self.limits.max_jobs:
             del self.jobs[next(iter(self.jobs))]
         prevhash = notify.prevhash.lower()
         if prevhash not in self._forwarded:
@@ -474,125 +608,125 @@ class MinerSession:
         key = job_key(notify)
         job = Job(notify, self.extranonce1, self.extranonce2_size, self.difficulty)
         self.jobs[notify.job_id] = _Work(job, key, self.extranonce1, prevhash)
-        self.ctx.record_job(notify, key, self.upstream)
+        self.outbox.jobs.append(JobSeen(notify, key, self.upstream, seen))
 
-    def _reply(self, reply: Reply, now: float) -> None:
-        pending = self._pending.pop(reply.id, None) if isinstance(reply.id, int) else None
-        if pending is None:
-            log.debug("session %s: reply to no request of ours: id %r", self.session_id, reply.id)
-            return
-        kind = pending.kind
-        if kind == "mining.submit":
+    def _reply(self, event: ReplyReceived, now: Instant) -> None:
+        pending: _Pending = event.context
+        reply = event.reply
+        method = event.method
+        if method == SUBMIT:
             self._submit_verdict(pending, reply, now)
-        elif kind == "mining.authorize":
-            if pending.worker is None:
+        elif method == AUTHORIZE:
+            worker = pending.worker
+            if worker is None:
                 pass  # a health check: relayed, never a worker that can earn credit
             elif reply.result == _TRUE and reply.error == _NULL:
-                worker = pending.worker
                 # Bare, full and as-sent spellings all work for later submits.
                 self.workers[worker.full_name] = worker
                 self.workers[f"{worker.hotkey}.{worker.worker_id}"] = worker
                 self.workers[pending.alias] = worker
-                self.ctx.metrics.authorize.labels("accepted").inc()
+                self.outbox.notes.append(AuthorizeOutcome("accepted", worker.full_name))
             else:
-                self.ctx.metrics.authorize.labels("pool-refused").inc()
-        elif kind == "mining.subscribe":
+                failure = reply.failure()
+                detail = failure.message if failure else "refused"
+                self.outbox.notes.append(AuthorizeOutcome("pool-refused", worker.full_name, detail))
+        elif method == "mining.subscribe":
             result = subscribe_result(reply.value())
             if result is not None:
                 self.extranonce1 = result.extranonce1
                 self.extranonce2_size = result.extranonce2_size
                 early, self._early_notifies = self._early_notifies, []
                 for notify in early:
-                    self._notify(notify)
-        elif kind == "mining.configure":
+                    self._notify(notify, now.wall)
+        elif method == "mining.configure":
             value = reply.value()
             if isinstance(value, dict) and value.get("version-rolling") is True:
                 mask = value.get("version-rolling.mask")
                 self._grant_mask(int(mask, 16) if isinstance(mask, str) and 0 < len(mask) <= 8 and is_hex(mask) else 0)
-        if pending.miner_id is not None and not pending.answered:
-            self.to_miner.append(encode_reply(pending.miner_id, reply))
+        request = pending.request
+        if request is not None and request.id is not None and not pending.answered:
+            if method == SUBMIT:  # moves no state: the reply re-addressed, its bytes unchanged
+                self.outbox.to_miner.append(encode_reply(request.id, reply))
+            else:
+                self.outbox.to_miner.append(self.miner.relay(request, reply))
 
-    def _submit_verdict(self, pending: _Pending, reply: Reply, now: float) -> None:
+    def _submit_verdict(self, pending: _Pending, reply: Reply, now: Instant) -> None:
         self.shares_handled += 1
-        share, worker, work, submit = pending.share, pending.worker, pending.job, pending.submit
-        assert share is not None and worker is not None and work is not None and submit is not None
-        self.ctx.metrics.upstream_latency.observe(now - pending.sent_at)
+        self.submits_in_flight -= 1
         accepted = reply.result == _TRUE and reply.error == _NULL
         if accepted:
             reason = ""
-            self.ctx.metrics.accepted_difficulty += pending.credit
-            self.ctx.metrics.count_hotkey(worker.hotkey, pending.credit)
         else:
             failure = reply.failure()
-            reason = f"pool: {failure.message if failure else 'rejected'}"[:120]
-        if share.is_block:
-            self.ctx.metrics.block_candidates += 1
-            log.warning(
-                "BLOCK CANDIDATE session %s worker %s job %s hash %s accepted=%s",
-                self.session_id,
-                worker.full_name,
-                submit.job_id,
-                share.hex_hash,
-                accepted,
-            )
-        self._record(pending.received, worker, work, submit, pending.credit, share, reason)
+            reason = f"pool: {failure.message if failure else 'rejected'}"[: self.limits.max_reason_text]
+        work = pending.work
+        self._verdict(
+            pending.received,
+            pending.worker,
+            work.ref if work else None,
+            pending.submit,
+            pending.credit,
+            pending.share,
+            reason,
+            now.mono - pending.sent_at,
+        )
 
     # --- time and loss -----------------------------------------------------------------------------
 
-    def expire(self, now: float) -> None:
+    def tick(self, now: Instant) -> None:
         """Apply timeouts: the pool's verdicts, the handshake, silence."""
-        limits = self.ctx.limits
-        deadline = now - limits.submit_timeout
-        give_up = now - limits.late_verdict_timeout
-        for upstream_id, pending in list(self._pending.items()):
+        limits = self.limits
+        mono = now.mono
+        deadline = mono - limits.submit_timeout
+        give_up = mono - limits.late_verdict_timeout
+        due: list[_Pending] = []
+        for method, pending in self.pool.pending.contexts():
             if pending.sent_at > deadline:
                 break  # in the order sent: the rest are younger
-            if pending.kind != "mining.submit" or pending.sent_at <= give_up:
-                del self._pending[upstream_id]
-                self._unanswered(pending, "pool did not answer in time")
+            if method != SUBMIT or pending.sent_at <= give_up:
+                due.append(pending)
             elif not pending.answered:
                 # Tell the miner now; a verdict that still comes is what the ledger records.
-                self._answer_error(pending.miner_id, ErrorCode.OTHER, "pool did not answer in time")
+                self._answer_error(pending.request, ErrorCode.OTHER, "pool did not answer in time")
                 pending.answered = True
-        if not self.workers and now - self.connected_at > limits.handshake_timeout:
+        for pending in due:
+            self.pool.pending.pop(pending.upstream_id)
+            self._unanswered(pending, "pool did not answer in time")
+        if not self.workers and mono - self.connected_at > limits.handshake_timeout:
             self.close("no successful authorize within the handshake timeout")
-        elif now - self.last_line_at > limits.idle_timeout:
+        elif mono - self.last_line_at > limits.idle_timeout:
             self.close("idle timeout")
 
-    def pool_lost(self, reason: str) -> None:
-        """The pool connection is gone: answer everything in flight, record the shares, close."""
-        pending, self._pending = list(self._pending.values()), {}
-        for item in pending:
-            self._unanswered(item, f"pool connection lost: {reason}")
-        self.close(f"pool connection lost: {reason}")
+    def pool_lost(self, reason: str, now: Instant) -> None:
+        """The pool connection is gone (or never came): answer everything in flight, record the
+        shares, tell the miner why, close."""
+        for pending in self.pool.close():
+            self._unanswered(pending, reason)
+        if self.outbox.close is None:
+            # A line the miner can log before the disconnect (cgminer, bmminer and ESP-Miner show it).
+            note = ShowMessage(f"InfiniteHash proxy: {reason}; reconnect shortly")
+            self.outbox.to_miner.append(encode_notification("client.show_message", [note.message]))
+        self.close(reason)
 
     def _unanswered(self, pending: _Pending, message: str) -> None:
         if not pending.answered:
-            self._answer_error(pending.miner_id, ErrorCode.OTHER, message)
-        if pending.kind == "mining.submit" and pending.submit is not None:
-            self._record(
-                pending.received, pending.worker, pending.job, pending.submit, pending.credit, pending.share, "timeout"
+            self._answer_error(pending.request, ErrorCode.OTHER, message)
+        if pending.submit is not None:
+            self.submits_in_flight -= 1
+            work = pending.work
+            self._verdict(
+                pending.received,
+                pending.worker,
+                work.ref if work else None,
+                pending.submit,
+                pending.credit,
+                pending.share,
+                RejectReason.TIMEOUT,
             )
 
 
-def _uint32(text: str) -> int:
-    """A submitted 8-hex-digit field as a number; 0 when it is not one (the share never hashed)."""
-    try:
-        return int(text, 16) & 0xFFFFFFFF if len(text) <= 8 else 0
-    except ValueError:
-        return 0
-
-
-def _metric_labels(reason: str) -> tuple[str, str]:
-    """(outcome, reason) labels of `ih_shares_total` for a ledger reason: pool messages are free text,
-    so they share one label."""
-    if not reason:
-        return "accepted", ""
-    if reason == "timeout":
-        return "unanswered", "timeout"
-    if reason.startswith("pool:"):
-        return "rejected", "pool"
-    return "refused", reason
+def _password(message: Authorize) -> list[Any]:
+    return [] if message.params.password is None else [message.params.password]
 
 
 def _subscribe_params(message: Subscribe) -> list[Any]:

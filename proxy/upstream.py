@@ -51,6 +51,7 @@ class _Health:
     url: PoolURL
     failures: int = 0
     retry_at: float = 0.0  # monotonic time before which this URL is skipped
+    down: bool = False  # as last logged: one line per change, not per retry
 
 
 @dataclass
@@ -81,20 +82,36 @@ class Upstreams:
 
     def succeeded(self, url: PoolURL) -> None:
         health = self._find(url)
-        if health.failures:
-            log.info("pool %s is reachable again", url.label)
+        if health.down:
+            log.info("pool %s is up again", url.label)
+        health.down = False
         health.failures = 0
         health.retry_at = 0.0
 
-    def failed(self, url: PoolURL, now: float | None = None) -> float:
-        """Record a failure; returns the backoff applied (seconds)."""
+    def failed(self, url: PoolURL, reason: str = "unreachable", now: float | None = None) -> float:
+        """Record a failed connection attempt; returns the backoff applied (seconds)."""
         now = time.monotonic() if now is None else now
         health = self._find(url)
         health.failures += 1
         backoff: float = min(self.max_backoff, self.base_backoff * 2.0 ** (health.failures - 1))
         backoff *= random.uniform(0.5, 1.0)  # full jitter's milder cousin: spread, but keep the order
         health.retry_at = now + backoff
+        if not health.down:
+            health.down = True
+            log.warning("pool %s is down: %s (retrying with backoff)", url.label, reason)
+        else:
+            log.debug("pool %s still unreachable: %s; backing off %.1fs", url.label, reason, backoff)
         return backoff
+
+    def lost(self, url: PoolURL, reason: str) -> None:
+        """Every live connection to the pool died: it is down until a connection succeeds."""
+        health = self._find(url)
+        if not health.down:
+            health.down = True
+            log.warning("pool %s is down: its last connection was lost (%s)", url.label, reason)
+
+    def is_up(self, url: PoolURL) -> bool:
+        return not self._find(url).down
 
     def is_healthy(self, url: PoolURL, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now

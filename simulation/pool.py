@@ -134,6 +134,7 @@ class PoolSession:
         self.version_mask = 0
         self.workers: list[str] = []  # authorized worker names, in order
         self.methods: list[str] = []  # the first requests' methods, in order (handshake checks)
+        self.requests = 0  # every request read, whatever its method (floods are measured by it)
         self.difficulty = pool.difficulty
         self.submits = 0
         self.closed = False
@@ -196,6 +197,7 @@ class PoolSession:
             self._error(error.id, ErrorCode.OTHER, error.reason)
 
     def _dispatch(self, message: Any) -> None:
+        self.requests += 1
         if len(self.methods) < 32:
             self.methods.append(message.method if isinstance(message, Request) else _method(message))
         if isinstance(message, Subscribe):

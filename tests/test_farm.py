@@ -20,9 +20,10 @@ from ledger.rows import JobRow, Row, ShareRow
 from protocol.messages import Notify, parse_notify
 from protocol.work import Job
 from proxy.config import Limits
-from proxy.farm import FarmASIC, FarmHub, FarmUpstream, PrefixAllocator, prefix_bytes_for
+from proxy.farm import FarmASIC, FarmContext, FarmHub, FarmUpstream, PrefixAllocator, prefix_bytes_for
 from proxy.metrics import ProxyMetrics
-from proxy.session import SessionContext
+from proxy.session import SessionRules
+from proxy.verdicts import VerdictSink
 from simulation.hotkeys import hotkeys
 
 HOTKEYS = hotkeys(2, namespace="farm-unit")
@@ -43,12 +44,8 @@ NOTIFY_PARAMS: list[Any] = [
 class Harness:
     def __init__(self, per_upstream: int = 256) -> None:
         self.rows: list[Row] = []
-        self.ctx = SessionContext(
-            accounts=("infinite",),
-            proxy_id="unit",
-            limits=Limits(),
-            record=self.rows.append,
-            metrics=ProxyMetrics(),
+        self.ctx = FarmContext(
+            SessionRules(accounts=("infinite",), limits=Limits()), VerdictSink("unit", self.rows.append, ProxyMetrics())
         )
         self.hub = FarmHub(self.ctx, per_upstream)
 

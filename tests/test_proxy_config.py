@@ -28,14 +28,14 @@ def test_flags_beat_environment_beat_toml(tmp_path: Path) -> None:
     toml = tmp_path / "proxy.toml"
     toml.write_text(
         'listen = "127.0.0.1:1111"\naccount = "fromtoml"\nupstream = ["stratum+tcp://a:1", "stratum+tcp://b:2"]\n'
-        "[limits]\nmax_sessions = 7\nsubmits_per_second = 3.5\n"
+        "[limits]\nmax_sessions = 7\nrequest_cost = 3.5\n"
     )
     env = {"IH_ACCOUNT": "fromenv", "IH_MAX_SESSIONS": "9", "IH_REQUIRE_REGISTERED": "true"}
     config = load_config(["--config", str(toml), "--listen", "127.0.0.1:2222"], environ=env)
     assert config.listen == "127.0.0.1:2222"  # flag
     assert config.account == ("fromenv",)  # env over TOML
     assert config.upstream == ("stratum+tcp://a:1", "stratum+tcp://b:2")  # TOML, order kept
-    assert config.limits.max_sessions == 9 and config.limits.submits_per_second == 3.5
+    assert config.limits.max_sessions == 9 and config.limits.request_cost == 3.5
     assert config.require_registered is True
 
 

@@ -15,7 +15,8 @@ from protocol.work import Job
 from proxy.config import Limits
 from proxy.hotkeys import RegisteredHotkeys
 from proxy.metrics import ProxyMetrics
-from proxy.session import MinerSession, SessionContext
+from proxy.session import Instant, MinerSession, SessionRules
+from proxy.verdicts import VerdictSink
 
 HOTKEY = Keypair.create_from_uri("//Alice").ss58_address
 OTHER = Keypair.create_from_uri("//Bob").ss58_address
@@ -38,19 +39,27 @@ def notify(job_id: str = "j1", clean: bool = True, ntime: str = "64b3f3ec") -> N
     )
 
 
+WALL = 1_700_000_000.0
+
+
 class Harness:
-    """A session with a clock, a ledger list and a scripted pool."""
+    """A session driven by hand: instants given, a ledger list and a scripted pool; no socket, no clock."""
 
     def __init__(self, limits: Limits | None = None, registered: RegisteredHotkeys | None = None) -> None:
         self.rows: list[ShareRow] = []
         self.jobs: list[JobRow] = []
         self.metrics = ProxyMetrics()
-        self.ctx = SessionContext(
-            ("infinite",), "test-proxy", limits or Limits(), self._record, self.metrics, registered
-        )
+        self.ctx = SessionRules(("infinite",), limits or Limits(), registered)
+        self.sink = VerdictSink("test-proxy", self._record, self.metrics)
         self.now = 1000.0
-        self.session = MinerSession(self.ctx, "s1", "pool:3333", self.now)
+        self.session = MinerSession(self.ctx, "s1", "pool:3333", self.at(self.now))
         self._miner_ids = itertools.count(1)
+        self._to_miner: list[bytes] = []
+        self._to_pool: list[bytes] = []
+
+    @staticmethod
+    def at(mono: float) -> Instant:
+        return Instant(mono, WALL + mono)
 
     def _record(self, row: Row) -> None:
         if isinstance(row, ShareRow):
@@ -58,28 +67,51 @@ class Harness:
         elif isinstance(row, JobRow):
             self.jobs.append(row)
 
+    def _collect(self) -> None:
+        outbox = self.session.outbox
+        self.sink.take(outbox)
+        self._to_miner += outbox.to_miner
+        self._to_pool += outbox.to_pool
+        outbox.to_miner.clear()
+        outbox.to_pool.clear()
+
+    def line(self, raw: bytes) -> None:
+        """A raw line from the miner."""
+        self.session.receive_miner(raw + b"\n", self.at(self.now))
+        self._collect()
+
+    def expire(self, mono: float) -> None:
+        self.session.tick(self.at(mono))
+        self._collect()
+
+    def pool_lost(self, reason: str) -> None:
+        self.session.pool_lost(f"pool connection lost: {reason}", self.at(self.now))
+        self._collect()
+
     # miner side
     def miner(self, method: str, params: list[Any], request_id: Any = "auto") -> Any:
         rid = next(self._miner_ids) if request_id == "auto" else request_id
-        self.session.miner_line(encode_request(rid, method, params).rstrip(b"\n"), self.now)
+        self.line(encode_request(rid, method, params).rstrip(b"\n"))
         return rid
 
     def to_pool(self) -> list[dict[str, Any]]:
-        out = [msgspec.json.decode(line) for line in self.session.to_pool]
-        self.session.to_pool.clear()
+        out = [msgspec.json.decode(line) for line in self._to_pool]
+        self._to_pool.clear()
         return out
 
     def to_miner(self) -> list[dict[str, Any]]:
-        out = [msgspec.json.decode(line) for line in self.session.to_miner]
-        self.session.to_miner.clear()
+        out = [msgspec.json.decode(line) for line in self._to_miner]
+        self._to_miner.clear()
         return out
 
     # pool side
     def pool(self, obj: dict[str, Any]) -> None:
-        self.session.pool_line(msgspec.json.encode(obj), self.now)
+        self.session.receive_pool(msgspec.json.encode(obj) + b"\n", self.at(self.now))
+        self._collect()
 
     def pool_notify(self, n: Notify) -> None:
-        self.session.pool_line(encode_notification("mining.notify", n.params()).rstrip(b"\n"), self.now)
+        self.session.receive_pool(encode_notification("mining.notify", n.params()), self.at(self.now))
+        self._collect()
 
     def handshake(self, difficulty: float = TINY, worker: str = WORKER) -> None:
         self.miner("mining.subscribe", ["bitaxe/BM1370"])
@@ -250,13 +282,13 @@ def test_unanswered_submits_time_out_with_an_answer_and_a_ledger_row() -> None:
     en2, ntime, nonce = h.mine()
     h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=5)
     h.to_pool()
-    h.session.expire(h.now + 4.0)
+    h.expire(h.now + 4.0)
     assert h.to_miner() == [] and h.rows == []
-    h.session.expire(h.now + 6.0)
+    h.expire(h.now + 6.0)
     (answer,) = h.to_miner()
     assert answer["id"] == 5 and answer["error"][0] == 20
     assert h.rows == []  # a verdict may still come: the ledger waits for it
-    h.session.expire(h.now + 61.0)
+    h.expire(h.now + 61.0)
     assert h.to_miner() == []  # answered once
     assert h.rows[-1].reject_reason == "timeout" and h.rows[-1].accepted == 0
 
@@ -267,7 +299,7 @@ def test_a_late_verdict_still_reaches_the_ledger() -> None:
     en2, ntime, nonce = h.mine()
     h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=5)
     (forwarded,) = h.to_pool()
-    h.session.expire(h.now + 6.0)
+    h.expire(h.now + 6.0)
     assert [a["error"][0] for a in h.to_miner()] == [20]
     h.pool({"id": forwarded["id"], "result": True, "error": None})
     assert h.to_miner() == []  # the miner was already answered
@@ -280,7 +312,7 @@ def test_losing_the_pool_answers_everything_in_flight_and_closes_the_session() -
     h.handshake()
     en2, ntime, nonce = h.mine()
     h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=5)
-    h.session.pool_lost("reset")
+    h.pool_lost("reset")
     assert h.to_miner()[0]["id"] == 5
     assert h.rows[-1].reject_reason == "timeout"
     assert h.session.close_reason is not None and "pool connection lost" in h.session.close_reason
@@ -301,7 +333,7 @@ def test_version_rolling_uses_the_mask_both_sides_agreed_on() -> None:
 
 def test_malformed_lines_cost_only_this_session_and_too_many_close_it() -> None:
     h = Harness(Limits(max_bad_lines=3))
-    h.session.miner_line(b'{"id":1,"method":"mining.submit","params":["user", "1", "ab", 0, 1.5]}', h.now)
+    h.line(b'{"id":1,"method":"mining.submit","params":["user", "1", "ab", 0, 1.5]}')
     (answer,) = h.to_miner()
     assert answer["id"] == 1 and answer["error"][0] == 20
     assert h.rows == []  # never authorized: nothing of it reaches the ledger
@@ -310,17 +342,92 @@ def test_malformed_lines_cost_only_this_session_and_too_many_close_it() -> None:
         b"[1,2]",
         b'{"id":2,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.min-bit-count":-1}]}',
     ):
-        h.session.miner_line(junk, h.now)
+        h.line(junk)
     assert h.session.close_reason is not None and "malformed" in h.session.close_reason
     assert h.to_pool() == []
 
 
 def test_a_submit_flood_closes_the_session() -> None:
-    h = Harness(Limits(submits_per_second=10, submit_burst=5))
+    h = Harness(Limits(cost_decay_per_second=10, cost_soft_limit=3, cost_hard_limit=5, request_cost=0, byte_cost=0))
     h.handshake()
     for i in range(6):
         h.miner("mining.submit", [WORKER, "j1", "00000001", "64b3f3ec", f"{i:08x}"])
-    assert h.session.close_reason == "submit rate limit exceeded"
+    assert h.session.close_reason is not None and "cost" in h.session.close_reason
+
+
+def test_a_request_flood_pauses_reading_until_the_cost_decays_and_a_bigger_one_closes() -> None:
+    limits = Limits()
+    h = Harness(limits)
+    h.handshake()
+    per_request = limits.request_cost
+    flood = int(limits.cost_soft_limit / per_request) + 10
+    for _ in range(flood):
+        h.miner("mining.extranonce.subscribe", [])
+    assert h.session.close_reason is None
+    wait = h.session.throttle(h.now)
+    assert wait > 0  # over the soft limit: the network layer stops reading this miner
+    assert h.session.throttle(h.now + wait / 2) > 0
+    assert h.session.throttle(h.now + wait + 0.001) == 0  # decayed: read on
+    for _ in range(int(limits.cost_hard_limit / per_request)):
+        h.miner("mining.extranonce.subscribe", [])
+        if h.session.close_reason is not None:
+            break
+    assert h.session.close_reason is not None and "cost" in h.session.close_reason
+
+
+def test_a_farm_session_sends_hundreds_of_submits_a_second_for_as_long_as_it_likes() -> None:
+    h = Harness()
+    h.handshake()
+    per_second = 500
+    for second in range(30):
+        for i in range(per_second):
+            h.now = 1000.0 + second + i / per_second
+            # unknown job ids: judged here (stale), cheap, and they cost what any submit costs
+            h.miner("mining.submit", [WORKER, f"old{i}", "00000001", "64b3f3ec", f"{i:08x}"])
+        assert h.session.throttle(h.now) == 0
+    assert h.session.close_reason is None
+    assert len(h.rows) == 30 * per_second and {r.reject_reason for r in h.rows} == {"stale"}
+
+
+def test_stray_malformed_lines_over_weeks_never_close_a_rig() -> None:
+    h = Harness(Limits(max_bad_lines=20, bad_line_forgiven_after=60.0))
+    h.handshake()
+    for i in range(200):  # one stray line every ten minutes, for 33 hours
+        h.now = 1000.0 + i * 600.0
+        h.line(b"garbage")
+    assert h.session.close_reason is None
+    for _ in range(21):  # a burst does close it
+        h.line(b"garbage")
+    assert h.session.close_reason is not None and "malformed" in h.session.close_reason
+
+
+def test_the_session_imports_no_io_library() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, proxy.session; "
+        "bad = [m for m in ('clickhouse_connect', 'prometheus_client', 'bittensor', 'aiohttp', 'asyncio', "
+        "'proxy.metrics', 'proxy.config') "
+        "if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_outbox_carries_verdicts_not_rows() -> None:
+    h = Harness()
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    h.session.receive_miner(encode_request(3, "mining.submit", [WORKER, "j1", en2, ntime, nonce]), Instant(2000.0, 5.0))
+    (line,) = h.session.outbox.to_pool
+    h.session.outbox.to_pool.clear()
+    upstream_id = msgspec.json.decode(line)["id"]
+    h.session.receive_pool(b'{"id":%d,"result":true,"error":null}\n' % upstream_id, Instant(2000.25, 5.25))
+    (verdict,) = h.session.outbox.verdicts
+    assert verdict.reason == "" and verdict.worker is not None and verdict.worker.hotkey == HOTKEY
+    assert verdict.received == 5.0 and verdict.latency == 0.25 and verdict.credit == TINY
+    assert h.session.outbox.to_miner == [b'{"id":3,"result":true,"error":null}\n']
 
 
 def test_a_notify_before_the_subscribe_reply_becomes_a_job_once_extranonce1_is_known() -> None:
@@ -364,18 +471,18 @@ def test_with_require_registered_only_metagraph_hotkeys_may_authorize() -> None:
 def test_a_session_that_never_authorizes_is_closed_after_the_handshake_timeout() -> None:
     h = Harness(Limits(handshake_timeout=30.0))
     h.miner("mining.subscribe", [])
-    h.session.expire(h.now + 29.0)
+    h.expire(h.now + 29.0)
     assert h.session.close_reason is None
-    h.session.expire(h.now + 31.0)
+    h.expire(h.now + 31.0)
     assert h.session.close_reason is not None and "handshake" in h.session.close_reason
 
 
 def test_a_silent_miner_is_closed_after_the_idle_timeout() -> None:
     h = Harness(Limits(idle_timeout=60.0))
     h.handshake()
-    h.session.expire(h.now + 59.0)
+    h.expire(h.now + 59.0)
     assert h.session.close_reason is None
-    h.session.expire(h.now + 61.0)
+    h.expire(h.now + 61.0)
     assert h.session.close_reason == "idle timeout"
 
 
@@ -495,3 +602,27 @@ def test_several_accounts_are_each_forwarded_as_sent() -> None:
     assert forwarded["params"][0] == name
     h.miner("mining.authorize", [f"other.{HOTKEY}.worker1", "x"], request_id=9)
     assert h.to_pool() == [] and h.to_miner()[0]["error"][0] == 24
+
+
+def test_a_lost_pool_is_explained_to_the_miner_after_its_requests_are_answered() -> None:
+    h = Harness()
+    h.handshake()
+    h.miner("mining.extranonce.subscribe", [], request_id=12)
+    h.pool_lost("reset")
+    answers = h.to_miner()
+    assert answers[0]["id"] == 12 and answers[0]["error"][0] == 20
+    assert answers[-1]["method"] == "client.show_message" and "pool connection lost: reset" in answers[-1]["params"][0]
+
+
+def test_while_the_ledger_is_full_submits_are_refused_with_a_clear_error_and_never_forwarded() -> None:
+    h = Harness()
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    h.ctx.shares_refused = "the proxy cannot ledger shares right now"
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=4)
+    assert h.to_pool() == [] and h.rows == []
+    assert h.to_miner() == [{"id": 4, "result": None, "error": [20, "the proxy cannot ledger shares right now", None]}]
+    h.ctx.shares_refused = None  # the ledger recovered: the same share is taken
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=5)
+    (forwarded,) = h.to_pool()
+    assert forwarded["method"] == "mining.submit"

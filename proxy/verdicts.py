@@ -1,0 +1,144 @@
+"""What the sessions decided, made real: ledger rows, metrics, the log lines of a rig.
+
+The one place a `Verdict` becomes a `ShareRow`, a `JobSeen` a `JobRow`, and either of them metric
+updates. The session (`proxy/session.py`) decides; this module records; the network layer only moves
+the outbox from one to the other.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ledger.jobs import job_row
+from ledger.rows import Row, ShareRow
+from proxy.metrics import ProxyMetrics
+from proxy.session import AuthorizeOutcome, JobSeen, Outbox, PoolTrouble, Verdict
+
+log = logging.getLogger("proxy.session")
+
+
+class VerdictSink:
+    """Turns a session's outbox (verdicts, jobs, authorize outcomes) into ledger rows and metrics."""
+
+    def __init__(
+        self,
+        proxy_id: str,
+        record: Callable[[Row], None],
+        metrics: ProxyMetrics,
+        *,
+        jobs_remembered: int = 4096,
+        commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.proxy_id = proxy_id
+        self.record = record
+        self.metrics = metrics
+        self.commit = commit  # make recorded rows crash-proof; called before miners are answered
+        self.jobs_remembered = jobs_remembered
+        self.jobs_recorded: dict[str, None] = {}  # job keys ledgered lately (insertion order)
+
+    def take(self, outbox: Outbox, peer: str = "-") -> None:
+        """Record and count what the session produced; empties those lists (not the bytes)."""
+        verdicts = outbox.verdicts
+        if verdicts:
+            for verdict in verdicts:
+                self.verdict(verdict)
+            verdicts.clear()
+        if outbox.jobs:
+            for seen in outbox.jobs:
+                self.job(seen)
+            outbox.jobs.clear()
+        if outbox.notes:
+            for note in outbox.notes:
+                self.note(note, peer)
+            outbox.notes.clear()
+
+    def job(self, seen: JobSeen) -> None:
+        """Ledger a job once per distinct content: every session of one pool account sees the same jobs."""
+        recorded = self.jobs_recorded
+        if seen.key in recorded:
+            return
+        recorded[seen.key] = None
+        if len(recorded) > self.jobs_remembered:
+            del recorded[next(iter(recorded))]
+        self.record(job_row(seen.notify, seen.key, seen.seen, self.proxy_id, seen.upstream))
+
+    def verdict(self, v: Verdict) -> None:
+        metrics = self.metrics
+        reason = v.reason
+        metrics.count_share(*_metric_labels(reason))
+        if v.latency is not None:
+            metrics.upstream_latency.observe(v.latency)
+        worker, share, submit, work = v.worker, v.share, v.submit, v.work
+        if worker is None or submit is None:
+            return  # never authorized here (or a health check): counted, never ledgered
+        if not reason:
+            metrics.accepted_difficulty += v.credit
+            metrics.count_hotkey(worker.hotkey, v.credit)
+        if share is not None and share.is_block and v.latency is not None:
+            metrics.block_candidates += 1
+            log.warning(
+                "BLOCK CANDIDATE session %s worker %s job %s hash %s accepted=%s",
+                v.session,
+                worker.full_name,
+                submit.job_id,
+                share.hex_hash,
+                not reason,
+            )
+        bits = submit.version_bits
+        self.record(
+            ShareRow(
+                v.received,
+                self.proxy_id,
+                worker.hotkey,
+                worker.full_name,
+                v.session,
+                submit.job_id[:64],
+                v.credit,
+                share.difficulty if share else 0.0,
+                share.hex_hash if share else "",
+                0 if reason else 1,
+                reason,
+                v.upstream,
+                1 if share is not None and share.is_block else 0,
+                work.key if work else "",
+                work.extranonce1 if work else "",
+                submit.extranonce2[:64].lower(),
+                _uint32(submit.ntime),
+                _uint32(submit.nonce),
+                None if bits is None else _uint32(bits),
+                v.version_mask,
+            )
+        )
+
+    def note(self, note: AuthorizeOutcome | PoolTrouble, peer: str) -> None:
+        if isinstance(note, AuthorizeOutcome):
+            self.metrics.authorize.labels(note.outcome).inc()
+            if note.outcome == "accepted":
+                log.info("worker %s authorized from %s", note.worker, peer)
+            elif note.outcome == "health-check":
+                log.info("health check %s from %s", note.worker, peer)
+            else:
+                log.info("worker %r from %s %s: %s", note.worker, peer, note.outcome, note.detail)
+        else:
+            log.warning("%s", note.detail)
+
+
+def _uint32(text: str) -> int:
+    """A submitted 8-hex-digit field as a number; 0 when it is not one (the share never hashed)."""
+    try:
+        return int(text, 16) & 0xFFFFFFFF if len(text) <= 8 else 0
+    except ValueError:
+        return 0
+
+
+def _metric_labels(reason: str) -> tuple[str, str]:
+    """(outcome, reason) labels of `ih_shares_total` for a ledger reason: pool messages are free text,
+    so they share one label."""
+    if not reason:
+        return "accepted", ""
+    if reason == "timeout":
+        return "unanswered", "timeout"
+    if reason.startswith("pool:"):
+        return "rejected", "pool"
+    return "refused", reason
