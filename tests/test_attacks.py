@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import socket
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,8 @@ def config(pool: SimulatedPool, data_dir: Path, clickhouse_url: str | None = Non
         clickhouse_url=clickhouse_url,
         metrics=f"{HOST}:0",
         proxy_id="attacks",
-        ledger_flush_interval=0.05,
         limits=Limits(**limits),
-        **options,
+        **{"ledger_flush_interval": 0.05, **options},
     )
 
 
@@ -366,3 +367,54 @@ def test_the_session_limit_defaults_to_what_the_open_file_limit_allows() -> None
     # two fds a session (miner, pool), headroom for the ledger, spool, HTTP and the listener
     assert 2 * automatic < soft and automatic >= min(16, soft)
     assert session_limit(Limits(max_sessions=7)) == 7
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_running_out_of_file_descriptors_is_not_a_pool_failure(tmp_path: Path) -> None:
+    """Sockets accepted while fds last, then the process's open-file limit is lowered to what is open:
+    the pool connections their first requests need fail with EMFILE. Those miners are told why, the
+    pool is not put in backoff (it did nothing wrong), and once fds are back an honest miner mines."""
+    result: dict[str, Any] = {}
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def scenario() -> None:
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=29) as pool:
+            app = ProxyApp(config(pool, tmp_path, ledger_flush_interval=30.0))
+            await app.start()
+            clients = [await asyncio.open_connection(HOST, app.port) for _ in range(5)]
+            await until(lambda: app.stratum.sessions == 5, "5 sessions admitted")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (_open_fds(), hard))
+            try:
+                for _, writer in clients:
+                    writer.write(b'{"id":1,"method":"mining.subscribe","params":["starved"]}\n')
+                answers = []
+                for reader, _ in clients:
+                    line = await asyncio.wait_for(reader.readline(), 10)
+                    answers.append(msgspec.json.decode(line) if line else {})
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            result["answers"] = answers
+            result["local_errors"] = sample(
+                app, "ih_upstream_connects_total", upstream=f"{HOST}:{pool.port}", result="local-error"
+            )
+            url = app.stratum.upstreams.urls[0]
+            result["healthy"] = app.stratum.upstreams.is_healthy(url)
+            for _, writer in clients:
+                writer.close()
+            fleet = honest_fleet(app.port, 20)
+            await fleet.run(timeout=60)
+            result["fleet"] = (fleet.accepted, fleet.lost, fleet.rejected)
+            await app.stop()
+            result["pool"] = pool.accepted_by_hotkey()
+
+    go(scenario)
+    assert result["local_errors"] >= 1
+    assert result["healthy"], "EMFILE put the pool in backoff"
+    # Each starved miner got a reason it can log (an error answer or a message), not a silent close.
+    assert all(a.get("error") or a.get("method") == "client.show_message" for a in result["answers"]), result
+    assert any("out of resources" in str(a) for a in result["answers"]), result["answers"]
+    assert result["fleet"] == (20, 0, 0)
+    assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]
