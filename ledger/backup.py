@@ -27,7 +27,6 @@ from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
 from ledger.target import NO_EMBEDDED_ENGINE, LedgerTarget
 
@@ -226,19 +225,21 @@ def rotate(directory: Path, keep: int) -> list[str]:
 def write_metric(directory: Path, database: str, finished: dt.datetime, size: int) -> Path:
     """`ih_ledger_last_backup_timestamp_seconds` (and its size) for node_exporter's textfile collector,
     written atomically (a temporary file renamed into place)."""
-    registry = CollectorRegistry()
-    Gauge(
-        "ih_ledger_last_backup_timestamp_seconds",
-        "Unix time the last ledger backup finished",
-        ["database"],
-        registry=registry,
-    ).labels(database).set(finished.timestamp())
-    Gauge(
-        "ih_ledger_last_backup_size_bytes", "Compressed size of the last ledger backup", ["database"], registry=registry
-    ).labels(database).set(size)
+    # The exposition format by hand: two gauges, and ledger/ stays free of the proxy's metrics library.
+    # `database` is a plain identifier (LedgerTarget.parse checks it), so no label escaping is needed.
+    text = (
+        "# HELP ih_ledger_last_backup_timestamp_seconds Unix time the last ledger backup finished\n"
+        "# TYPE ih_ledger_last_backup_timestamp_seconds gauge\n"
+        f'ih_ledger_last_backup_timestamp_seconds{{database="{database}"}} {finished.timestamp()!r}\n'
+        "# HELP ih_ledger_last_backup_size_bytes Compressed size of the last ledger backup\n"
+        "# TYPE ih_ledger_last_backup_size_bytes gauge\n"
+        f'ih_ledger_last_backup_size_bytes{{database="{database}"}} {float(size)!r}\n'
+    )
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / TEXTFILE_NAME
-    write_to_textfile(str(path), registry)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # node_exporter never reads half a file
     return path
 
 

@@ -83,8 +83,8 @@ from protocol.state import State
 from protocol.work import BIP320_MASK, Job, Share, ShareRejected
 from proxy.metrics import ProxyMetrics
 from proxy.server import session_limit
-from proxy.session import JobSeen, SessionRules
-from proxy.verdicts import VerdictSink
+from proxy.session import JobSeen, SessionRules, check_credit, credit_for
+from proxy.verdicts import VerdictSink, metric_labels, uint32
 
 log = logging.getLogger("proxy.farm")
 
@@ -178,46 +178,8 @@ class PrefixAllocator:
 # --- per-share checks (the same rules as passthrough's MinerSession._submit; see the module doc) ------
 
 
-def credit_for(job_difficulty: float, current_difficulty: float) -> float:
-    """Never more than the pool could credit: the lower of the job's and the one in force."""
-    return min(job_difficulty, current_difficulty)
-
-
-def check_duplicate(forwarded: set[bytes], share: Share) -> None:
-    if share.hash in forwarded:
-        raise ShareRejected(ErrorCode.DUPLICATE, RejectReason.DUPLICATE, "Duplicate share", share)
-
-
-def check_difficulty(share: Share, credit: float) -> None:
-    if share.difficulty < credit:
-        raise ShareRejected(
-            ErrorCode.LOW_DIFFICULTY,
-            RejectReason.LOW_DIFFICULTY,
-            f"Low difficulty share ({share.difficulty:.6g} < {credit:.6g})",
-            share,
-        )
-
-
-def metric_labels(reason: str) -> tuple[str, str]:
-    """(outcome, reason) labels of ih_shares_total, as passthrough counts them."""
-    if not reason:
-        return "accepted", ""
-    if reason == "timeout":
-        return "unanswered", "timeout"
-    if reason.startswith("pool:"):
-        return "rejected", "pool"
-    return "refused", reason
-
-
 def _sent_at(context: Any) -> float:
     return context.sent_at if type(context) is _PendingShare else float(context)
-
-
-def _uint32(text: str) -> int:
-    try:
-        return int(text, 16) & 0xFFFFFFFF if len(text) <= 8 else 0
-    except ValueError:
-        return 0
 
 
 # --- the state --------------------------------------------------------------------------------------
@@ -633,8 +595,7 @@ class FarmHub:
             forwarded = upstream.forwarded.get(pool_job.prevhash)
             if forwarded is None:
                 raise ShareRejected(ErrorCode.JOB_NOT_FOUND, RejectReason.STALE, "Job not found")
-            check_duplicate(forwarded, share)
-            check_difficulty(share, credit)
+            check_credit(share, forwarded, credit)
         except ShareRejected as rejected:
             asic.error(message.id, rejected.code, rejected.message)
             self._record(asic, time.time(), worker, work, p, credit, rejected.share, rejected.reason, upstream)
@@ -685,9 +646,9 @@ class FarmHub:
                 work.pool_job.key if work else "",
                 work.pool_job.extranonce1 + work.prefix if work else "",
                 (submit.extranonce2[:64].lower() + work.filler) if work else submit.extranonce2[:64].lower(),
-                _uint32(submit.ntime),
-                _uint32(submit.nonce),
-                None if bits is None else _uint32(bits),
+                uint32(submit.ntime),
+                uint32(submit.nonce),
+                None if bits is None else uint32(bits),
                 asic.version_mask,
             )
         )

@@ -96,6 +96,28 @@ class Registered(Protocol):
     def __contains__(self, hotkey: str) -> bool: ...
 
 
+# --- the credit rules, for passthrough sessions and farm mode alike ------------------------------------
+
+
+def credit_for(job_difficulty: float, current_difficulty: float) -> float:
+    """Never more than the pool could credit: whether it applies a new set_difficulty to live jobs
+    or not, the lower of the job's and the one in force is what it owes at least."""
+    return job_difficulty if job_difficulty < current_difficulty else current_difficulty
+
+
+def check_credit(share: Share, forwarded: set[bytes], credit: float) -> None:
+    """Raises ShareRejected unless the share is new on this pool connection and meets the credit."""
+    if share.hash in forwarded:
+        raise ShareRejected(ErrorCode.DUPLICATE, RejectReason.DUPLICATE, "Duplicate share", share)
+    if share.difficulty < credit:
+        raise ShareRejected(
+            ErrorCode.LOW_DIFFICULTY,
+            RejectReason.LOW_DIFFICULTY,
+            f"Low difficulty share ({share.difficulty:.6g} < {credit:.6g})",
+            share,
+        )
+
+
 @dataclass
 class SessionRules:
     """What every session of one proxy shares: plain data, no I/O.
@@ -467,23 +489,13 @@ class MinerSession:
             self._answer_error(message, ErrorCode.JOB_NOT_FOUND, "Job not found")
             self._verdict(now.wall, worker, None, p, 0.0, None, RejectReason.STALE)
             return
-        # Never more than the pool could credit: whether it applies a new set_difficulty to live
-        # jobs or not, the lower of the two is what it owes at least.
-        credit = min(work.job.difficulty, self.difficulty)
+        credit = credit_for(work.job.difficulty, self.difficulty)
         try:
             share = work.job.hash_share(p.extranonce2, p.ntime, p.nonce, p.version_bits, self.version_mask)
             forwarded = self._forwarded.get(work.prevhash)
             if forwarded is None:
                 raise ShareRejected(ErrorCode.JOB_NOT_FOUND, RejectReason.STALE, "Job not found")
-            if share.hash in forwarded:
-                raise ShareRejected(ErrorCode.DUPLICATE, RejectReason.DUPLICATE, "Duplicate share", share)
-            if share.difficulty < credit:
-                raise ShareRejected(
-                    ErrorCode.LOW_DIFFICULTY,
-                    RejectReason.LOW_DIFFICULTY,
-                    f"Low difficulty share ({share.difficulty:.6g} < {credit:.6g})",
-                    share,
-                )
+            check_credit(share, forwarded, credit)
         except ShareRejected as rejected:
             # A rejected share costs what any submit costs: farms send stale shares in bursts at
             # every block, and a duplicate is hashed like any other share.

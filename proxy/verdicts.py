@@ -66,7 +66,7 @@ class VerdictSink:
     def verdict(self, v: Verdict) -> None:
         metrics = self.metrics
         reason = v.reason
-        metrics.count_share(*_metric_labels(reason))
+        metrics.count_share(*metric_labels(reason))
         if v.latency is not None:
             metrics.upstream_latency.observe(v.latency)
         worker, share, submit, work = v.worker, v.share, v.submit, v.work
@@ -104,9 +104,9 @@ class VerdictSink:
                 work.key if work else "",
                 work.extranonce1 if work else "",
                 submit.extranonce2[:64].lower(),
-                _uint32(submit.ntime),
-                _uint32(submit.nonce),
-                None if bits is None else _uint32(bits),
+                uint32(submit.ntime),
+                uint32(submit.nonce),
+                None if bits is None else uint32(bits),
                 v.version_mask,
             )
         )
@@ -124,7 +124,7 @@ class VerdictSink:
             log.warning("%s", note.detail)
 
 
-def _uint32(text: str) -> int:
+def uint32(text: str) -> int:
     """A submitted 8-hex-digit field as a number; 0 when it is not one (the share never hashed)."""
     try:
         return int(text, 16) & 0xFFFFFFFF if len(text) <= 8 else 0
@@ -132,7 +132,7 @@ def _uint32(text: str) -> int:
         return 0
 
 
-def _metric_labels(reason: str) -> tuple[str, str]:
+def metric_labels(reason: str) -> tuple[str, str]:
     """(outcome, reason) labels of `ih_shares_total` for a ledger reason: pool messages are free text,
     so they share one label."""
     if not reason:
