@@ -1,0 +1,146 @@
+"""An honest miner's latency while other sessions flood the proxy (issue 9, item 4), against the same
+miner alone, in one run: `python3 -m uv run python -m benchmarks.flood`.
+
+The flooders hold real hotkeys and authorize, then send `mining.extranonce.subscribe` (a request the
+proxy relays to the pool) as fast as the socket takes it; each is closed by its cost and reconnects
+at once, so the flood lasts the whole measurement. The honest miner submits at a fixed rate. Printed:
+its p50/p99 with and without the flood, their ratio (target ≤ 2), and how much of the flood reached
+the pool. Loopback only; every loop is bounded in count and time. A report, never a test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from proxy.app import ProxyApp
+from proxy.config import Limits, ProxyConfig
+from simulation import Fleet, SimulatedPool
+from simulation.hotkeys import hotkeys, worker_name
+
+HOST = "127.0.0.1"
+DIFFICULTY = 2.0**-26
+RATE = 20.0  # honest shares per second
+SHARES = 300  # per phase: 15 s at RATE
+FLOODERS = 4
+_LINE = b'{"id":7,"method":"mining.extranonce.subscribe","params":[]}\n' * 1000
+HOTKEYS = hotkeys(1 + FLOODERS, namespace="flood-bench")
+
+
+async def _flood(port: int, index: int, stop: Any, counts: dict[str, int]) -> None:
+    name = worker_name(HOTKEYS[1 + index], f"flood{index}")
+    handshake = (
+        b'{"id":1,"method":"mining.subscribe","params":["flooder"]}\n'
+        + msgspec.json.encode({"id": 2, "method": "mining.authorize", "params": [name, "x"]})
+        + b"\n"
+    )
+    for _ in range(10_000):  # reconnections, bounded
+        if stop.is_set():
+            return
+        with contextlib.suppress(ConnectionError, TimeoutError, OSError):
+            reader, writer = await asyncio.open_connection(HOST, port)
+            drain = asyncio.create_task(_drain(reader))
+            writer.write(handshake)
+            counts["sessions"] += 1
+            for _ in range(10_000):  # chunks of 1,000 requests, bounded
+                if stop.is_set() or writer.is_closing() or drain.done():
+                    break
+                writer.write(_LINE)
+                counts["sent"] += 1000
+                await asyncio.wait_for(writer.drain(), 5)
+            writer.close()
+            drain.cancel()
+        await asyncio.sleep(0.01)
+
+
+async def _drain(reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(ConnectionError):
+        for _ in range(10_000_000):
+            if not await reader.read(1 << 16):
+                return
+
+
+def _flood_process(port: int, stop: Any, totals: Any) -> None:
+    """The flooders in their own process: their own CPU, so only the proxy is shared with the miner."""
+
+    async def run() -> None:
+        counts = {"sessions": 0, "sent": 0}
+        await asyncio.gather(*(_flood(port, i, stop, counts) for i in range(FLOODERS)), return_exceptions=True)
+        totals["sessions"], totals["sent"] = counts["sessions"], counts["sent"]
+
+    asyncio.run(run())
+
+
+async def _phase(port: int, flood: bool) -> tuple[dict[str, float], dict[str, int]]:
+    context = multiprocessing.get_context("spawn")
+    manager = context.Manager()
+    stop, totals = manager.Event(), manager.dict(sessions=0, sent=0)
+    flooder = context.Process(target=_flood_process, args=(port, stop, totals)) if flood else None
+    if flooder is not None:
+        flooder.start()
+        await asyncio.sleep(2.0)  # the flood is on before the honest miner starts
+    fleet = Fleet.for_hotkeys(HOST, port, HOTKEYS[:1], 1, max_shares=SHARES, mode="rate", rate=RATE)
+    await fleet.run(timeout=120)
+    stop.set()
+    if flooder is not None:
+        await asyncio.to_thread(flooder.join, 30)
+    counts = {"sessions": int(totals["sessions"]), "sent": int(totals["sent"])}
+    manager.shutdown()
+    return fleet.summary(), counts
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=41) as pool:
+            config = ProxyConfig(
+                listen=f"{HOST}:0",
+                upstream=(f"stratum+tcp://{HOST}:{pool.port}",),
+                data_dir=Path(tmp),
+                metrics=f"{HOST}:0",
+                proxy_id="flood-bench",
+                limits=Limits(),
+            )
+            app = ProxyApp(config)
+            await app.start()
+            try:
+                alone, _ = await _phase(app.port, flood=False)
+                relayed_before = sum(s.requests for s in pool.sessions.values())
+                flooded, counts = await _phase(app.port, flood=True)
+                relayed = sum(s.requests for s in pool.sessions.values()) - relayed_before
+            finally:
+                await app.stop()
+    report(alone, flooded, counts, relayed)
+
+
+def _ms(value: Any) -> str:
+    return "-" if value is None else f"{value * 1000:.2f} ms"
+
+
+def report(alone: dict[str, float], flooded: dict[str, float], counts: dict[str, int], relayed: int) -> None:
+    print(f"honest miner: {SHARES} shares at {RATE:.0f}/s; {FLOODERS} flooders of mining.extranonce.subscribe")
+    print(f"{'':24}{'p50':>12}{'p99':>12}{'accepted':>10}{'lost':>6}")
+    for label, s in (("alone", alone), ("while flooded", flooded)):
+        print(
+            f"{label:24}{_ms(s['latency_p50']):>12}{_ms(s['latency_p99']):>12}{s['accepted']:>10.0f}{s['lost']:>6.0f}"
+        )
+    if alone["latency_p99"] and flooded["latency_p99"]:
+        ratio = flooded["latency_p99"] / alone["latency_p99"]
+        verdict = "meets" if ratio <= 2.0 else "misses"
+        print(f"p99 while flooded / alone: {ratio:.2f}x ({verdict} the target of at most 2x)")
+    print(
+        f"flood: {counts['sent']:,} requests over {counts['sessions']} sessions; "
+        f"{relayed:,} reached the pool ({relayed / max(counts['sent'], 1):.2%})"
+    )
+
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    asyncio.run(main())
+    print(f"({time.monotonic() - started:.0f} s)")
