@@ -165,6 +165,9 @@ def test_a_miner_that_does_not_read_while_the_pool_floods_notifies_is_aborted_an
                     pool.new_job(clean=False)
                 await asyncio.sleep(0.02)
             await until(lambda: app.stratum.sessions == 1, "the deaf miner's slot freed")
+            # Its pool connection goes too, once the pool's last in-flight answer to it is in.
+            with contextlib.suppress(AssertionError, TimeoutError):
+                await until(lambda: app.stratum.pool_connections == 1, "the deaf miner's pool connection closed")
             result["pool_connections"] = app.stratum.pool_connections
             await fleet.wait(timeout=60)
             await fleet.stop()
