@@ -148,15 +148,10 @@ def backup(
     try:
         if not _database_exists(client, target.database):
             raise BackupError(f"no database {target.database} in {target}: nothing to back up")
-        try:
-            rows = client.query(f"BACKUP DATABASE {target.database} TO {engine}").result_rows
-            status = _status(client, str(rows[0][0]))
-        except Exception as exc:
-            raise BackupError(f"BACKUP to {shown} failed: {_scrub(target.scrub(exc), destination.secrets())}") from None
+        sql = f"BACKUP DATABASE {target.database} TO {engine}"
+        status = _run(client, sql, f"BACKUP to {shown}", "BACKUP_CREATED", target, destination.secrets())
     finally:
         client.close()
-    if status["status"] != "BACKUP_CREATED":
-        raise BackupError(f"BACKUP to {shown} ended {status['status']}: {status['error']}")
     finished = dt.datetime.now(dt.UTC)
     removed = rotate(rotate_dir, keep) if keep is not None and rotate_dir is not None else []
     if textfile_dir is not None:
@@ -197,16 +192,23 @@ def restore(
                 f"or restore beside it with --as NEWNAME"
             )
         rename = f" AS {database}" if database != target.database else ""
-        try:
-            rows = client.query(f"RESTORE DATABASE {target.database}{rename} FROM {engine}").result_rows
-            status = _status(client, str(rows[0][0]))
-        except Exception as exc:
-            raise BackupError(f"RESTORE from {shown} failed: {_scrub(target.scrub(exc), source.secrets())}") from None
+        sql = f"RESTORE DATABASE {target.database}{rename} FROM {engine}"
+        _run(client, sql, f"RESTORE from {shown}", "RESTORED", target, source.secrets())
     finally:
         client.close()
-    if status["status"] != "RESTORED":
-        raise BackupError(f"RESTORE from {shown} ended {status['status']}: {status['error']}")
     return name
+
+
+def _run(client: Client, sql: str, what: str, done: str, target: LedgerTarget, secrets: list[str]) -> dict[str, Any]:
+    """Run a BACKUP or RESTORE statement and return its system.backups row; BackupError unless `done`."""
+    try:
+        rows = client.query(sql).result_rows
+        status = _status(client, str(rows[0][0]))
+    except Exception as exc:
+        raise BackupError(f"{what} failed: {_scrub(target.scrub(exc), secrets)}") from None
+    if status["status"] != done:
+        raise BackupError(f"{what} ended {status['status']}: {status['error']}")
+    return status
 
 
 def rotate(directory: Path, keep: int) -> list[str]:

@@ -33,7 +33,7 @@ from protocol.messages import (
     subscribe_result,
 )
 from protocol.work import Job, ShareRejected
-from tests.vectors import fields, json_lines
+from tests.vectors import fields, json_lines, notify_01_params
 
 ALICE = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
 BOB = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty"
@@ -67,19 +67,7 @@ class Submitted:
 def vector01() -> tuple[Connection, Submitted]:
     """The mainnet share (Slush, May 2023): no version rolling; credited at the integer part of its difficulty."""
     v = fields("01")
-    notify = parse_notify(
-        [
-            "slush-683",
-            v["prevhash(stratum)"],
-            v["coinb1"],
-            v["coinb2"],
-            v["merkle_branch"].split(","),
-            v["job_version"],
-            v["nbits"],
-            v["ntime"],
-            True,
-        ]
-    )
+    notify = parse_notify(notify_01_params("slush-683"))
     credit = float(int(float(v["share difficulty"])))
     connection = Connection(notify, v["extranonce1"], len(v["extranonce2"]) // 2, credit, 0, "slush:3333")
     return connection, Submitted(v["extranonce2"], v["ntime"], v["nonce"], None)

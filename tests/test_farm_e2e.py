@@ -6,9 +6,7 @@ hands every ASIC a clean job from the next pool without a reconnect.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +15,16 @@ from ledger.target import LedgerTarget
 from proxy.app import ProxyApp
 from proxy.config import Limits, ProxyConfig
 from proxy.farm_net import FarmProxy
-from simulation import Fleet, SimulatedPool, run
+from simulation import Fleet, SimulatedPool
 from simulation.fleet import PROFILES
 from simulation.hotkeys import hotkeys
+from tests.test_proxy_e2e import go, until
 
 HOST = "127.0.0.1"
 HOTKEYS = hotkeys(2, namespace="farm-e2e")
-TEST_TIMEOUT = 90.0
 POOL_DIFFICULTY = 2.0**-26  # powers of two: sums compare with ==
 SUGGESTED = 2.0**-25  # above the pool's: honoured (one ASIC asks for it)
 POOL_EXTRANONCE2 = 8  # what Luxor-like pools give; the farm takes 2 bytes of it for the prefix
-
-
-def go(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    async def bounded() -> None:
-        await asyncio.wait_for(scenario(), TEST_TIMEOUT)
-
-    run(bounded())
-
-
-async def until(predicate: Callable[[], bool], what: str, *, steps: int = 2000) -> None:
-    for _ in range(steps):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 def farm_config(pools: list[SimulatedPool], data_dir: Path, **options: Any) -> ProxyConfig:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.vectors import fields, json_lines
+from tests.vectors import fields, json_lines, notify_01_params
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"hash", "difficulty", "version", "network_difficulty", "block"}
@@ -29,17 +29,7 @@ def share_command(*args: str) -> subprocess.CompletedProcess[str]:
 
 def vector01() -> tuple[list[Any], str, list[Any], dict[str, str]]:
     v = fields("01")
-    notify = [
-        "683",
-        v["prevhash(stratum)"],
-        v["coinb1"],
-        v["coinb2"],
-        v["merkle_branch"].split(","),
-        v["job_version"],
-        v["nbits"],
-        v["ntime"],
-        True,
-    ]
+    notify = notify_01_params("683")
     submit = ["worker", "683", v["extranonce2"], v["ntime"], v["nonce"]]
     return notify, v["extranonce1"], submit, v
 

@@ -45,6 +45,7 @@ from tests.vectors import (
     all_json_lines,
     fields,
     json_lines,
+    notify_01_params,
     vector_file,
 )
 
@@ -77,19 +78,7 @@ def sha256d(data: bytes) -> bytes:
 
 def vector01_job(difficulty: float) -> tuple[Job, dict[str, str]]:
     v = fields("01")
-    notify = parse_notify(
-        [
-            "slush-683",
-            v["prevhash(stratum)"],
-            v["coinb1"],
-            v["coinb2"],
-            v["merkle_branch"].split(","),
-            v["job_version"],
-            v["nbits"],
-            v["ntime"],
-            True,
-        ]
-    )
+    notify = parse_notify(notify_01_params("slush-683"))
     return Job(notify, v["extranonce1"], len(v["extranonce2"]) // 2, difficulty), v
 
 

@@ -83,6 +83,22 @@ def fields(number: str) -> dict[str, str]:
     return out
 
 
+def notify_01_params(job_id: str) -> list[Any]:
+    """The mining.notify params of vector 01 (the real mainnet job), under `job_id`."""
+    v = fields("01")
+    return [
+        job_id,
+        v["prevhash(stratum)"],
+        v["coinb1"],
+        v["coinb2"],
+        v["merkle_branch"].split(","),
+        v["job_version"],
+        v["nbits"],
+        v["ntime"],
+        True,
+    ]
+
+
 @dataclass(frozen=True)
 class VectorLine:
     """One JSON line quoted in a vector file."""
