@@ -32,11 +32,12 @@ class WorkerName(msgspec.Struct, frozen=True):
     account: str
     hotkey: str
     worker_id: str
+    # What the pool and the ledger see: derived from the three above, kept because every share reads
+    # it twice (the upstream submit and the ledger row). Whatever is passed for it is replaced.
+    full_name: str = ""
 
-    @property
-    def full_name(self) -> str:
-        """What the pool and the ledger see."""
-        return f"{self.account}.{self.hotkey}.{self.worker_id}"
+    def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(self, "full_name", f"{self.account}.{self.hotkey}.{self.worker_id}")
 
     @property
     def bare_name(self) -> str:

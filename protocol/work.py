@@ -121,16 +121,30 @@ class ShareRejected(Exception):
 
 
 class Share:
-    """A share that hashed: its header, hash and difficulty."""
+    """A share that hashed: its header, hash and difficulty, and the submitted fields as numbers
+    (what the ledger keeps to re-hash it)."""
 
-    __slots__ = ("difficulty", "hash", "header", "is_block", "version")
+    __slots__ = ("difficulty", "hash", "header", "is_block", "nonce", "ntime", "version", "version_bits")
 
-    def __init__(self, header: bytes, header_hash: bytes, difficulty: float, version: int, is_block: bool):
+    def __init__(
+        self,
+        header: bytes,
+        header_hash: bytes,
+        difficulty: float,
+        version: int,
+        is_block: bool,
+        ntime: int = 0,
+        nonce: int = 0,
+        version_bits: int | None = None,
+    ):
         self.header = header
         self.hash = header_hash  # internal byte order; display_hash() for explorers
         self.difficulty = difficulty
         self.version = version
         self.is_block = is_block
+        self.ntime = ntime
+        self.nonce = nonce
+        self.version_bits = version_bits  # None: the miner submitted none
 
     @property
     def hex_hash(self) -> str:
@@ -213,6 +227,7 @@ class Job:
         if not self.ntime <= ntime_value <= self.ntime + NTIME_MAX_AHEAD:
             raise ShareRejected(ErrorCode.OTHER, RejectReason.NTIME, "ntime out of range")
         version = self.version
+        bits: int | None = None
         if version_bits is not None:
             bits_bytes = hex_bytes(version_bits, 8)
             if bits_bytes is None:
@@ -223,15 +238,16 @@ class Job:
                     ErrorCode.OTHER, RejectReason.VERSION_MASK, "version bits outside the negotiated mask"
                 )
             version = (version & ~version_mask) | bits  # roll_version
-        header = block_header(
-            version, self.prevhash, self.merkle_root(en2), ntime_value, self.nbits, int.from_bytes(nonce_bytes, "big")
-        )
+        nonce_value = int.from_bytes(nonce_bytes, "big")
+        header = block_header(version, self.prevhash, self.merkle_root(en2), ntime_value, self.nbits, nonce_value)
         # sha256d, hash_value and share_difficulty written out: three Python calls cost ~6% of a check.
         # test_hash_share_is_the_exported_helpers_composed proves this equals the helpers composed.
         header_hash = _sha256(_sha256(header).digest()).digest()
         value = int.from_bytes(header_hash, "little")
         difficulty = DIFF1 / value if value else float("inf")
-        return Share(header, header_hash, difficulty, version, value <= self.network_target)
+        return Share(
+            header, header_hash, difficulty, version, value <= self.network_target, ntime_value, nonce_value, bits
+        )
 
     def check_share(
         self, extranonce2: str, ntime: str, nonce: str, version_bits: str | None, version_mask: int

@@ -16,6 +16,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.session import AuthorizeOutcome, JobSeen, Outbox, PoolTrouble, Verdict
 
 log = logging.getLogger("proxy.session")
+_new_row = tuple.__new__
 
 
 class VerdictSink:
@@ -85,29 +86,41 @@ class VerdictSink:
                 share.hex_hash,
                 not reason,
             )
-        bits = submit.version_bits
+        if share is not None:
+            # The share hashed: its fields were checked, their numbers already read.
+            hash_hex = share.hash[::-1].hex()  # display order (protocol.work.display_hash)
+            ntime, nonce, bits = share.ntime, share.nonce, share.version_bits
+            share_difficulty, block = share.difficulty, 1 if share.is_block else 0
+        else:
+            hash_hex, share_difficulty, block = "", 0.0, 0
+            ntime, nonce = uint32(submit.ntime), uint32(submit.nonce)
+            bits = None if submit.version_bits is None else uint32(submit.version_bits)
+        # tuple.__new__ skips NamedTuple's Python-level __new__: a tenth of this function's time.
         self.record(
-            ShareRow(
-                v.received,
-                self.proxy_id,
-                worker.hotkey,
-                worker.full_name,
-                v.session,
-                submit.job_id[:64],
-                v.credit,
-                share.difficulty if share else 0.0,
-                share.hex_hash if share else "",
-                0 if reason else 1,
-                reason,
-                v.upstream,
-                1 if share is not None and share.is_block else 0,
-                work.key if work else "",
-                work.extranonce1 if work else "",
-                submit.extranonce2[:64].lower(),
-                uint32(submit.ntime),
-                uint32(submit.nonce),
-                None if bits is None else uint32(bits),
-                v.version_mask,
+            _new_row(
+                ShareRow,
+                (
+                    v.received,
+                    self.proxy_id,
+                    worker.hotkey,
+                    worker.full_name,
+                    v.session,
+                    submit.job_id[:64],
+                    v.credit,
+                    share_difficulty,
+                    hash_hex,
+                    0 if reason else 1,
+                    reason,
+                    v.upstream,
+                    block,
+                    work.key if work else "",
+                    work.extranonce1 if work else "",
+                    submit.extranonce2[:64].lower(),
+                    ntime,
+                    nonce,
+                    bits,
+                    v.version_mask,
+                ),
             )
         )
 
