@@ -475,8 +475,14 @@ def encode_error(request_id: Any, error: StratumError) -> bytes:
     return _encoder.encode(_Result(request_id, None, error.as_list())) + b"\n"
 
 
+_ACCEPTED = b'{"id":%d,"result":true,"error":null}\n'
+_RAW_TRUE = msgspec.Raw(b"true")
+
+
 def encode_reply(request_id: Any, reply: Reply) -> bytes:
     """Re-address a pool's reply to another id, its result and error bytes unchanged."""
+    if type(request_id) is int and reply.result == _RAW_TRUE and reply.error == _NULL and reply.reject_reason is None:
+        return _ACCEPTED % request_id  # an accepted share, the common reply: the bytes msgspec would write
     return _encoder.encode(_RawReply(request_id, reply.result, reply.error, reply.reject_reason)) + b"\n"
 
 

@@ -80,6 +80,9 @@ class ServerState:
         self.live_pools: collections.Counter[PoolURL] = collections.Counter()
         self.accepting = False
         self.tasks: set[asyncio.Task[Any]] = set()
+        # Rigs with bytes for their miner, written once this loop iteration's rows are journaled:
+        # one journal write per iteration for every share answered in it, not one per share.
+        self._answering: list[Rig] = []
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(3)
 
@@ -114,6 +117,19 @@ class ServerState:
             self.per_ip[rig.peer_ip] -= 1
             if self.per_ip[rig.peer_ip] <= 0:
                 del self.per_ip[rig.peer_ip]
+
+    def answer_later(self, rig: Rig) -> None:
+        if not self._answering:
+            asyncio.get_running_loop().call_soon(self.answer)
+        self._answering.append(rig)
+
+    def answer(self) -> None:
+        """Journal every row recorded so far, then write what the rigs have for their miners: no
+        verdict reaches a miner before its ledger row would survive a SIGKILL."""
+        rigs, self._answering = self._answering, []
+        self.sink.commit()
+        for rig in rigs:
+            rig.write_miner()
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -165,6 +181,7 @@ class Rig:
         self._abort: asyncio.TimerHandle | None = None
         self._stalled_since: float | None = None  # the miner's write buffer is full since
         self._unauthorized = True  # in ServerState.never_authorized (a shedding candidate)
+        self._for_miner: list[bytes] = []  # waiting for ServerState.answer
 
     # --- the miner side ----------------------------------------------------------------------------
 
@@ -340,10 +357,9 @@ class Rig:
         state = self.state
         state.sink.take(outbox, self.peer)
         if outbox.to_miner:
-            # Journal first: no verdict reaches a miner before its ledger row would survive a SIGKILL.
-            state.sink.commit()
-            if self.miner is not None and not self._miner_gone and not self.miner.is_closing():
-                self.miner.write(b"".join(outbox.to_miner))
+            if not self._for_miner:
+                state.answer_later(self)
+            self._for_miner += outbox.to_miner
             outbox.to_miner.clear()
         if outbox.to_pool:
             if self.pool is not None:
@@ -356,7 +372,18 @@ class Rig:
             state.authorized(self)
         if outbox.close is not None:
             self.close(outbox.close)
-        elif self.miner is not None and self.miner.get_write_buffer_size() > state.limits.max_miner_buffer:
+
+    def write_miner(self) -> None:
+        """Write what waits for the miner (the journal already holds its rows: ServerState.answer)."""
+        if not self._for_miner:
+            return
+        data = b"".join(self._for_miner)
+        self._for_miner.clear()
+        miner = self.miner
+        if miner is None or self._miner_gone or miner.is_closing():
+            return
+        miner.write(data)
+        if not self.closed and miner.get_write_buffer_size() > self.state.limits.max_miner_buffer:
             self.close("miner is not reading (write buffer full)")
 
     def close(self, reason: str) -> None:
@@ -382,6 +409,9 @@ class Rig:
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
+        if self._for_miner:  # its last words (an error, a show_message) go out before the close
+            state.sink.commit()
+            self.write_miner()
         miner = self.miner
         if miner is not None and not self._miner_gone:
             if not miner.is_closing():

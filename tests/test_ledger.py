@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
+import msgspec
 import pytest
 from clickhouse_connect.driver.client import Client
 
@@ -38,7 +40,7 @@ from ledger.schema import (
     current_ttl_days,
 )
 from ledger.target import DEFAULT_DATABASE, LedgerTarget, redact
-from proxy.journal import Journal, batch_token
+from proxy.journal import Journal, batch_token, leftovers
 from proxy.ledger import LedgerWriter, to_columns
 from proxy.metrics import ProxyMetrics
 from tests.clickhouse_http import ClickHouseHTTPServer
@@ -684,6 +686,37 @@ def test_a_journal_replays_in_the_batches_the_dead_run_cut(tmp_path: Path) -> No
 
     run(restart())
     assert_ledger(tmp_path / "ch", rows)
+
+
+def test_a_journal_keeps_every_committed_row_and_drops_only_a_torn_tail(tmp_path: Path) -> None:
+    """Rows of many commits (one record each) come back in order; a record cut short by a power cut
+    is dropped whole; a file of the one-row-per-record format of earlier versions still replays."""
+    rows = make_rows(25)
+    directory = tmp_path / "journal"
+    journal = Journal(directory, "0badc0de", 64, lambda callback: None)
+    journal.open(3)
+    for i, row in enumerate(rows[:20]):
+        journal.append(row)
+        if i % 7 == 6:
+            journal.commit()
+    journal.commit()
+    journal.append(rows[20])
+    journal.append(rows[21])
+    journal.commit()
+    path = next(directory.glob("*.journal"))
+    whole = path.read_bytes()
+    journal.close()
+    path.write_bytes(whole[:-5])  # the last commit's record torn
+    (found,) = leftovers(directory)
+    assert found.generation == 3 and found.run == "0badc0de" and found.batch_rows == 64
+    assert [tuple(r) for r in found.rows["shares"]] == [tuple(r) for r in rows[:20]]
+
+    old = directory / f"{4:012d}-0badc0de-64.journal"
+    encode = msgspec.msgpack.encode
+    old.write_bytes(b"".join(struct.pack("<I", len(rec)) + rec for rec in (encode(["shares", r]) for r in rows[20:])))
+    path.unlink()
+    (found,) = leftovers(directory)
+    assert [tuple(r) for r in found.rows["shares"]] == [tuple(r) for r in rows[20:]]
 
 
 def test_spool_is_bounded_in_memory(tmp_path: Path) -> None:
