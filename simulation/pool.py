@@ -527,7 +527,8 @@ class SimulatedPool:
         self.current_job: Notify | None = job
         self.jobs_sent = 0
         self.holding = False  # hold_verdicts(): submits are judged, answered only at release_verdicts()
-        self.recent_jobs: dict[str, Notify] = {} if job is None else {job.job_id: job}  # the last 64 jobs sent, by id (resend_job)
+        # The last 64 jobs sent, by id (for resend_job).
+        self.recent_jobs: dict[str, Notify] = {} if job is None else {job.job_id: job}
         # Ground truth.
         self.accepted: dict[str, float] = {}
         self.accepted_shares: dict[str, int] = {}
