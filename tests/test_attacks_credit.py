@@ -212,6 +212,63 @@ def test_one_share_under_a_job_its_twin_and_its_renotifies_is_credited_once(tmp_
     assert report.checked == 13 and report.clean, report.examples
 
 
+def test_a_job_resent_on_a_block_the_proxy_moved_on_from_is_never_credited_again(tmp_path: Path) -> None:
+    """The proxy remembers forwarded header hashes for the last two blocks only. A pool that re-sends a
+    job of an older block (A, after two new blocks) must not make A's shares new again: the share
+    credited on A is refused under every job id the miner holds afterwards. (This attack succeeded
+    before the proxy remembered the blocks it moved on from: the share was credited twice.)"""
+    result: dict[str, Any] = {}
+    hostile_worker = worker_name(HOTKEYS[0], "oldblock")
+
+    async def scenario() -> None:
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=36, job_interval=0) as pool:
+            app = ProxyApp(config(pool, tmp_path))
+            await app.start()
+            hostile = SimulatedASIC(HOST, app.port, hostile_worker, seed=6)
+            honest = SimulatedASIC(HOST, app.port, worker_name(HOTKEYS[1], "honest"), seed=7)
+            await hostile.connect(timeout=10)
+            await honest.connect(timeout=10)
+            miners = (hostile, honest)
+            job = hostile.job
+            assert job is not None
+            share = hostile.find_share()
+            result["hash"] = share_hash(job, share, hostile.version_mask)
+            first_pool_job = pool.sessions[min(pool.sessions)].job_ids[-1]
+            attempts = [await hostile.submit_share(share)]
+            honest_records = [await honest.submit_share(honest.find_share())]
+
+            async def pool_sends(send: Any) -> None:
+                seen = [m.notifies for m in miners]
+                send()
+                await until(lambda: all(m.notifies > n for m, n in zip(miners, seen, strict=True)), "the job")
+
+            for _ in range(2):  # two new blocks: A's block is now older than the proxy remembers
+                await pool_sends(lambda: pool.new_job(clean=True))
+                honest_records.append(await honest.submit_share(honest.find_share()))
+            pool.resend_job(first_pool_job)  # A again, as it was
+            await pool_sends(lambda: pool.new_job(clean=False))  # and a job of the current block after it
+            for job_id in hostile.jobs:  # whatever the miner was given since, A's share is not new on it
+                attempts.append(await hostile.submit_share(share._replace(job_id=job_id)))
+            honest_records.append(await honest.submit_share(honest.find_share()))
+            await hostile.stop()
+            await honest.stop()
+            await app.stop()
+            result["codes"] = [a.error_code for a in attempts]
+            result["honest"] = [(r.accepted, r.error_code) for r in honest_records]
+            result["pool"] = pool.accepted_by_hotkey()
+
+    go(scenario)
+    assert result["codes"][0] is None and len(result["codes"]) >= 2
+    assert all(code is not None for code in result["codes"][1:]), result["codes"]
+    rows = read_ledger(tmp_path, lambda c: share_rows(c, "hash = {h:String}", h=result["hash"]))
+    assert [r[3] for r in rows] == [1] + [0] * (len(rows) - 1)  # credited once
+    assert result["pool"][HOTKEYS[0]] == DIFFICULTY  # and accepted once by the pool
+    assert result["honest"] == [(True, None)] * 4
+    assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]
+    report = read_ledger(tmp_path, lambda c: audit_clickhouse(c, "infinitehash", *ALL_TIME))
+    assert report.clean, report.examples
+
+
 # --- 2. a difficulty change on live jobs --------------------------------------------------------------------
 
 HIGH = 2.0**-22
