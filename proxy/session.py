@@ -73,6 +73,7 @@ if TYPE_CHECKING:  # only read, never imported at run time: the session depends 
 _TRUE = msgspec.Raw(b"true")
 _NULL = msgspec.Raw(b"null")
 _BLOCKS_REMEMBERED = 2  # prevhashes whose forwarded shares are remembered (the current block and the last)
+_BLOCKS_RETIRED = 64  # older prevhashes remembered without their shares: a job on one is never credited
 VERSION = "ih-proxy/0.1"
 SUBMIT = "mining.submit"
 AUTHORIZE = "mining.authorize"
@@ -273,6 +274,9 @@ class MinerSession:
         # credited once per pool connection whatever job id it comes under. Only the newest blocks
         # are kept; jobs on an older one are dropped with it, so their shares are stale, never new.
         self._forwarded: dict[str, set[bytes]] = {}
+        # Blocks dropped from `_forwarded`: a job the pool sends again on one is not taken (its
+        # shares cannot be told from the ones already credited), so they stay stale.
+        self._retired: dict[str, None] = {}
         self._early_notifies: list[Notify] = []  # jobs that came before we knew extranonce1
         self.workers: dict[str, Worker] = {}  # name as the miner sends it → authorized worker
         self.spoken = False  # a valid request arrived: only then is a pool connection worth opening
@@ -605,16 +609,27 @@ class MinerSession:
             self._early_notifies.append(notify)
             del self._early_notifies[: -self.limits.max_jobs]
             return
+        prevhash = notify.prevhash.lower()
+        if prevhash in self._retired:
+            self.outbox.notes.append(
+                PoolTrouble(
+                    f"pool {self.upstream} sent job {notify.job_id[:64]!r} on a block it had moved on from;"
+                    " its shares are refused as stale"
+                )
+            )
+            return
         if notify.clean_jobs:
             self.jobs.clear()
         elif len(self.jobs) >= self.limits.max_jobs:
             del self.jobs[next(iter(self.jobs))]
-        prevhash = notify.prevhash.lower()
         if prevhash not in self._forwarded:
             self._forwarded[prevhash] = set()
             if len(self._forwarded) > _BLOCKS_REMEMBERED:
                 gone = next(iter(self._forwarded))
                 del self._forwarded[gone]
+                self._retired[gone] = None
+                if len(self._retired) > _BLOCKS_RETIRED:
+                    del self._retired[next(iter(self._retired))]
                 for job_id in [j for j, w in self.jobs.items() if w.prevhash == gone]:
                     del self.jobs[job_id]
         key = job_key(notify)

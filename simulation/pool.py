@@ -17,6 +17,11 @@ Accounting, counted when a submit's verdict is written to its connection:
 - `undelivered` — accepted verdicts that never went out (the connection closed while a late reply
   waited); they are not in `accepted`.
 
+Attacks on the credit rules (tests/test_attacks_credit.py) need a pool that misbehaves on purpose:
+`resend_job` sends a job again verbatim (a re-notify) or its content under a new id, `retarget` sends
+set_difficulty without a new job (optionally applied to the live jobs), and `hold_verdicts` /
+`release_verdicts` keep every submit unanswered until the test says so.
+
 A verdict written to a connection the miner has already closed still counts (the pool cannot know);
 `SimulatedASIC.stop()` therefore waits for the replies it is owed before closing.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import random
 import struct
 import time
@@ -313,7 +319,7 @@ class PoolSession:
 
     def _answer_submit(self, line: bytes, worker: str, difficulty: float, code: int | None) -> None:
         self.pool.submits_received += 1
-        if self.pool.reply_delay > 0 or self._late:
+        if self.pool.reply_delay > 0 or self.pool.holding or self._late:
             self._defer(line, worker, difficulty, code)
         else:
             self._out.append(line)
@@ -345,9 +351,16 @@ class PoolSession:
         else:
             self._out.append(line)
 
-    def set_difficulty(self, difficulty: float) -> None:
-        """Send `mining.set_difficulty`; it applies to the jobs notified after it."""
+    def set_difficulty(self, difficulty: float, *, live_jobs: bool = False) -> None:
+        """Send `mining.set_difficulty`; it applies to the jobs notified after it, and with
+        `live_jobs` to the jobs this session already has too (their shares are judged and credited
+        at it from now on)."""
         self.difficulty = difficulty
+        if live_jobs:
+            for entry in self._jobs.values():
+                entry.difficulty = difficulty
+                if entry.job is not None:
+                    entry.job.difficulty = difficulty
         self._write(encode_notification("mining.set_difficulty", [difficulty]))
 
     @property
@@ -372,12 +385,28 @@ class PoolSession:
 
     def _defer(self, line: bytes, worker: str, difficulty: float, code: int | None) -> None:
         loop = asyncio.get_running_loop()
-        due = loop.time() + self.pool.reply_delay
+        # Held (hold_verdicts): due never, until release_verdicts sets a time.
+        due = math.inf if self.pool.holding else loop.time() + self.pool.reply_delay
         if self._late and self._late[-1][0] > due:
             due = self._late[-1][0]  # replies stay in order
         self._late.append((due, line, worker, difficulty, code))
-        if self._late_timer is None:
+        if self._late_timer is None and due < math.inf:
             self._late_timer = loop.call_at(due, self._flush_late)
+
+    def release(self) -> int:
+        """Answer the held submits now (in order); returns how many."""
+        late = self._late
+        now = asyncio.get_running_loop().time()
+        held = sum(1 for entry in late if entry[0] == math.inf)
+        if held:
+            self._late = collections.deque(
+                (min(due, now), line, worker, difficulty, code) for due, line, worker, difficulty, code in late
+            )
+            if self._late_timer is not None:
+                self._late_timer.cancel()
+                self._late_timer = None
+            self._flush_late()
+        return held
 
     def _flush_late(self) -> None:
         self._late_timer = None
@@ -391,7 +420,7 @@ class PoolSession:
             self.pool._count(worker, difficulty, code)
         if out:
             self._write(b"".join(out))
-        if late:
+        if late and late[0][0] < math.inf:
             self._late_timer = loop.call_at(late[0][0], self._flush_late)
 
     def close(self, *, abort: bool = False) -> None:
@@ -497,6 +526,9 @@ class SimulatedPool:
         self.connections_total = 0
         self.current_job: Notify | None = job
         self.jobs_sent = 0
+        self.holding = False  # hold_verdicts(): submits are judged, answered only at release_verdicts()
+        # The last 64 jobs sent, by id (for resend_job).
+        self.recent_jobs: dict[str, Notify] = {} if job is None else {job.job_id: job}
         # Ground truth.
         self.accepted: dict[str, float] = {}
         self.accepted_shares: dict[str, int] = {}
@@ -601,6 +633,45 @@ class SimulatedPool:
                 session.set_difficulty(difficulty)
         return self.new_job(clean=clean)
 
+    def retarget(self, difficulty: float, *, live_jobs: bool = False, worker: str | None = None) -> int:
+        """Send set_difficulty WITHOUT a new job (to the sessions of `worker` only, if given); returns
+        how many sessions got it. `live_jobs=False`: the jobs already sent keep the difficulty they
+        were notified at, only later jobs take the new one (as `set_difficulty`). `live_jobs=True`:
+        the jobs already sent take it too, so a share on them is judged and credited at the new
+        difficulty, lower or higher (pools that apply vardiff at once)."""
+        if difficulty <= 0:
+            raise ValueError("difficulty must be > 0")
+        if worker is None:
+            self.difficulty = difficulty
+        sessions = [s for s in self.sessions.values() if s.active and (worker is None or worker in s.workers)]
+        for session in sessions:
+            session.set_difficulty(difficulty, live_jobs=live_jobs)
+        return len(sessions)
+
+    def resend_job(self, job_id: str, *, as_id: str | None = None, clean: bool = False) -> str:
+        """Broadcast a job sent before, its content unchanged: under its own id (a re-notify) or,
+        with `as_id`, under a new id (the same work twice); `clean` sets clean_jobs. Returns the id.
+        Each session takes it as a new job at its current difficulty and, as for any new job, forgets
+        the shares it saw under that id: the pool alone would accept the same share again (the
+        proxy must not credit it twice). Only the last 64 jobs can be resent."""
+        old = self.recent_jobs.get(job_id)
+        if old is None:
+            raise KeyError(f"job {job_id!r} was not sent lately")
+        notify = msgspec.structs.replace(old, job_id=as_id or job_id, clean_jobs=clean)
+        self._remember(notify)
+        self.current_job = notify
+        self.jobs_sent += 1
+        line = encode_notify(notify)
+        for session in list(self.sessions.values()):
+            if session.active:
+                session.notify(notify, line)
+        return notify.job_id
+
+    def _remember(self, notify: Notify) -> None:
+        self.recent_jobs[notify.job_id] = notify
+        while len(self.recent_jobs) > 64:
+            del self.recent_jobs[next(iter(self.recent_jobs))]
+
     def disconnect_all(self, *, abort: bool = False) -> int:
         """Close every connection (the upstream dies mid-session); the pool keeps listening.
         abort=True resets the connections instead of closing them after the pending writes."""
@@ -608,6 +679,16 @@ class SimulatedPool:
         for session in sessions:
             session.close(abort=abort)
         return len(sessions)
+
+    def hold_verdicts(self) -> None:
+        """From now on judge every submit but answer none (a pool that stalls), until
+        `release_verdicts()`; the verdicts count when they are written, as with `reply_delay`."""
+        self.holding = True
+
+    def release_verdicts(self) -> int:
+        """Stop holding: answer the held submits now, in order; returns how many were held."""
+        self.holding = False
+        return sum(session.release() for session in list(self.sessions.values()))
 
     def send_reconnect(self, host: str | None = None, port: int | None = None, wait: int = 0) -> int:
         """Send `client.reconnect` to every session; returns how many got it."""
@@ -749,6 +830,7 @@ class SimulatedPool:
             clean_jobs=clean,
         )
         self.current_job = notify
+        self._remember(notify)
         self.scripted_job = False  # from now on the first job of a session is a generated one, made clean
         self.jobs_sent += 1
         return notify

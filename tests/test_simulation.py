@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -23,6 +24,7 @@ from simulation import (
     PROFILES,
     Fleet,
     HandshakeError,
+    ShareParams,
     SimulatedASIC,
     SimulatedPool,
     hotkey_of,
@@ -59,6 +61,20 @@ async def until(predicate: Callable[[], bool], what: str, *, steps: int = 1000) 
 
 def worker(index: int = 0, name: str = "worker0") -> str:
     return worker_name(HOTKEYS[index], name)
+
+
+def share_between(
+    job: Job, low: float, high: float, extranonce2: int, *, max_hashes: int = 1_000_000
+) -> tuple[ShareParams, float]:
+    """A share on `job` (no version bits) whose difficulty d is in [low, high), and d. Each
+    `extranonce2` gives other shares: pass a new one per share wanted."""
+    en2 = extranonce2.to_bytes(job.extranonce2_size, "big").hex()
+    ntime = f"{job.ntime:08x}"
+    for nonce in range(max_hashes):
+        difficulty = job.hash_share(en2, ntime, f"{nonce:08x}", None, 0).difficulty
+        if low <= difficulty < high:
+            return ShareParams(job.job_id, en2, ntime, f"{nonce:08x}", None), difficulty
+    raise RuntimeError(f"no share of difficulty in [{low:g}, {high:g}) in {max_hashes} hashes")
 
 
 # --- hotkeys --------------------------------------------------------------------------------------------
@@ -298,6 +314,93 @@ def test_set_difficulty_applies_to_jobs_notified_after_it() -> None:
             assert pool.accepted == {worker(): low + high}
             assert asic.accepted_difficulty == low + high
             assert [s.difficulty for s in pool.submits_seen] == [low, high]
+
+    go(scenario)
+
+
+@pytest.mark.parametrize("live_jobs", [False, True])
+def test_retarget_sends_set_difficulty_without_a_job_and_live_jobs_take_it_only_when_asked(live_jobs: bool) -> None:
+    async def scenario() -> None:
+        high, low = 2.0**-21, 2.0**-25
+        async with SimulatedPool(difficulty=high) as pool, SimulatedASIC(HOST, pool.port, worker()) as asic:
+            job = asic.job
+            assert job is not None and job.difficulty == high
+            jobs_before = pool.jobs_sent
+            assert pool.retarget(low, live_jobs=live_jobs) == 1
+            await until(lambda: asic.difficulty == low, "the set_difficulty")
+            assert pool.jobs_sent == jobs_before and list(asic.jobs) == [job.job_id]  # no new job
+            # A share that meets the low difficulty but not the high one, on the job notified at high.
+            between, _ = share_between(job, low, high, 1)
+            record = await asic.submit_share(between)
+            assert record.accepted == live_jobs
+            assert record.error_code == (None if live_jobs else ErrorCode.LOW_DIFFICULTY)
+            assert pool.accepted == ({worker(): low} if live_jobs else {})
+            strong, _ = share_between(job, high, math.inf, 2)  # meets the high one: accepted either way
+            assert (await asic.submit_share(strong)).accepted
+            assert pool.submits_seen[-1].difficulty == (low if live_jobs else high)
+            # Jobs notified later take the new difficulty either way.
+            later = pool.new_job(clean=False)
+            await until(lambda: later in asic.jobs, "the next job")
+            assert asic.jobs[later].difficulty == low
+
+    go(scenario)
+
+
+def test_resend_job_notifies_a_job_again_verbatim_or_under_a_new_id() -> None:
+    """The pool alone accepts one share under a job, under the same work resent with a new id and
+    under the job re-notified: that is the attack the proxy must stop (tests/test_attacks_credit.py)."""
+
+    async def scenario() -> None:
+        async with SimulatedPool() as pool, SimulatedASIC(HOST, pool.port, worker()) as asic:
+            first = pool.sessions[0].job_ids[0]
+            share = asic.find_share(job_id=first)
+            assert (await asic.submit_share(share)).accepted
+            assert (await asic.submit_share(share)).error_code == ErrorCode.DUPLICATE  # per job, it knows
+            twin = pool.resend_job(first, as_id="twin0001")
+            await until(lambda: twin in asic.jobs, "the same work under a new id")
+            assert pool.sessions[0].job_ids == [first, twin]
+            original, copy = pool.recent_jobs[first], pool.recent_jobs[twin]
+            assert msgspec.structs.replace(copy, job_id=first, clean_jobs=original.clean_jobs) == original
+            assert not copy.clean_jobs
+            assert (await asic.submit_share(share._replace(job_id=twin))).accepted
+            assert pool.resend_job(first) == first  # a re-notify: same id, same content
+            await until(lambda: asic.notifies == 3, "the re-notify")
+            assert (await asic.submit_share(share)).accepted
+            assert pool.resend_job(first, clean=True) == first
+            await until(lambda: asic.notifies == 4, "the clean re-notify")
+            assert pool.sessions[0].job_ids == [first]
+            assert (await asic.submit_share(share)).accepted
+            assert (await asic.submit_share(share._replace(job_id=twin))).error_code == ErrorCode.JOB_NOT_FOUND
+            assert pool.accepted_count == 4 and pool.accepted == {worker(): 4 * pool.difficulty}
+            with pytest.raises(KeyError):
+                pool.resend_job("never-sent")
+
+    go(scenario)
+
+
+def test_held_verdicts_are_answered_in_order_on_release_or_lost_with_the_connection() -> None:
+    async def scenario() -> None:
+        async with SimulatedPool() as pool, SimulatedASIC(HOST, pool.port, worker()) as asic:
+            pool.hold_verdicts()
+            pending = [asyncio.ensure_future(asic.submit_share(asic.find_share())) for _ in range(3)]
+            await until(lambda: pool.submits_received == 3, "the submits to reach the pool")
+            for _ in range(20):  # held: nothing answers, however long the loop runs
+                await asyncio.sleep(0.01)
+            assert not any(p.done() for p in pending) and pool.accepted_count == 0
+            assert pool.release_verdicts() == 3
+            records = await asyncio.gather(*pending)
+            assert all(r.accepted for r in records)
+            replied = [r.replied_at for r in records]
+            assert None not in replied and replied == sorted(t or 0.0 for t in replied)  # in order
+            assert pool.accepted_count == 3 and pool.release_verdicts() == 0
+            # Held again, then the connection closes: the verdict is undelivered, not accepted.
+            pool.hold_verdicts()
+            lost = asyncio.ensure_future(asic.submit_share(asic.find_share()))
+            await until(lambda: pool.submits_received == 4, "the fourth submit")
+            pool.disconnect_all()
+            with pytest.raises(ConnectionResetError):
+                await lost
+            assert pool.accepted_count == 3 and pool.undelivered == {worker(): pool.difficulty}
 
     go(scenario)
 
