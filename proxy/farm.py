@@ -83,7 +83,7 @@ from protocol.state import State
 from protocol.work import BIP320_MASK, Job, Share, ShareRejected
 from proxy.metrics import ProxyMetrics
 from proxy.server import session_limit
-from proxy.session import JobSeen, SessionRules, check_credit, credit_for
+from proxy.session import Forwarded, JobSeen, SessionRules, check_credit, credit_for, retired_block_note
 from proxy.verdicts import VerdictSink, metric_labels, uint32
 
 log = logging.getLogger("proxy.farm")
@@ -120,7 +120,6 @@ __all__ = [
 
 VERSION = "ih-proxy/0.1 farm"
 MAX_JOBS = 16  # live jobs per ASIC; a clean job drops all earlier ones
-_BLOCKS_REMEMBERED = 2  # prevhashes whose forwarded header hashes are kept per upstream connection
 # The extranonce2 size an ASIC is given before this proxy has seen any pool's (2..8 is what firmware takes).
 DEFAULT_ASIC_EXTRANONCE2_SIZE = 4
 MAX_ASIC_EXTRANONCE2_SIZE = 8
@@ -334,7 +333,7 @@ class FarmUpstream:
         self.difficulty = 1.0
         self.jobs: dict[str, _PoolJob] = {}
         self.current: _PoolJob | None = None
-        self.forwarded: dict[str, set[bytes]] = {}
+        self.forwarded = Forwarded()
         self.waiting: list[tuple[FarmASIC, Authorize, WorkerName | None]] = []  # ASIC authorizes to answer
         self._early: list[Notify] = []
         self._job_ids = 0
@@ -842,6 +841,10 @@ class FarmHub:
         assert upstream.extranonce1 is not None
         key = job_key(notify)
         pool_job = _PoolJob(notify, key, upstream.difficulty, upstream.extranonce1)
+        taken, _ = upstream.forwarded.take_block(pool_job.prevhash)
+        if not taken:  # never relayed: the ASICs keep the work they have
+            log.warning("farm %s: %s", upstream.worker_name, retired_block_note(upstream.label, notify.job_id))
+            return
         if notify.clean_jobs:
             upstream.jobs.clear()
         elif len(upstream.jobs) >= MAX_JOBS:
@@ -849,10 +852,6 @@ class FarmHub:
         upstream.jobs[notify.job_id] = pool_job
         first = upstream.current is None
         upstream.current = pool_job
-        if pool_job.prevhash not in upstream.forwarded:
-            upstream.forwarded[pool_job.prevhash] = set()
-            while len(upstream.forwarded) > _BLOCKS_REMEMBERED:
-                del upstream.forwarded[next(iter(upstream.forwarded))]
         self.ctx.record_job(notify, key, upstream.label)
         # The first job of a connection is always clean for the ASICs: their old work is gone.
         self._give_all(upstream, clean=notify.clean_jobs or first)

@@ -20,6 +20,7 @@ Malformed lines are also counted on their own, forgiven one per `bad_line_forgiv
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -72,8 +73,6 @@ if TYPE_CHECKING:  # only read, never imported at run time: the session depends 
 
 _TRUE = msgspec.Raw(b"true")
 _NULL = msgspec.Raw(b"null")
-_BLOCKS_REMEMBERED = 2  # prevhashes whose forwarded shares are remembered (the current block and the last)
-_BLOCKS_RETIRED = 64  # older prevhashes remembered without their shares: a job on one is never credited
 VERSION = "ih-proxy/0.1"
 SUBMIT = "mining.submit"
 AUTHORIZE = "mining.authorize"
@@ -117,6 +116,50 @@ def check_credit(share: Share, forwarded: set[bytes], credit: float) -> None:
             f"Low difficulty share ({share.difficulty:.6g} < {credit:.6g})",
             share,
         )
+
+
+def retired_block_note(upstream: str, job_id: str) -> str:
+    return f"pool {upstream} sent job {job_id[:64]!r} on a block it had moved on from; its shares are refused as stale"
+
+
+class Forwarded:
+    """The header hashes forwarded on one pool connection, per block (prevhash): a share is credited
+    at most once per connection whatever job id, re-notify or clean_jobs flag it comes under.
+
+    Only the newest `keep` blocks keep their hashes (memory ends with the block); the `retired`
+    blocks before them are remembered by name only, and a job on one is refused, since its shares
+    can no longer be told from the ones already credited. Passthrough and farm mode share it."""
+
+    __slots__ = ("_retired", "by_block")
+    keep = 2  # the current block and the last
+    retired = 64  # ~10 hours of blocks, a few KiB per connection (the names are interned: shared)
+
+    def __init__(self) -> None:
+        self.by_block: dict[str, set[bytes]] = {}
+        self._retired: dict[str, None] = {}
+
+    def take_block(self, prevhash: str) -> tuple[bool, str | None]:
+        """A job on `prevhash` arrived: (may it be taken, the block it pushed out of memory or None)."""
+        if prevhash in self._retired:
+            return False, None
+        if prevhash in self.by_block:
+            return True, None
+        self.by_block[sys.intern(prevhash)] = set()
+        if len(self.by_block) <= self.keep:
+            return True, None
+        gone = next(iter(self.by_block))
+        del self.by_block[gone]
+        self._retired[gone] = None
+        if len(self._retired) > self.retired:
+            del self._retired[next(iter(self._retired))]
+        return True, gone
+
+    def get(self, prevhash: str) -> set[bytes] | None:
+        return self.by_block.get(prevhash)
+
+    def clear(self) -> None:
+        self.by_block.clear()
+        self._retired.clear()
 
 
 @dataclass
@@ -270,13 +313,8 @@ class MinerSession:
         self.version_mask = 0  # the two intersected: bits a share may roll
         self.difficulty = 1.0  # in force for the next job the pool notifies
         self.jobs: dict[str, _Work] = {}
-        # Header hashes of shares forwarded, per prevhash (the block they build on): a share is
-        # credited once per pool connection whatever job id it comes under. Only the newest blocks
-        # are kept; jobs on an older one are dropped with it, so their shares are stale, never new.
-        self._forwarded: dict[str, set[bytes]] = {}
-        # Blocks dropped from `_forwarded`: a job the pool sends again on one is not taken (its
-        # shares cannot be told from the ones already credited), so they stay stale.
-        self._retired: dict[str, None] = {}
+        # Jobs on a block dropped from it are dropped too, so their shares are stale, never new.
+        self._forwarded = Forwarded()
         self._early_notifies: list[Notify] = []  # jobs that came before we knew extranonce1
         self.workers: dict[str, Worker] = {}  # name as the miner sends it → authorized worker
         self.spoken = False  # a valid request arrived: only then is a pool connection worth opening
@@ -610,28 +648,17 @@ class MinerSession:
             del self._early_notifies[: -self.limits.max_jobs]
             return
         prevhash = notify.prevhash.lower()
-        if prevhash in self._retired:
-            self.outbox.notes.append(
-                PoolTrouble(
-                    f"pool {self.upstream} sent job {notify.job_id[:64]!r} on a block it had moved on from;"
-                    " its shares are refused as stale"
-                )
-            )
+        taken, gone = self._forwarded.take_block(prevhash)
+        if not taken:
+            self.outbox.notes.append(PoolTrouble(retired_block_note(self.upstream, notify.job_id)))
             return
         if notify.clean_jobs:
             self.jobs.clear()
         elif len(self.jobs) >= self.limits.max_jobs:
             del self.jobs[next(iter(self.jobs))]
-        if prevhash not in self._forwarded:
-            self._forwarded[prevhash] = set()
-            if len(self._forwarded) > _BLOCKS_REMEMBERED:
-                gone = next(iter(self._forwarded))
-                del self._forwarded[gone]
-                self._retired[gone] = None
-                if len(self._retired) > _BLOCKS_RETIRED:
-                    del self._retired[next(iter(self._retired))]
-                for job_id in [j for j, w in self.jobs.items() if w.prevhash == gone]:
-                    del self.jobs[job_id]
+        if gone is not None:
+            for job_id in [j for j, w in self.jobs.items() if w.prevhash == gone]:
+                del self.jobs[job_id]
         key = job_key(notify)
         job = Job(notify, self.extranonce1, self.extranonce2_size, self.difficulty)
         self.jobs[notify.job_id] = _Work(job, key, self.extranonce1, prevhash)

@@ -22,7 +22,7 @@ from protocol.work import Job
 from proxy.config import Limits
 from proxy.farm import FarmASIC, FarmContext, FarmHub, FarmUpstream, PrefixAllocator, prefix_bytes_for
 from proxy.metrics import ProxyMetrics
-from proxy.session import SessionRules
+from proxy.session import Forwarded, SessionRules
 from proxy.verdicts import VerdictSink
 from simulation.hotkeys import hotkeys
 
@@ -356,3 +356,44 @@ def test_the_mode_and_the_slot_size_are_options() -> None:
         except ConfigError:
             continue
         raise AssertionError(f"{bad} was accepted")
+
+
+def test_a_job_resent_on_a_block_the_farm_moved_on_from_is_never_relayed_and_never_credited_again() -> None:
+    """The pool sends block A's job, two newer blocks, then A's job again: the share credited on A
+    cannot be credited a second time (its forwarded-hash memory went with the block)."""
+    h = Harness()
+    worker = f"infinite.{HOTKEYS[0]}.rig0"
+    asic = h.asic(worker)
+    upstream = h.wanted()
+    h.connect(upstream)
+    first = last_notify(sent(asic))
+    share = submit_as(worker, mine(asic, first))
+    h.miner(asic, share)
+    (forwarded,) = [msgspec.json.decode(line) for line in upstream.to_pool]
+    upstream.to_pool.clear()
+    h.pool(upstream, {"id": forwarded["id"], "result": True, "error": None})
+    assert sent(asic)[-1] == {"id": share["id"], "result": True, "error": None}
+    for block in ("bb", "cc"):
+        h.pool(upstream, {"id": None, "method": "mining.notify", "params": [block, block * 32, *NOTIFY_PARAMS[2:]]})
+    sent(asic)
+    h.pool(upstream, {"id": None, "method": "mining.notify", "params": NOTIFY_PARAMS})  # block A again
+    assert not [m for m in sent(asic) if m.get("method") == "mining.notify"]  # the ASIC keeps block cc's work
+    h.miner(asic, {**share, "id": 77})  # the old share under the old job id: stale, never forwarded
+    assert sent(asic)[-1]["error"][0] == 21 and not upstream.to_pool
+    credited = [r for r in h.rows if isinstance(r, ShareRow) and r.accepted]
+    assert len(credited) == 1
+
+
+def test_forwarded_memory_keeps_two_blocks_and_refuses_the_retired_ones_within_bounds() -> None:
+    forwarded = Forwarded()
+    assert forwarded.take_block("a") == (True, None)
+    assert forwarded.take_block("b") == (True, None)
+    assert forwarded.take_block("a") == (True, None)  # live: taken again
+    assert forwarded.take_block("c") == (True, "a")
+    assert forwarded.take_block("a") == (False, None)  # retired: refused
+    assert forwarded.get("a") is None and forwarded.get("c") == set()
+    for height in range(Forwarded.retired + 5):
+        forwarded.take_block(f"h{height}")
+    assert len(forwarded.by_block) == Forwarded.keep
+    assert len(forwarded._retired) == Forwarded.retired  # bounded: the oldest names are forgotten
+    assert forwarded.take_block("a")[0]  # forgotten after `retired` blocks: a new block again

@@ -548,7 +548,7 @@ def test_duplicate_memory_is_bounded_by_blocks() -> None:
     for height in range(10):
         n = notify(f"b{height}", clean=True)
         h.pool_notify(msgspec.structs.replace(n, prevhash=f"{height:064x}"))
-    assert len(h.session._forwarded) <= 2
+    assert len(h.session._forwarded.by_block) <= 2
 
 
 def test_credit_is_the_lower_of_the_jobs_and_the_current_difficulty() -> None:
