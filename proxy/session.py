@@ -534,7 +534,7 @@ class MinerSession:
         credit = credit_for(work.job.difficulty, self.difficulty)
         try:
             share = work.job.hash_share(p.extranonce2, p.ntime, p.nonce, p.version_bits, self.version_mask)
-            forwarded = self._forwarded.get(work.prevhash)
+            forwarded = self._forwarded.by_block.get(work.prevhash)
             if forwarded is None:
                 raise ShareRejected(ErrorCode.JOB_NOT_FOUND, RejectReason.STALE, "Job not found")
             check_credit(share, forwarded, credit)
