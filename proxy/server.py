@@ -254,7 +254,6 @@ class Rig:
         self._abort: asyncio.TimerHandle | None = None
         self._stalled_since: float | None = None  # the miner's write buffer is full since
         self._unauthorized = True  # in ServerState.never_authorized (a shedding candidate)
-        self._abused = False  # closed for what the miner sent: a strike against its address
 
     # --- the miner side ----------------------------------------------------------------------------
 
@@ -440,13 +439,10 @@ class Rig:
             if self.miner is not None and not self._miner_gone and not self.miner.is_closing():
                 self.miner.write(b"".join(outbox.to_miner))
             outbox.to_miner.clear()
-        if outbox.to_pool:
-            if self.pool is not None:
-                self.pool.write(b"".join(outbox.to_pool))
-                outbox.to_pool.clear()
-            elif len(outbox.to_pool) > state.limits.max_queued_before_pool:
-                self._abused = True
-                session.close("too many requests before the pool connection was up")
+        if outbox.to_pool and self.pool is not None:
+            # (Until the pool connection is up they wait here; the session bounds how many.)
+            self.pool.write(b"".join(outbox.to_pool))
+            outbox.to_pool.clear()
         if self._unauthorized and session.workers:
             self._unauthorized = False
             state.authorized(self)
@@ -467,9 +463,8 @@ class Rig:
         state = self.state
         state.release(self)
         state.metrics.sessions_closed.labels(_reason_label(reason)).inc()
-        if self._abused or (session is not None and session.misbehaved):
-            first = session.close_reason if session is not None else None
-            state.strikes.strike(self.peer_ip, _reason_label(first or reason), time.monotonic())
+        if session is not None and session.misbehaved:  # closed for what it sent: its address pays
+            state.strikes.strike(self.peer_ip, (session.close_reason or reason).split("(")[0].strip(), time.monotonic())
         workers = ", ".join(session.worker_names) if session is not None else ""
         log.info(
             "session %s from %s%s closed: %s",

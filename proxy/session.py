@@ -357,17 +357,24 @@ class MinerSession:
             events = itertools.chain(events, self.miner.events(data))
             self._unhandled += data.count(b"\n")
         self._waiting = None
-        soft = self.limits.cost_soft_limit
+        limits = self.limits
+        soft = limits.cost_soft_limit
         for event in events:
             self._unhandled -= 1
             before = self.cost
             self.miner_event(event, now)
             if self.outbox.close is not None:
                 return
+            if not self.upstream and len(self.outbox.to_pool) > limits.max_queued_before_pool:
+                # No pool connection yet (`upstream` is set when it is up): what is queued for it is all
+                # held here, and a miner that piles up requests before it is up is flooding.
+                self._misbehaved = True
+                self.close("too many requests before the pool connection was up")
+                return
             if self.cost > soft:
                 self._waiting = events
-                price = max(self.cost - before, self.limits.submit_cost)
-                if self.cost + max(self._unhandled, 0) * price > self.limits.cost_hard_limit:
+                price = max(self.cost - before, limits.submit_cost)
+                if self.cost + max(self._unhandled, 0) * price > limits.cost_hard_limit:
                     self._misbehaved = True
                     self.close(
                         f"requests cost more than the session may spend (cost {self.cost:.0f}, "
@@ -382,7 +389,8 @@ class MinerSession:
 
     @property
     def misbehaved(self) -> bool:
-        """Closed for what the miner sent (its cost, malformed or over-long lines): its address pays."""
+        """Closed for what the miner sent (its cost, malformed or over-long lines, requests piled up before
+        its pool connection): its address pays."""
         limits = self.limits
         return self._misbehaved or self.cost > limits.cost_hard_limit or self.bad_lines > limits.max_bad_lines
 

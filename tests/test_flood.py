@@ -24,6 +24,7 @@ from proxy.app import ProxyApp
 from proxy.config import Limits
 from proxy.metrics import ProxyMetrics
 from proxy.server import ABUSE, AddressStrikes, address_key
+from proxy.session import MinerSession, SessionRules
 from simulation import Fleet, SimulatedPool
 from simulation.hotkeys import hotkeys, worker_name
 from tests.test_attacks import config, sample
@@ -45,6 +46,16 @@ class EveryPoolSession(dict[int, Any]):
     def __setitem__(self, key: int, value: Any) -> None:
         self.every.append(value)
         super().__setitem__(key, value)
+
+
+def closed_for(app: ProxyApp, reason: str) -> float:
+    """Sessions closed for `reason` (the metric's label is the reason's beginning, bounded in length)."""
+    return sum(
+        sample.value
+        for metric in app.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == "ih_sessions_closed_total" and reason.startswith(sample.labels["reason"])
+    )
 
 
 def hotkeys_in_ledger(client: Any) -> set[str]:
@@ -108,6 +119,7 @@ def test_a_reconnecting_flood_from_one_address_is_refused_and_the_honest_miner_k
                 outcomes.append(await flood_once(app.port, HOTKEYS[1], "flood", lines))
                 served.append(sample(app, "ih_connections_total") - 1)
             refused_metric = sample(app, "ih_connections_refused_total", reason=ABUSE)
+            closed_early = closed_for(app, "too many requests before the pool connection was up")
             await fleet.wait(timeout=60)
             await fleet.stop()
             await app.stop()
@@ -115,6 +127,7 @@ def test_a_reconnecting_flood_from_one_address_is_refused_and_the_honest_miner_k
             result.update(
                 outcomes=outcomes,
                 refused_metric=refused_metric,
+                closed_early=closed_early,
                 accepted_connections=sample(app, "ih_connections_total"),
                 strikes=sample(app, "ih_address_strikes_total"),
                 addresses_refused=sample(app, "ih_addresses_refused"),
@@ -131,6 +144,7 @@ def test_a_reconnecting_flood_from_one_address_is_refused_and_the_honest_miner_k
     assert served == [min(i + 1, limit) for i in range(attempts)]
     assert result["outcomes"][limit:] == [0] * (attempts - limit)
     assert result["strikes"] == limit and result["addresses_refused"] == 1
+    assert result["closed_early"] == limit  # the flood came before their pool connection was up
     assert result["refused_metric"] == attempts - limit
     assert result["accepted_connections"] == 1 + limit  # the honest miner and the served flooders
     # One log line when the address started being refused, none per refused connection.
@@ -222,6 +236,23 @@ def test_a_read_whose_waiting_lines_would_pass_the_hard_limit_closes_the_session
     assert len(h.to_pool()) == up_to_soft < 2_000  # not up to the hard limit: the soft one stopped it
     assert h.session.close_reason is not None and "cost" in h.session.close_reason
     assert h.session.misbehaved
+
+
+def test_requests_piled_up_before_the_pool_connection_close_the_session_at_the_limit() -> None:
+    limits = Limits()
+    session = MinerSession(SessionRules(("infinite",), limits), "s1", "", Harness.at(1000.0))  # no pool yet
+    handshake = (
+        b'{"id":1,"method":"mining.subscribe","params":["flooder"]}\n'
+        + msgspec.json.encode({"id": 2, "method": "mining.authorize", "params": [WORKER, "x"]})
+        + b"\n"
+    )
+    session.receive_miner(handshake + FLOOD_LINE * 1000, Harness.at(1000.0))
+    assert session.close_reason == "too many requests before the pool connection was up"
+    assert len(session.outbox.to_pool) == limits.max_queued_before_pool + 1 and session.misbehaved
+    # An honest miner's pipelined handshake is far below it.
+    honest = MinerSession(SessionRules(("infinite",), limits), "s2", "", Harness.at(1000.0))
+    honest.receive_miner(handshake + FLOOD_LINE * 3, Harness.at(1000.0))
+    assert honest.close_reason is None and len(honest.outbox.to_pool) == 5 and not honest.misbehaved
 
 
 def test_a_farm_burst_in_one_read_is_handled_whole() -> None:
