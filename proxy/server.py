@@ -105,9 +105,10 @@ class AddressStrikes:
             self.refused.add(key)
             self.metrics.addresses_refused.set(len(self.refused))
             log.warning(
-                "refusing new connections from %s: %d sessions closed for abuse (last: %s); open ones stay",
+                "refusing new connections from %s: %.0f strikes not yet forgiven, for sessions closed for abuse "
+                "(last: %s); its open sessions stay",
                 key,
-                round(strikes),
+                strikes,
                 reason,
             )
 
