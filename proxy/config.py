@@ -48,6 +48,13 @@ class Limits:
     byte_cost: float = 0.001  # per byte read (a submit line is ~150 bytes)
     max_bad_lines: int = 20  # malformed lines not yet forgiven before the session is closed
     bad_line_forgiven_after: float = 60.0  # seconds after which one malformed line is forgiven
+    # A session closed for what it sent (its cost, malformed or over-long lines, requests piled up before
+    # its pool connection) is a strike against its source address, outliving the session. At
+    # `address_strike_limit` strikes, new connections from that address are refused at accept until one
+    # strike is forgiven. Sessions already open from it are never touched: an honest farm behind one NAT
+    # address collects no strikes, and one bad rig among them only delays the others' reconnects.
+    address_strike_limit: int = 5  # 0: never refuse an address
+    address_strike_forgiven_after: float = 60.0  # seconds after which one strike is forgiven
     submit_timeout: float = 20.0  # seconds to wait for the pool's verdict on a share
     late_verdict_timeout: float = 120.0  # seconds a verdict still counts after the miner was told "no answer"
     max_miner_buffer: int = 1024 * 1024  # bytes queued to a miner that does not read
@@ -148,6 +155,9 @@ _HELP: dict[str, str] = {
     "byte_cost": "cost of one byte read from the miner",
     "max_bad_lines": "malformed lines (not yet forgiven) a session may send before it is closed",
     "bad_line_forgiven_after": "seconds after which one malformed line is forgiven",
+    "address_strike_limit": "sessions closed for abuse (cost, malformed lines), not yet forgiven, after which new "
+    "connections from their source address (an IPv6 /64) are refused; 0: never",
+    "address_strike_forgiven_after": "seconds after which one strike against an address is forgiven",
     "submit_timeout": "seconds to wait for the pool's verdict on a share",
     "late_verdict_timeout": "seconds a pool verdict still reaches the ledger after the miner was answered",
     "max_miner_buffer": "bytes queued to a miner that does not read before it is closed",

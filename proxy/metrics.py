@@ -67,6 +67,12 @@ class ProxyMetrics:
             "ih_connections_refused", "ASIC connections refused by a limit", ["reason"], registry=r
         )
         self.sessions = Gauge("ih_sessions", "ASIC sessions by state", ["state"], registry=r)
+        self.address_strikes = Counter(
+            "ih_address_strikes", "Sessions closed for abuse, each a strike against its source address", registry=r
+        )
+        self.addresses_refused = Gauge(
+            "ih_addresses_refused", "Source addresses refused new connections for their strikes", registry=r
+        )
         self.sessions_closed = Counter("ih_sessions_closed", "ASIC sessions closed, by reason", ["reason"], registry=r)
         self.authorize = Counter("ih_authorize", "mining.authorize outcomes", ["outcome"], registry=r)
 

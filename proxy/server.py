@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import errno
+import ipaddress
 import itertools
 import logging
 import resource
@@ -38,6 +39,7 @@ log = logging.getLogger("proxy.server")
 _SWEEP_INTERVAL = 1.0
 # Errors of this machine, not of the pool: no backoff for the pool, a clear reason for the miner.
 _LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
+ABUSE = "address refused: its sessions were closed for abuse"  # a refusal logged per address, not per connection
 
 
 def now() -> Instant:
@@ -53,6 +55,91 @@ def session_limit(limits: Limits) -> int:
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
     return max(16, (soft - max(64, soft // 10)) // 2)
+
+
+def address_key(ip: str) -> str:
+    """What strikes are counted against: the address, an IPv6 one by its /64 (one host's whole range)."""
+    if ":" not in ip:
+        return ip
+    try:
+        address = ipaddress.IPv6Address(ip.split("%")[0])
+    except ValueError:
+        return ip
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(ipaddress.IPv6Network((address, 64), strict=False))
+
+
+class AddressStrikes:
+    """Sessions closed for abuse, per source address, outliving the sessions: a flooder that is closed
+    and reconnects at once with a fresh budget pays for it here. At `address_strike_limit` strikes
+    (each forgiven after `address_strike_forgiven_after` seconds) new connections from the address are
+    refused at accept, before any read or pool connection, until one strike is forgiven. Only closes
+    for what a session sent count, so many honest sessions behind one NAT address never collect any.
+    One log line and a gauge change when an address starts or stops being refused, never per connection."""
+
+    MAX_ADDRESSES = 65_536  # addresses remembered at most; the oldest striked is forgotten first
+
+    def __init__(self, limits: Limits, metrics: ProxyMetrics) -> None:
+        self.limit = limits.address_strike_limit
+        self.forgiven_after = limits.address_strike_forgiven_after
+        self.metrics = metrics
+        self._strikes: dict[str, tuple[float, float]] = {}  # key → (strikes, as of when: monotonic)
+        self.refused: set[str] = set()
+
+    def _decayed(self, key: str, now: float) -> float:
+        strikes, at = self._strikes.get(key, (0.0, now))
+        return max(0.0, strikes - (now - at) / self.forgiven_after)
+
+    def strike(self, ip: str, reason: str, now: float) -> None:
+        if self.limit <= 0:
+            return
+        key = address_key(ip)
+        strikes = self._decayed(key, now) + 1.0
+        self._strikes.pop(key, None)
+        self._strikes[key] = (strikes, now)  # re-inserted: the dict stays ordered by last strike
+        if len(self._strikes) > self.MAX_ADDRESSES:
+            self._forget(next(iter(self._strikes)))
+        self.metrics.address_strikes.inc()
+        if strikes > self.limit - 1 and key not in self.refused:  # the limit-th strike, less what decayed since
+            self.refused.add(key)
+            self.metrics.addresses_refused.set(len(self.refused))
+            log.warning(
+                "refusing new connections from %s: %.0f strikes not yet forgiven, for sessions closed for abuse "
+                "(last: %s); its open sessions stay",
+                key,
+                strikes,
+                reason,
+            )
+
+    def refuses(self, ip: str, now: float) -> bool:
+        """Whether a new connection from `ip` is refused (cheap: most addresses have no strike)."""
+        if not self.refused:
+            return False
+        key = address_key(ip)
+        if key not in self.refused:
+            return False
+        if self._decayed(key, now) > self.limit - 1:
+            return True
+        self._pardon(key)
+        return False
+
+    def sweep(self, now: float) -> None:
+        """Forget addresses whose strikes are all forgiven; pardon refused ones with one forgiven."""
+        for key in [k for k in self.refused if self._decayed(k, now) <= self.limit - 1]:
+            self._pardon(key)
+        for key in [k for k in self._strikes if self._decayed(k, now) <= 0.0]:
+            del self._strikes[key]
+
+    def _pardon(self, key: str) -> None:
+        self.refused.discard(key)
+        self.metrics.addresses_refused.set(len(self.refused))
+        log.info("accepting new connections from %s again: a strike was forgiven", key)
+
+    def _forget(self, key: str) -> None:
+        del self._strikes[key]
+        if key in self.refused:
+            self._pardon(key)
 
 
 class ServerState:
@@ -77,6 +164,7 @@ class ServerState:
         self.never_authorized: dict[Rig, None] = {}  # the subset that never authorized, oldest first
         self.draining: set[Rig] = set()  # closed, shares still in flight to the pool
         self.per_ip: collections.Counter[str] = collections.Counter()
+        self.strikes = AddressStrikes(config.limits, metrics)
         self.live_pools: collections.Counter[PoolURL] = collections.Counter()
         self.accepting = False
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -94,6 +182,8 @@ class ServerState:
         oldest session that never authorized is shed to make room."""
         if not self.accepting:
             return "shutting down"
+        if self.strikes.refuses(rig.peer_ip, time.monotonic()):
+            return ABUSE
         if self.per_ip[rig.peer_ip] >= self.limits.max_sessions_per_ip:
             return "too many sessions from one address"
         if len(self.rigs) >= self.max_sessions:
@@ -194,7 +284,8 @@ class Rig:
         refusal = state.admit(self)
         if refusal is not None:
             state.metrics.connections_refused.labels(refusal).inc()
-            log.info("refused connection from %s: %s", self.peer, refusal)
+            if refusal is not ABUSE:
+                log.info("refused connection from %s: %s", self.peer, refusal)
             self.closed = True
             self.miner.abort()
             return
@@ -228,8 +319,12 @@ class Rig:
         wait = session.throttle(time.monotonic())
         if wait > 0.0:
             self._resume = asyncio.get_running_loop().call_later(wait, self._cost_decayed)
-        else:
-            self._resume_miner("cost")
+            return
+        if session.waiting:  # lines of an earlier read the soft limit stopped: they come first
+            self.miner_data(b"")
+            if self.closed or self._resume is not None:
+                return
+        self._resume_miner("cost")
 
     def miner_lost(self, exc: Exception | None) -> None:
         self._miner_gone = True
@@ -361,12 +456,10 @@ class Rig:
                 state.answer_later(self)
             self._for_miner += outbox.to_miner
             outbox.to_miner.clear()
-        if outbox.to_pool:
-            if self.pool is not None:
-                self.pool.write(b"".join(outbox.to_pool))
-                outbox.to_pool.clear()
-            elif len(outbox.to_pool) > state.limits.max_queued_before_pool:
-                session.close("too many requests before the pool connection was up")
+        if outbox.to_pool and self.pool is not None:
+            # (Until the pool connection is up they wait here; the session bounds how many.)
+            self.pool.write(b"".join(outbox.to_pool))
+            outbox.to_pool.clear()
         if self._unauthorized and session.workers:
             self._unauthorized = False
             state.authorized(self)
@@ -398,6 +491,8 @@ class Rig:
         state = self.state
         state.release(self)
         state.metrics.sessions_closed.labels(_reason_label(reason)).inc()
+        if session is not None and session.misbehaved:  # closed for what it sent: its address pays
+            state.strikes.strike(self.peer_ip, (session.close_reason or reason).split("(")[0].strip(), time.monotonic())
         workers = ", ".join(session.worker_names) if session is not None else ""
         log.info(
             "session %s from %s%s closed: %s",
@@ -578,6 +673,7 @@ class Server:
     def sweep(self) -> None:
         at = now()
         state = self.state
+        state.strikes.sweep(at.mono)
         refusal = self._ledger_refusal()
         if refusal != state.rules.shares_refused:
             state.rules.shares_refused = refusal

@@ -20,8 +20,9 @@ Malformed lines are also counted on their own, forgiven one per `bad_line_forgiv
 
 from __future__ import annotations
 
+import itertools
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -324,6 +325,9 @@ class MinerSession:
         self._cost_at = now.mono
         self.bad_lines = 0  # malformed lines not yet forgiven
         self._bad_since = now.mono
+        self._waiting: Iterator[MinerEvent] | None = None  # lines read, left at the soft limit
+        self._unhandled = 0  # lines of the reads in `_waiting` not handled yet (at most)
+        self._misbehaved = False
 
     # --- state the network layer reads -------------------------------------------------------------
 
@@ -381,11 +385,56 @@ class MinerSession:
     # --- from the miner ----------------------------------------------------------------------------
 
     def receive_miner(self, data: bytes, now: Instant) -> None:
-        """Bytes the miner sent: every complete line becomes an event, judged in order."""
-        for event in self.miner.events(data):
+        """Bytes the miner sent: every complete line becomes an event, judged in order.
+
+        Handling stops at the close decision and at the soft limit: one read can hold thousands of
+        lines, and a flooder's would otherwise all be handled at once. The lines left wait (`waiting`)
+        until the network layer calls again (with b"") once `throttle` says 0; if pricing them like the
+        line that crossed the limit puts the session over its hard limit, it is closed now instead."""
+        events = self._waiting
+        if events is None:
+            events = self.miner.events(data)
+            self._unhandled = data.count(b"\n")  # lines in this read, at most (empty ones are dropped)
+        elif data:  # the layer stops reading while lines wait: only bytes already on their way
+            events = itertools.chain(events, self.miner.events(data))
+            self._unhandled += data.count(b"\n")
+        self._waiting = None
+        limits = self.limits
+        soft = limits.cost_soft_limit
+        for event in events:
+            self._unhandled -= 1
+            before = self.cost
             self.miner_event(event, now)
             if self.outbox.close is not None:
-                break
+                return
+            if not self.upstream and len(self.outbox.to_pool) > limits.max_queued_before_pool:
+                # No pool connection yet (`upstream` is set when it is up): what is queued for it is all
+                # held here, and a miner that piles up requests before it is up is flooding.
+                self._misbehaved = True
+                self.close("too many requests before the pool connection was up")
+                return
+            if self.cost > soft:
+                self._waiting = events
+                price = max(self.cost - before, limits.submit_cost)
+                if self.cost + max(self._unhandled, 0) * price > limits.cost_hard_limit:
+                    self._misbehaved = True
+                    self.close(
+                        f"requests cost more than the session may spend (cost {self.cost:.0f}, "
+                        f"{self._unhandled} more lines waiting)"
+                    )
+                return
+
+    @property
+    def waiting(self) -> bool:
+        """Lines already read wait to be handled (the soft limit stopped them)."""
+        return self._waiting is not None
+
+    @property
+    def misbehaved(self) -> bool:
+        """Closed for what the miner sent (its cost, malformed or over-long lines, requests piled up before
+        its pool connection): its address pays."""
+        limits = self.limits
+        return self._misbehaved or self.cost > limits.cost_hard_limit or self.bad_lines > limits.max_bad_lines
 
     def miner_event(self, event: MinerEvent, now: Instant) -> None:
         mono = now.mono
@@ -454,6 +503,7 @@ class MinerSession:
 
     def _bad_line(self, error: ProtocolError, now: Instant) -> None:
         if isinstance(error, LineTooLong):
+            self._misbehaved = True
             self.close(f"line too long ({error.length} bytes)")
             return
         limits = self.limits

@@ -39,6 +39,17 @@ def test_flags_beat_environment_beat_toml(tmp_path: Path) -> None:
     assert config.require_registered is True
 
 
+def test_the_address_strikes_are_limits_like_the_others(tmp_path: Path) -> None:
+    toml = tmp_path / "proxy.toml"
+    toml.write_text("[limits]\naddress_strike_forgiven_after = 30\n")
+    config = load_config(
+        ["--config", str(toml), "--address-strike-limit", "0"], environ={"IH_ADDRESS_STRIKE_FORGIVEN_AFTER": "90"}
+    )
+    assert config.limits.address_strike_limit == 0  # strikes off
+    assert config.limits.address_strike_forgiven_after == 90.0  # env over TOML
+    assert load_config([], environ={}).limits.address_strike_limit > 0  # on by default
+
+
 def test_repeated_upstream_flags_keep_their_priority_order() -> None:
     config = load_config(["--upstream", "stratum+tcp://p:700", "--upstream", "stratum+tcp://b:700"], environ={})
     assert config.upstream == ("stratum+tcp://p:700", "stratum+tcp://b:700")
