@@ -15,6 +15,10 @@ so the load never runs on the proxy's core. Phases, at 1,000 sessions and 5,000 
                     long window (loop stalls); then 9,000 sessions connected at once (time, RSS)
   clickhouse-http   the ledger in another process (--clickhouse-url http://...): closed loop, 5,000/s
   gc-freeze         embedded with gc.freeze() after the sessions connect and raised GC thresholds
+  farm              farm mode (--mode aggregate), embedded: the windows of "embedded" (closed loop,
+                    5,000/s for the long window); the pool's connection count against the sessions
+  failover          farm mode in front of pools A and B, 200 sessions mining: pool A SIGKILLed; per
+                    session, A's death → its first new mining.notify; reconnects (benchmarks/failover.py)
 
 See benchmarks/README.md for what each figure means.
 """
@@ -823,6 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "duration_s": args.duration,
             "stall_window_s": args.stall_window,
             "connect_many": args.connect_many,
+            "failover_sessions": args.failover_sessions,
             "generators": args.generators,
             "pool_verify": args.pool_verify,
             "pool_difficulty": POOL_DIFFICULTY,
