@@ -161,7 +161,9 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
         )
     f = phases.get("failover")
     if f:
-        out["failover"] = {**f["new_work"], "met": failover.met(f["new_work"])}
+        out["failover"] = (
+            {"error": f["error"]} if "error" in f else {**f["new_work"], "met": failover.met(f["new_work"])}
+        )
     return out
 
 
@@ -245,7 +247,9 @@ def targets_text(results: dict[str, Any]) -> str:
                 f"RSS/session {_fmt(vs['rss_kib_per_session'], '.2f')}×"
             )
     fo = t.get("failover")
-    if fo:
+    if fo and "error" in fo:
+        lines.append(f"  [farm mode failover] not measured: {fo['error']}")
+    elif fo:
         p = phases["failover"]
 
         def ms(v: float | None) -> str:
@@ -294,7 +298,9 @@ def checks_text(results: dict[str, Any]) -> str:
             ok = ok and p["ledger_rows_accepted"] == p["shares_accepted"] and p["exit_code"] == 0
         lines.append(f"  {label:>20}: " + "; ".join(parts) + (" — ok" if ok else " — CHECK"))
     f = results["phases"].get("failover")
-    if f:
+    if f and "error" in f:
+        lines.append(f"  {'farm failover':>20}: {f['error']} — CHECK")
+    elif f:
         c = f["connect"]
         ok = (
             c["connected"] == c["sessions"]

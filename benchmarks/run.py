@@ -801,12 +801,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("proxy, embedded ledger, farm mode (--mode aggregate)")
         phases["farm"] = bench.proxy_phase("farm", None, rate_seconds=args.stall_window, mode="aggregate")
         _say(f"farm mode failover: {args.failover_sessions} sessions, pool A SIGKILLed, pool B the second --upstream")
-        phases["failover"] = bench.failover(
-            args.failover_sessions,
-            args.rate * args.failover_sessions / max(1, args.sessions),  # the same shares/s per session
-            FAILOVER_BEFORE_S,
-            FAILOVER_AFTER_S,
-        )
+        try:
+            phases["failover"] = bench.failover(
+                args.failover_sessions,
+                args.rate * args.failover_sessions / max(1, args.sessions),  # the same shares/s per session
+                FAILOVER_BEFORE_S,
+                FAILOVER_AFTER_S,
+            )
+        except (OSError, RuntimeError, TimeoutError, KeyError) as exc:  # reported; the run goes on
+            phases["failover"] = {"error": f"{type(exc).__name__}: {exc}"}
+            _say(f"  failover: {phases['failover']['error']}")
+            if bench.proxy is not None and bench.proxy.proc.poll() is None:
+                bench.proxy.stop()
+            bench.proxy = None
         _say("direct again (drift of the machine over the run)")
         phases["direct_after"] = bench.direct("direct again", closed=False)
     finally:
