@@ -4,8 +4,10 @@
 
 Driven by JSON commands on stdin, one answer per line on stdout:
     {"op": "connect", "port": P, "sessions": N, "offset": K}  handshake N sessions (bounded concurrency)
-    {"op": "run", "mode": "closed"|"rate", "duration": S, "rate": R}
-        -> {"started": ...} at once, then the counts and a latency histogram
+    {"op": "run", "mode": "closed"|"rate", "duration": S, "rate": R[, "watch": true]}
+        -> {"started": ...} at once, then the counts and a latency histogram; with "watch", also
+           every session's mining.notify arrival times (time.monotonic(), the clock every process
+           of the machine shares) and how many sessions closed or were told to reconnect
     {"op": "close"}                                            close every session
     {"op": "exit"} (or EOF)
 
@@ -28,6 +30,9 @@ p99 of 15 ms where the pool answers in a fraction of a millisecond. Here a sessi
 - latency: `time.perf_counter_ns()` just before the write and once per `data_received` (the
   moment the reply was read); the schedule's lateness (send − due) is reported on its own, so the
   generator's own delay is visible and never counted as the proxy's;
+- farm mode (`--mode aggregate`) needs nothing else: the session mines what the proxy told it
+  (its extranonce1 prefix, its smaller extranonce2 size, jobs whose coinbase already holds the
+  pool's extranonce1), as any Stratum client does;
 - `--cpus` pins the process (os.sched_setaffinity) so the orchestrator can keep the load off the
   proxy's core.
 """
@@ -50,6 +55,7 @@ CONNECT_TIMEOUT = 20.0  # per session handshake
 _decode = msgspec.json.Decoder().decode
 _SUBMIT_ID0 = 100  # submit ids start here; the handshake uses 1..4
 VERSION_MASK = 0x1FFFE000
+WATCHED_NOTIFIES = 32  # arrival times kept per session in a watched window
 
 
 class Session(asyncio.Protocol):
@@ -74,6 +80,8 @@ class Session(asyncio.Protocol):
         self.accepted = 0
         self.rejected = 0
         self.closed = False
+        self.notified: list[float] = []  # mining.notify arrivals (time.monotonic) in a watched window
+        self.reconnect_requests = 0
 
     # -- the connection ----------------------------------------------------------------------------
 
@@ -125,6 +133,8 @@ class Session(asyncio.Protocol):
     def _control(self, message: dict[str, Any]) -> None:
         method = message.get("method")
         if method == "mining.notify":
+            if self.gen.watching and len(self.notified) < WATCHED_NOTIFIES:
+                self.notified.append(time.monotonic())
             params = message["params"]
             self.job_id = params[0]
             ntime = params[7]
@@ -154,6 +164,8 @@ class Session(asyncio.Protocol):
                 self.authorized = True
                 if self.template and not self.ready.done():
                     self.ready.set_result(None)
+        elif method == "client.reconnect":
+            self.reconnect_requests += 1  # counted, not followed: a reconnect is what farm mode avoids
         elif method == "mining.set_extranonce":
             self.en2_size = int(message["params"][1])
         # mining.set_difficulty and the rest: every hash meets 2**-33, nothing to do
@@ -192,6 +204,7 @@ class Generator:
         self.lost = 0
         self.mining = False
         self.closed_loop = True
+        self.watching = False
 
     async def connect(self, port: int, sessions: int, offset: int, concurrency: int, timeout: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -230,9 +243,13 @@ class Generator:
             "errors": errors,
         }
 
-    async def run(self, mode: str, duration: float, rate: float) -> dict[str, Any]:
+    async def run(self, mode: str, duration: float, rate: float, watch: bool = False) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         sessions = [s for s in self.sessions if not s.closed]
+        for s in sessions:
+            s.notified = []
+        reconnects_before = sum(s.reconnect_requests for s in sessions)
+        self.watching = watch
         self.latencies = array.array("q")
         self.lateness = array.array("q")
         self.rejected_by_code = {}
@@ -249,6 +266,7 @@ class Generator:
         elif sessions and rate > 0:
             await self._paced(sessions, rate, duration)
         self.mining = False
+        self.watching = False
         mined = time.perf_counter() - started
         # Drain: the replies still owed (bounded).
         drain_until = loop.time() + 10.0
@@ -268,7 +286,15 @@ class Generator:
         unanswered = sum(len(s.sent) for s in sessions)
         for s in sessions:
             s.sent.clear()  # answered after the drain: not this window's
+        watched: dict[str, Any] = {}
+        if watch:
+            watched = {
+                "notified": [s.notified for s in sessions],
+                "closed_sessions": sum(s.closed for s in sessions),
+                "reconnect_requests": sum(s.reconnect_requests for s in sessions) - reconnects_before,
+            }
         return {
+            **watched,
             "done": True,
             "elapsed": elapsed,
             "mined_s": mined,
@@ -350,7 +376,10 @@ async def serve(args: argparse.Namespace) -> None:
             elif op == "run":
                 reply(
                     await generator.run(
-                        str(command["mode"]), float(command["duration"]), float(command.get("rate", 1.0))
+                        str(command["mode"]),
+                        float(command["duration"]),
+                        float(command.get("rate", 1.0)),
+                        bool(command.get("watch", False)),
                     )
                 )
             elif op == "close":

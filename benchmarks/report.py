@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from benchmarks import failover
 from benchmarks.common import bucket_upper
 
 KIB = 1024.0
@@ -20,7 +21,14 @@ TARGET_CONNECT_SESSIONS = 9000
 TARGET_RSS_KIB = 20.0
 TARGET_LAG_P99_S = 2.0
 
-PROXY_PHASES = (("embedded", "embedded"), ("clickhouse_http", "ClickHouse HTTP"), ("gc_freeze", "embedded, gc.freeze"))
+PROXY_PHASES = (
+    ("embedded", "embedded"),
+    ("clickhouse_http", "ClickHouse HTTP"),
+    ("gc_freeze", "embedded, gc.freeze"),
+    ("farm", "embedded, farm mode"),
+)
+PATHS = {"farm": "proxy, farm mode"}  # the table's "path" of a proxy phase (default: "proxy")
+BASELINE = "embedded"  # farm mode is read against passthrough with the same ledger, in the same run
 
 
 def _fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -40,7 +48,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     for key, label, path in (
         ("direct", "–", "direct"),
-        *((k, lab, "proxy") for k, lab in PROXY_PHASES),
+        *((k, lab.removesuffix(", farm mode"), PATHS.get(k, "proxy")) for k, lab in PROXY_PHASES),
         ("direct_after", "–", "direct (again, at the end)"),
     ):
         phase = phases.get(key)
@@ -51,7 +59,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
             if r is None:
                 continue
             d = (direct or {}).get(mode)
-            proxy = path == "proxy"
+            proxy = path.startswith("proxy")
             loop = r.get("loop", {})
             out.append(
                 {
@@ -71,6 +79,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
                     "longest loop stall ms": _fmt(loop.get("max_lag_ms"), ".1f") if proxy else "",
                     "ingest lag p99 s": _fmt(_lag_p99(r), ".2f") if proxy else "",
                     "gen. late p99 ms": _fmt(r.get("generator_lateness_p99_ms"), ".2f") if mode == "rate" else "",
+                    "pool conns": _fmt(phase.get("pool_connections"), ",") if proxy else "",
                     "other CPU %": _fmt(r.get("foreign_cpu_percent"), ".0f"),
                 }
             )
@@ -127,6 +136,8 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "ingest_lag_p99_s_rate": _lag_p99(rate),
             "write_bytes_per_share_rate": rate.get("proxy_write_bytes_per_share"),
             "rss_growth_bytes_per_share": p.get("rss_growth_per_closed_loop_share"),
+            "sessions": p["connect"]["connected"],
+            "pool_connections": p.get("pool_connections"),
         }
         many = p.get("connect_many")
         if many:
@@ -137,6 +148,22 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
                 "rss_kib_per_session": many["rss_per_session"] / KIB,
             }
         out[key] = entry
+    base, farm = out.get(BASELINE), out.get("farm")
+    if base and farm:
+        farm["vs_passthrough"] = {
+            k: (farm[k] / base[k] if farm.get(k) and base.get(k) else None)
+            for k in ("cpu_us_per_share_closed", "cpu_us_per_share_rate", "closed_shares_per_s", "rss_kib_per_session")
+        }
+        farm["vs_passthrough"]["p99_ms_rate"] = (
+            phases["farm"]["rate"]["p99_ms"] / phases[BASELINE]["rate"]["p99_ms"]
+            if phases[BASELINE]["rate"]["p99_ms"]
+            else None
+        )
+    f = phases.get("failover")
+    if f:
+        out["failover"] = (
+            {"error": f["error"]} if "error" in f else {**f["new_work"], "met": failover.met(f["new_work"])}
+        )
     return out
 
 
@@ -191,6 +218,7 @@ def targets_text(results: dict[str, Any]) -> str:
             f"{verdict(None if lag is None else lag <= TARGET_LAG_P99_S)}",
             f"    RSS/session       <= {TARGET_RSS_KIB:g} KiB: {e['rss_kib_per_session']:.1f} KiB at {s['sessions']:,} "
             f"sessions — {verdict(e['rss_kib_per_session'] <= TARGET_RSS_KIB)}",
+            f"    pool connections: {_fmt(e['pool_connections'], ',')} for {e['sessions']:,} sessions",
             f"    disk writes: {_fmt(e['write_bytes_per_share_rate'], '.0f')} bytes per share (the process's "
             f"write() bytes: the journal, and the embedded engine's parts); RSS growth over the closed loop "
             f"{_fmt(e['rss_growth_bytes_per_share'], '.0f')} bytes per accepted share",
@@ -208,6 +236,38 @@ def targets_text(results: dict[str, Any]) -> str:
                 )
                 + f" — {verdict(ok)}"
             )
+        vs = e.get("vs_passthrough")
+        if vs:
+            lines.append(
+                "    against passthrough (embedded) in this run: CPU/share "
+                f"{_fmt(vs['cpu_us_per_share_closed'], '.2f')}× closed loop, "
+                f"{_fmt(vs['cpu_us_per_share_rate'], '.2f')}× at {s['rate']:,.0f}/s; closed-loop shares/s "
+                f"{_fmt(vs['closed_shares_per_s'], '.2f')}×; p99 at {s['rate']:,.0f}/s "
+                f"{_fmt(vs['p99_ms_rate'], '.2f')}×; "
+                f"RSS/session {_fmt(vs['rss_kib_per_session'], '.2f')}×"
+            )
+    fo = t.get("failover")
+    if fo and "error" in fo:
+        lines.append(f"  [farm mode failover] not measured: {fo['error']}")
+    elif fo:
+        p = phases["failover"]
+
+        def ms(v: float | None) -> str:
+            return "–" if v is None else f"{v * 1e3:.0f} ms"
+
+        lines += [
+            f"  [farm mode failover] {fo['sessions']:,} sessions mining at {p['rate']:,.0f}/s on "
+            f"{p['pool_a_connections']} connections to pool A; A SIGKILLed, B the second --upstream",
+            f"    new work <= {failover.TARGET_NEW_WORK_S:g} s, no reconnect: A's death → first new mining.notify "
+            f"p50 {ms(fo['p50_s'])} / p99 {ms(fo['p99_s'])} / max {ms(fo['max_s'])}; "
+            f"{fo['within_target']:,}/{fo['sessions']:,} within {failover.TARGET_NEW_WORK_S:g} s "
+            f"({fo['without_new_work']} without new work); reconnects {fo['reconnects']} "
+            f"({fo['closed_sessions']} connections closed, {fo['reconnect_requests']} client.reconnect) — "
+            f"{verdict(fo['met'])}",
+            f"    pool B: {p['pool_b_connections']} connections, {p['pool_b_accepted']:,} shares accepted after the "
+            f"failover; answered with an error around it: {p['rejected']:,} "
+            f"({', '.join(f'{k}: {v:,}' for k, v in sorted(p['rejected_by_code'].items())) or 'none'})",
+        ]
     if micro:
         lines.append(
             f"  micro: duplicate set {micro['duplicate_set_bytes_per_share']:.0f} bytes per accepted share (kept for "
@@ -237,6 +297,23 @@ def checks_text(results: dict[str, Any]) -> str:
             parts.append(f"proxy exit {p['exit_code']}")
             ok = ok and p["ledger_rows_accepted"] == p["shares_accepted"] and p["exit_code"] == 0
         lines.append(f"  {label:>20}: " + "; ".join(parts) + (" — ok" if ok else " — CHECK"))
+    f = results["phases"].get("failover")
+    if f and "error" in f:
+        lines.append(f"  {'farm failover':>20}: {f['error']} — CHECK")
+    elif f:
+        c = f["connect"]
+        ok = (
+            c["connected"] == c["sessions"]
+            and f["lost"] == 0
+            and f["ledger_rows_accepted"] == f["shares_accepted"]
+            and f["exit_code"] == 0
+        )
+        lines.append(
+            f"  {'farm failover':>20}: {c['connected']:,}/{c['sessions']:,} connected in {c['seconds']:.2f} s; "
+            f"lost {f['lost']} (errors answered around the failover: {f['rejected']:,}, expected); ledger rows "
+            f"{f['ledger_rows_accepted']:,} = shares accepted {f['shares_accepted']:,}; proxy exit {f['exit_code']}"
+            + (" — ok" if ok else " — CHECK")
+        )
     return "\n".join(lines)
 
 

@@ -15,6 +15,10 @@ so the load never runs on the proxy's core. Phases, at 1,000 sessions and 5,000 
                     long window (loop stalls); then 9,000 sessions connected at once (time, RSS)
   clickhouse-http   the ledger in another process (--clickhouse-url http://...): closed loop, 5,000/s
   gc-freeze         embedded with gc.freeze() after the sessions connect and raised GC thresholds
+  farm              farm mode (--mode aggregate), embedded: the windows of "embedded" (closed loop,
+                    5,000/s for the long window); the pool's connection count against the sessions
+  failover          farm mode in front of pools A and B, 200 sessions mining: pool A SIGKILLed; per
+                    session, A's death → its first new mining.notify; reconnects (benchmarks/failover.py)
 
 See benchmarks/README.md for what each figure means.
 """
@@ -42,7 +46,7 @@ from typing import Any
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks import micro, reference, report
+from benchmarks import failover, micro, reference, report
 from benchmarks.common import HOST, POOL_DIFFICULTY, REPO, Child, hist_quantile, merge, raise_fd_limit
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -51,6 +55,8 @@ WARMUP_SESSIONS = 20
 CLICKHOUSE_NICE = 19
 LEDGER_SETTLE = 1.0  # seconds after a window for the ledger's last batch of it
 GC_THRESHOLD = "50000,50,1000"  # the gc-freeze phase: fewer young collections, almost no full ones
+FAILOVER_BEFORE_S = 3.0  # mining on pool A before it is killed
+FAILOVER_AFTER_S = 5.0  # and after: the new work, then mining on pool B
 
 
 def free_port() -> int:
@@ -133,7 +139,7 @@ class Proxy:
     def __init__(
         self,
         workdir: Path,
-        pool_port: int,
+        pool_ports: Sequence[int],
         clickhouse_url: str | None,
         proxy_id: str,
         log: Path,
@@ -141,6 +147,7 @@ class Proxy:
         cpus: str,
         gc_freeze: bool = False,
         gc_threshold: str = "",
+        mode: str = "passthrough",
     ) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
@@ -150,8 +157,8 @@ class Proxy:
         self.flags = [
             "--listen",
             f"{HOST}:{self.port}",
-            "--upstream",
-            f"stratum+tcp://{HOST}:{pool_port}",
+            *(flag for port in pool_ports for flag in ("--upstream", f"stratum+tcp://{HOST}:{port}")),
+            *(["--mode", mode] if mode != "passthrough" else []),
             *(["--clickhouse-url", clickhouse_url] if clickhouse_url else []),
             "--metrics",
             f"{HOST}:{self.metrics_port}",
@@ -334,6 +341,10 @@ class Bench:
                 self.clickhouse.proc.kill()
         self.helper_log.close()
 
+    def pool_stats(self, pool: Child | None = None) -> dict[str, Any]:
+        """The pool's counts: accepted, rejected, open connections ("sessions"), connections ever."""
+        return (pool or self.pool).request({"op": "stats"}, 30)
+
     def pids(self) -> dict[str, int]:
         pids = {"pool": self.pool.pid, "clickhouse": self.clickhouse.pid}
         for i, generator in enumerate(self.generators):
@@ -498,21 +509,24 @@ class Bench:
         gc_freeze: bool = False,
         gc_threshold: str = "",
         connect_many: int = 0,
+        mode: str = "passthrough",
     ) -> dict[str, Any]:
         args = self.args
         proxy_id = f"bench-{name}"
         workdir = self.workdir / f"proxy-{name}"
         self.proxy = proxy = Proxy(
             workdir,
-            self.pool_port,
+            [self.pool_port],
             clickhouse_url,
             proxy_id,
             self.workdir / "proxy.log",
             cpus=self.proxy_cpus,
             gc_freeze=gc_freeze,
             gc_threshold=gc_threshold,
+            mode=mode,
         )
         out: dict[str, Any] = {
+            "mode": mode,
             "ledger": "ClickHouse HTTP server process" if clickhouse_url else "embedded (chdb in the proxy process)",
             "gc": {"freeze": gc_freeze, "threshold": gc_threshold or "default"},
             "proxy_command": "python -m proxy " + " ".join(proxy.flags),
@@ -528,6 +542,8 @@ class Bench:
             proxy.proc.send_signal(signal.SIGUSR1)  # freeze the sessions just made
         time.sleep(0.5)
         connected_rss = rss(proxy.pid)
+        # What the pool sees: one connection per session in passthrough, per hotkey (and slot) in farm mode.
+        pool_connections = self.pool_stats()["sessions"]
         closed = self.run("closed", args.duration)
         rss_after_closed = rss(proxy.pid)
         paced = self.run("rate", rate_seconds, args.rate)
@@ -538,13 +554,15 @@ class Bench:
             rate=paced,
             idle_rss=idle_rss,
             connected_rss=connected_rss,
+            pool_connections=pool_connections,
             rss_after_closed=rss_after_closed,
             rss_per_session=(connected_rss - idle_rss) / max(1, connect["connected"]),
             rss_growth_per_closed_loop_share=(rss_after_closed - connected_rss) / max(1, closed["accepted"]),
         )
         accepted = warm["accepted"] + closed["accepted"] + paced["accepted"]
         _say(
-            f"  {name}: {connect['connected']} sessions; closed {closed['shares_per_s']:,.0f}/s at "
+            f"  {name}: {connect['connected']} sessions on {pool_connections} pool connections; "
+            f"closed {closed['shares_per_s']:,.0f}/s at "
             f"{closed['cpu_us_per_share'].get('proxy', float('nan')):.1f} µs/share; {_latency(paced)}; "
             f"longest loop stall {paced['loop']['max_lag_ms']:.1f} ms in {paced['loop']['seconds']} s"
         )
@@ -564,6 +582,84 @@ class Bench:
         self.proxy = None
         out["shares_accepted"] = accepted
         out["ledger_rows_accepted"] = self.ledger_rows(proxy_id, clickhouse_url, workdir)
+        return out
+
+    def failover(self, sessions: int, rate: float, before: float, after: float) -> dict[str, Any]:
+        """Farm mode in front of pools A and B (`--upstream A --upstream B`): `sessions` mine at
+        `rate`; after `before` s pool A is SIGKILLed; the window goes on for `after` s. Per session:
+        A's death → its first new mining.notify; sessions closed or told to reconnect."""
+        py = sys.executable
+        pin = ["--cpus", self.load_cpus] if self.load_cpus else []
+        pools = [
+            Child(
+                f"pool-{name}",
+                [py, "-m", "benchmarks.pool", "--verify", self.args.pool_verify, "--seed", str(seed), *pin],
+                stderr=self.helper_log,
+            )
+            for name, seed in (("a", 1), ("b", 2))
+        ]
+        proxy_id = "bench-failover"
+        workdir = self.workdir / "proxy-failover"
+        try:
+            ports = [int(pool.receive(60)["port"]) for pool in pools]
+            self.proxy = proxy = Proxy(
+                workdir, ports, None, proxy_id, self.workdir / "proxy.log", cpus=self.proxy_cpus, mode="aggregate"
+            )
+            connect = self.connect(proxy.port, sessions)
+            time.sleep(0.5)
+            pool_a = self.pool_stats(pools[0])
+            for generator in self.generators:
+                generator.send(
+                    {
+                        "op": "run",
+                        "mode": "rate",
+                        "duration": before + after,
+                        "rate": rate / len(self.generators),
+                        "watch": True,
+                    }
+                )
+            for generator in self.generators:
+                generator.receive(120)  # started
+            time.sleep(before)
+            killed_at = time.monotonic()
+            pools[0].proc.kill()  # pool A dies: the kernel closes its sockets, it listens no more
+            answers = [g.receive(before + after + 90) for g in self.generators]
+            pools[0].proc.wait(10)
+            pool_b = self.pool_stats(pools[1])
+            self.disconnect()
+            exit_code = proxy.stop()
+            self.proxy = None
+        finally:
+            for pool in pools:
+                pool.close()
+        summary = failover.summarize(killed_at, answers)
+        accepted = sum(a["accepted"] for a in answers)
+        out: dict[str, Any] = {
+            "proxy_command": "python -m proxy " + " ".join(proxy.flags),
+            "connect": connect,
+            "rate": rate,
+            "seconds_before": before,
+            "seconds_after": after,
+            "new_work": summary,
+            "pool_a_connections": pool_a["sessions"],
+            "pool_b_connections": pool_b["sessions"],
+            "pool_b_connections_total": pool_b["connections_total"],
+            "pool_b_accepted": pool_b["accepted"],
+            "submitted": sum(a["submitted"] for a in answers),
+            "accepted": accepted,
+            "rejected": sum(a["rejected"] for a in answers),
+            "rejected_by_code": _sum_dicts([a["rejected_by_code"] for a in answers]),
+            "lost": sum(a["lost"] for a in answers),
+            "exit_code": exit_code,
+            "shares_accepted": accepted,
+            "ledger_rows_accepted": self.ledger_rows(proxy_id, None, workdir),
+        }
+        _say(
+            f"  failover: {connect['connected']} sessions on {pool_a['sessions']} connections to pool A; after A's "
+            f"death {summary['with_new_work']} had new work, p50 {_fmt_s(summary['p50_s'])} p99 "
+            f"{_fmt_s(summary['p99_s'])} max {_fmt_s(summary['max_s'])}; {summary['reconnects']} reconnects; "
+            f"pool B {pool_b['sessions']} connections, {pool_b['accepted']:,} shares accepted"
+        )
         return out
 
     def ledger_rows(self, proxy_id: str, clickhouse_url: str | None, workdir: Path) -> int:
@@ -588,6 +684,10 @@ class Bench:
             return int(done.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             return -1
+
+
+def _fmt_s(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1e3:.0f} ms"
 
 
 def _latency(r: dict[str, Any]) -> str:
@@ -642,6 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per window (default %(default)s)")
     parser.add_argument("--stall-window", type=float, default=60.0, help="seconds of the long fixed-rate window")
     parser.add_argument("--connect-many", type=int, default=9000, help="sessions connected at once (0: skip)")
+    parser.add_argument("--failover-sessions", type=int, default=200, help="sessions of the farm failover")
     parser.add_argument("--quick", action="store_true", help="5 s windows, a 15 s long window, 3,000 at once")
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     parser.add_argument("--connect-concurrency", type=int, default=500, help="handshakes in flight per generator")
@@ -697,6 +798,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases["gc_freeze"] = bench.proxy_phase(
             "gc-freeze", None, rate_seconds=args.stall_window / 3, gc_freeze=True, gc_threshold=GC_THRESHOLD
         )
+        _say("proxy, embedded ledger, farm mode (--mode aggregate)")
+        phases["farm"] = bench.proxy_phase("farm", None, rate_seconds=args.stall_window, mode="aggregate")
+        _say(f"farm mode failover: {args.failover_sessions} sessions, pool A SIGKILLed, pool B the second --upstream")
+        try:
+            phases["failover"] = bench.failover(
+                args.failover_sessions,
+                args.rate * args.failover_sessions / max(1, args.sessions),  # the same shares/s per session
+                FAILOVER_BEFORE_S,
+                FAILOVER_AFTER_S,
+            )
+        except (OSError, RuntimeError, TimeoutError, KeyError) as exc:  # reported; the run goes on
+            phases["failover"] = {"error": f"{type(exc).__name__}: {exc}"}
+            _say(f"  failover: {phases['failover']['error']}")
+            if bench.proxy is not None and bench.proxy.proc.poll() is None:
+                bench.proxy.stop()
+            bench.proxy = None
         _say("direct again (drift of the machine over the run)")
         phases["direct_after"] = bench.direct("direct again", closed=False)
     finally:
@@ -717,6 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "duration_s": args.duration,
             "stall_window_s": args.stall_window,
             "connect_many": args.connect_many,
+            "failover_sessions": args.failover_sessions,
             "generators": args.generators,
             "pool_verify": args.pool_verify,
             "pool_difficulty": POOL_DIFFICULTY,
