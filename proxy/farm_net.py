@@ -60,7 +60,7 @@ class _ASICLink(asyncio.Protocol):
         now = time.monotonic()
         shares = asic.shares_handled
         self.proxy.hub.miner_data(asic, data, now)
-        self.proxy.flush()
+        self.proxy.flush_soon()
         if asic.shares_handled != shares:
             self.proxy.metrics.proxy_latency.observe(time.monotonic() - now)
 
@@ -102,7 +102,7 @@ class _PoolLink(asyncio.Protocol):
             return
         now = time.monotonic()
         self.proxy.hub.pool_data(self.upstream, data, now)
-        self.proxy.flush()
+        self.proxy.flush_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -146,6 +146,7 @@ class FarmProxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session_ids = itertools.count(1)
         self._session_prefix = secrets.token_hex(3)
+        self._flush_scheduled = False
         self.accepting = False
 
     @property
@@ -205,6 +206,17 @@ class FarmProxy:
         task.add_done_callback(self._tasks.discard)
 
     # --- moving bytes ------------------------------------------------------------------------------
+
+    def flush_soon(self) -> None:
+        """Flush once this loop iteration's reads are handled: the submits of every ASIC on one
+        upstream go out in one write, and one journal commit covers every verdict answered."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def flush(self) -> None:
         """Write what the hub produced, close what it retired, connect what it asked for."""
