@@ -250,3 +250,56 @@ def test_more_than_one_worker_needs_a_clickhouse_server(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("ih-proxy: workers: more than one proxy process needs a ClickHouse server")
     assert not (tmp_path / "ledger").exists()  # refused before anything was opened
+
+
+def test_the_supervisor_writes_what_a_one_process_run_and_a_retired_worker_left_spooled(tmp_path: Path) -> None:
+    from ledger.rows import ShareRow
+    from proxy.ledger import LedgerWriter
+    from tests.clickhouse_http import ClickHouseHTTPServer
+    from tests.test_ledger import make_rows
+
+    spool = tmp_path / "proxy" / "spool"
+
+    def down() -> Any:
+        raise ConnectionError("ClickHouse is down (simulated: connection refused)")
+
+    async def spool_rows(directory: Path, rows: list[ShareRow]) -> None:
+        writer = LedgerWriter(down, spool_dir=directory, max_retry_delay=0.01)
+        await writer.start()
+        for row in rows:
+            writer.record(row)
+        await writer.flush()
+        await writer.stop()
+        assert writer.spooled_rows == len(rows)
+
+    one_process = [r._replace(proxy_id="wk") for r in make_rows(7)]
+    retired = [r._replace(proxy_id="wk-5") for r in make_rows(5, first=100)]
+    go(lambda: spool_rows(spool, one_process))
+    go(lambda: spool_rows(spool / "worker-5", retired))  # a worker of an earlier --workers 6
+    server = ClickHouseHTTPServer(tmp_path / "clickhouse")
+    server.start()
+    result: dict[str, Any] = {}
+    try:
+
+        async def scenario() -> None:
+            proc = start_supervisor(tmp_path, server.url, _free_port(), _free_port())
+            try:
+                await until_slow(lambda: len(ready_pids(tmp_path)) == 2, "both workers ready")
+                proc.send_signal(signal.SIGTERM)
+                result["rc"] = await wait_for(proc, 60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+
+        go(scenario)
+        assert result["rc"] == 0, proxy_log(tmp_path)[-3000:]
+        client = clickhouse_connect.get_client(host=HOST, port=server.port)
+        try:
+            ledgered = client.query("SELECT proxy_id, job_id FROM infinitehash.shares ORDER BY proxy_id, job_id")
+        finally:
+            client.close()
+        expected = sorted((r.proxy_id, r.job_id) for r in one_process + retired)
+        assert sorted(tuple(row) for row in ledgered.result_rows) == expected
+        assert not list(spool.glob("*.batch")) and not list((spool / "worker-5").glob("*.batch"))
+    finally:
+        server.close()
