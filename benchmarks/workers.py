@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 for generator in generators:
                     generator.receive(120)
                 results = []
-                for round_ in range(args.rounds):
+                for _ in range(args.rounds):
                     for workers in (1, 2):
                         result = run_phase(generators, workdir, args, workers, pool_port, ch_port, len(results))
                         print(json.dumps(result), flush=True)
