@@ -41,16 +41,16 @@ def _free_port() -> int:
         return port
 
 
-def _proxy_cpu(root: psutil.Process) -> float:
-    """User + system seconds of the proxy and every worker it has."""
-    total = 0.0
+def _proxy_cpu(root: psutil.Process) -> dict[int, float]:
+    """User + system seconds of the proxy and of every process under it, by pid."""
+    seconds: dict[int, float] = {}
     for process in [root, *root.children(recursive=True)]:
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
-    return total
+        seconds[process.pid] = times.user + times.system
+    return seconds
 
 
 class Phase:
@@ -123,7 +123,9 @@ def run_phase(
             generator.receive(60)  # started
         cpu_before, started = _proxy_cpu(phase.process), time.monotonic()
         answers = [g.receive(args.duration + 90) for g in generators]
-        cpu = _proxy_cpu(phase.process) - cpu_before
+        cpu_after = _proxy_cpu(phase.process)
+        used = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
+        cpu = sum(used.values())
         wall = time.monotonic() - started
         for generator in generators:
             generator.request({"op": "close"}, 120)
@@ -137,6 +139,7 @@ def run_phase(
         "shares_per_s": replied / elapsed if elapsed > 0 else 0.0,
         "proxy_cpu_percent": cpu / wall * 100,
         "cpu_us_per_share": cpu / replied * 1e6 if replied else float("nan"),
+        "supervisor_cpu_percent": used.get(phase.proc.pid, 0.0) / wall * 100 if workers > 1 else None,
     }
 
 
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 pool_port = int(pool.receive(60)["port"])
                 for generator in generators:
                     generator.receive(120)
-                results = []
+                results: list[dict[str, Any]] = []
                 for _ in range(args.rounds):
                     for workers in (1, 2):
                         result = run_phase(generators, workdir, args, workers, pool_port, ch_port, len(results))

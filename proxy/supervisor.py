@@ -239,10 +239,10 @@ class Supervisor:
             slot.ready.close()
             slot.ready = None
         if self._stopping:
-            log.log(
-                logging.INFO if code == 0 else logging.WARNING, "worker %d stopped (exit status %s)", slot.index, code
-            )
-            self._unclean = self._unclean or code != 0
+            # SIGTERM before its handlers were up: it had served nobody yet, and its journal has the rest.
+            clean = code == 0 or (code == -signal.SIGTERM and not slot.is_ready)
+            log.log(logging.INFO if clean else logging.WARNING, "worker %d stopped (exit status %s)", slot.index, code)
+            self._unclean = self._unclean or not clean
             return
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
         lived = time.monotonic() - slot.started_at
