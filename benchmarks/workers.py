@@ -30,6 +30,7 @@ import psutil
 
 from benchmarks.common import HOST, REPO, Child
 
+KINDS = {"1": "--workers 1", "2": "--workers 2", "2x1": "two one-process proxies (control)"}
 READY_ONE = re.compile(r"listening for ASICs")  # a one-process proxy
 READY_WORKER = re.compile(r"worker \d+ ready")  # the supervisor, once per worker
 
@@ -108,38 +109,48 @@ class Phase:
 
 
 def run_phase(
-    generators: list[Child], workdir: Path, args: argparse.Namespace, workers: int, pool: int, ch: int, index: int
+    generators: list[Child], workdir: Path, args: argparse.Namespace, kind: str, pool: int, ch: int, index: int
 ) -> dict[str, Any]:
-    phase = Phase(workdir, workers, pool, ch, index)
+    """kind: "1" (one process), "2" (--workers 2) or "2x1" (two one-process proxies, a generator each:
+    the control, what two processes cost on this machine without the supervisor)."""
+    if kind == "2x1":
+        phases = [Phase(workdir, 1, pool, ch, index * 10 + k) for k in range(2)]
+    else:
+        phases = [Phase(workdir, int(kind), pool, ch, index)]
     try:
-        phase.wait_ready()
+        for phase in phases:
+            phase.wait_ready()
         per = args.sessions // len(generators)
         for k, generator in enumerate(generators):
-            generator.send({"op": "connect", "port": phase.port, "sessions": per, "offset": k * 1_000_000})
+            port = phases[k % len(phases)].port
+            generator.send({"op": "connect", "port": port, "sessions": per, "offset": k * 1_000_000})
         connected = sum(int(g.receive(180)["connected"]) for g in generators)
         for generator in generators:
-            generator.send({"op": "run", "mode": "closed", "duration": args.duration, "rate": 0})
+            rate = args.rate / len(generators)
+            generator.send({"op": "run", "mode": args.mode, "duration": args.duration, "rate": rate})
         for generator in generators:
             generator.receive(60)  # started
-        cpu_before, started = _proxy_cpu(phase.process), time.monotonic()
+        before = [_proxy_cpu(phase.process) for phase in phases]
+        started = time.monotonic()
         answers = [g.receive(args.duration + 90) for g in generators]
-        cpu_after = _proxy_cpu(phase.process)
-        used = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
-        cpu = sum(used.values())
+        after = [_proxy_cpu(phase.process) for phase in phases]
         wall = time.monotonic() - started
         for generator in generators:
             generator.request({"op": "close"}, 120)
     finally:
-        phase.stop()
+        for phase in phases:
+            phase.stop()
+    used = {pid: a[pid] - b.get(pid, 0.0) for a, b in zip(after, before, strict=True) for pid in a}
+    cpu = sum(used.values())
     elapsed = max(float(a["elapsed"]) for a in answers)
     replied = sum(int(a["replied"]) for a in answers)
     return {
-        "workers": workers,
+        "proxy": kind,
         "sessions": connected,
         "shares_per_s": replied / elapsed if elapsed > 0 else 0.0,
         "proxy_cpu_percent": cpu / wall * 100,
         "cpu_us_per_share": cpu / replied * 1e6 if replied else float("nan"),
-        "supervisor_cpu_percent": used.get(phase.proc.pid, 0.0) / wall * 100 if workers > 1 else None,
+        "supervisor_cpu_percent": used.get(phases[0].proc.pid, 0.0) / wall * 100 if kind == "2" else None,
     }
 
 
@@ -147,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--sessions", type=int, default=400)
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=2, help="pairs of phases (1 worker, then 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three phases (1, 2, 2x1)")
+    parser.add_argument("--mode", choices=("closed", "rate"), default="closed", help="closed loop, or a fixed rate")
+    parser.add_argument("--rate", type=float, default=1500.0, help="shares/s offered in --mode rate (all sessions)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) and print it")
     args = parser.parse_args(argv)
     py = sys.executable
@@ -168,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                     generator.receive(120)
                 results: list[dict[str, Any]] = []
                 for _ in range(args.rounds):
-                    for workers in (1, 2):
-                        result = run_phase(generators, workdir, args, workers, pool_port, ch_port, len(results))
+                    for kind in KINDS:
+                        result = run_phase(generators, workdir, args, kind, pool_port, ch_port, len(results))
                         print(json.dumps(result), flush=True)
                         results.append(result)
             finally:
@@ -183,13 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    one = statistics.median(r["shares_per_s"] for r in results if r["workers"] == 1)
-    two = statistics.median(r["shares_per_s"] for r in results if r["workers"] == 2)
-    print(
-        f"cores: {psutil.cpu_count()}; sessions {args.sessions}, closed loop, {args.duration:g} s per phase, "
-        f"{args.rounds} rounds\n"
-        f"--workers 1: {one:,.0f} shares/s   --workers 2: {two:,.0f} shares/s   ratio {two / one:.2f}x"
-    )
+    lines = [
+        f"cores: {psutil.cpu_count()}; sessions {args.sessions}, "
+        f"{'closed loop' if args.mode == 'closed' else f'{args.rate:g} shares/s offered'}, "
+        f"{args.duration:g} s per phase, {args.rounds} rounds (medians)"
+    ]
+    for kind in KINDS:
+        mine = [r for r in results if r["proxy"] == kind]
+        lines.append(
+            f"{KINDS[kind]:<34} {statistics.median(r['shares_per_s'] for r in mine):>8,.0f} shares/s "
+            f"{statistics.median(r['cpu_us_per_share'] for r in mine):>6,.0f} µs proxy CPU per share"
+        )
+    print("\n".join(lines))
     return 0
 
 
