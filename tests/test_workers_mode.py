@@ -303,3 +303,62 @@ def test_the_supervisor_writes_what_a_one_process_run_and_a_retired_worker_left_
         assert not list(spool.glob("*.batch")) and not list((spool / "worker-5").glob("*.batch"))
     finally:
         server.close()
+
+
+def test_farm_mode_runs_under_workers_each_aggregating_its_own_asics(tmp_path: Path) -> None:
+    from tests.clickhouse_http import ClickHouseHTTPServer
+
+    port = _free_port()
+    result: dict[str, Any] = {}
+    server = ClickHouseHTTPServer(tmp_path / "clickhouse")
+    server.start()
+    try:
+
+        async def scenario() -> None:
+            # The farm takes 2 bytes of the pool's extranonce2 for each ASIC's prefix.
+            async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=12) as pool:
+                proc = start_supervisor(tmp_path, server.url, pool.port, port, "--mode", "aggregate")
+                try:
+                    await until_slow(lambda: len(ready_pids(tmp_path)) == 2, "both workers ready")
+                    # Not the bitaxe profile: it suggests a difficulty the farm honours, too high to grind here.
+                    fleet = Fleet.for_hotkeys(
+                        HOST,
+                        port,
+                        HOTKEYS,
+                        ASICS,
+                        max_shares=4,
+                        mode="rate",
+                        rate=20.0,
+                        profiles=("antminer", "cpuminer"),
+                    )
+                    await fleet.start()
+                    await fleet.wait(timeout=60)
+                    await fleet.stop()
+                    result["fleet"] = {a.worker: a.accepted for a in fleet.asics if a.accepted}
+                    result["pool_connections"] = pool.connections_total
+                    proc.send_signal(signal.SIGTERM)
+                    result["rc"] = await wait_for(proc, 60)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                result["pool"] = pool.accepted_by_hotkey()
+
+        go(scenario)
+        assert result["rc"] == 0, proxy_log(tmp_path)[-3000:]
+        client = clickhouse_connect.get_client(host=HOST, port=server.port)
+        try:
+            shares = client.query(
+                "SELECT proxy_id, hotkey, worker, difficulty FROM infinitehash.shares WHERE accepted = 1"
+            ).result_rows
+        finally:
+            client.close()
+        assert {row[0] for row in shares} == {"wk-0", "wk-1"}
+        by_hotkey: dict[str, float] = collections.defaultdict(float)
+        for _, hotkey, _, difficulty in shares:
+            by_hotkey[hotkey] += difficulty
+        assert by_hotkey == result["pool"]
+        assert collections.Counter(row[2] for row in shares) == result["fleet"]
+        # One pool connection per hotkey per worker that has ASICs of it: far fewer than the ASICs.
+        assert len(HOTKEYS) < result["pool_connections"] <= 2 * len(HOTKEYS)
+    finally:
+        server.close()
