@@ -104,10 +104,7 @@ def worker_main(config: ProxyConfig, index: int, parent_pid: int, ready: Connect
     try:
         lock.acquire()
         run(config, started=started, parent_pid=parent_pid)
-    except StartupError as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(EXIT_STARTUP)
-    except OSError as exc:
+    except (StartupError, OSError) as exc:  # its directory, its bind: the supervisor counts it and retries
         log.error("cannot start: %s", exc)
         sys.exit(EXIT_STARTUP)
     finally:
