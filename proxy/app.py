@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from ledger.target import LedgerTarget
@@ -32,6 +34,7 @@ from proxy.verdicts import VerdictSink
 log = logging.getLogger("proxy")
 # What a miner reads (error 20) for a share the proxy cannot ledger: it is never forwarded.
 REFUSED_WHILE_LEDGER_FULL = "the proxy cannot ledger shares right now; try again shortly"
+_PARENT_POLL = 1.0  # seconds between a worker's checks that its supervisor lives
 
 
 class ProxyApp:
@@ -175,24 +178,53 @@ class ProxyApp:
         await self.stop()
 
 
-async def serve(config: ProxyConfig) -> None:
-    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+async def serve(
+    config: ProxyConfig,
+    *,
+    started: Callable[[ProxyApp], None] | None = None,
+    parent_pid: int | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly.
+
+    `started` is called once the proxy listens (a worker tells its supervisor so). With
+    `parent_pid`, the proxy also shuts down when that process is gone: a worker never outlives its
+    supervisor (proxy/supervisor.py), holding the port and its spool."""
     app = ProxyApp(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    watch = None if parent_pid is None else asyncio.create_task(_parent_gone(parent_pid, stop), name="parent-watch")
     try:
+        if started is not None:
+            started(app)
         await stop.wait()
     finally:
+        if watch is not None:
+            watch.cancel()
         await app.stop()
 
 
-def run(config: ProxyConfig) -> None:
+async def _parent_gone(parent_pid: int, stop: asyncio.Event) -> None:
+    # Polled: an orphan is re-parented (getppid changes); a pipe or PR_SET_PDEATHSIG would need more
+    # plumbing for the same second.
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(_PARENT_POLL)
+    log.warning("the supervisor (pid %d) is gone; shutting down", parent_pid)
+    stop.set()
+
+
+def run(
+    config: ProxyConfig,
+    *,
+    started: Callable[[ProxyApp], None] | None = None,
+    parent_pid: int | None = None,
+) -> None:
+    main = serve(config, started=started, parent_pid=parent_pid)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we ship
-        asyncio.run(serve(config))
+        asyncio.run(main)
     else:
-        uvloop.run(serve(config))
+        uvloop.run(main)

@@ -190,9 +190,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for lock in locks:
             lock.acquire()
+        if config.workers > 1:
+            from proxy.supervisor import Supervisor
+
+            return Supervisor(config, target).run()
         check_ports(config)
         if config.clickhouse_cluster is not None:
             prepare_cluster(config, target)
+        if any(config.ledger_spool_dir.glob("worker-*")):
+            from proxy.supervisor import write_leftovers
+
+            write_leftovers(config, target, own_spool=False)  # a --workers run's spools: nobody else reads them
         run(config)
     except StartupError as exc:
         print(f"ih-proxy: {exc}", file=sys.stderr)

@@ -98,6 +98,7 @@ class ProxyConfig:
     farm_asics_per_upstream: int = 256
     log_format: str = "text"
     clickhouse_cluster: str | None = None  # None: one ClickHouse server (or chdb), plain MergeTree tables
+    workers: int = 1  # Stratum processes on one port (proxy/supervisor.py); >1 needs a ClickHouse server
 
     @property
     def ledger_url(self) -> str:
@@ -141,6 +142,9 @@ _HELP: dict[str, str] = {
     "clickhouse_cluster": "ClickHouse cluster name (from remote_servers): the migrations run ON CLUSTER with "
     "Replicated tables (<table>_local) and Distributed tables under the names readers use; needs an "
     "http(s):// --clickhouse-url and ClickHouse Keeper (default: none, one server)",
+    "workers": "proxy processes sharing the listen port (SO_REUSEPORT: the kernel spreads the ASICs), each "
+    "with its own proxy id <proxy-id>-<k>, spool <spool-dir>/worker-<k> and /metrics and API port <metrics "
+    "port>+k, for k = 0..N-1; more than 1 needs a ClickHouse server (an http(s):// --clickhouse-url)",
     "max_line": "longest line a miner may send, in bytes",
     "handshake_timeout": "seconds a miner has to subscribe and authorize",
     "idle_timeout": "seconds a miner may stay silent",
@@ -262,9 +266,19 @@ def validate(config: ProxyConfig) -> None:
     except ValueError as exc:
         raise ConfigError(f"upstream: {exc}") from None
     try:
-        LedgerTarget.parse(config.clickhouse_url, data_dir=config.data_dir)
+        target = LedgerTarget.parse(config.clickhouse_url, data_dir=config.data_dir)
     except ValueError as exc:
         raise ConfigError(f"clickhouse_url: {redact(str(exc))}") from None
+    if config.workers < 1:
+        raise ConfigError("workers must be at least 1")
+    if config.workers > 1 and target.kind == "chdb":
+        raise ConfigError(
+            "workers: more than one proxy process needs a ClickHouse server (--clickhouse-url http(s)://...): "
+            "the embedded chdb ledger can be opened by one process only"
+        )
+    metrics_port = parse_host_port(config.metrics, "metrics")[1]
+    if metrics_port and metrics_port + config.workers - 1 > 65535:
+        raise ConfigError(f"metrics: worker k listens on the metrics port + k, and {config.workers} do not fit")
     if not config.account or any(not ACCOUNT.fullmatch(a) for a in config.account):
         raise ConfigError("account must be one or more names of A-Z a-z 0-9 _ -, without dots")
     if config.mode not in ("passthrough", "aggregate"):

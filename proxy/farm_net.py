@@ -167,7 +167,9 @@ class FarmProxy:
     async def start(self) -> None:
         host, port = parse_host_port(self.config.listen, "listen")
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _ASICLink(self), host, port, backlog=4096, reuse_address=True)
+        self._server = await loop.create_server(
+            lambda: _ASICLink(self), host, port, backlog=4096, reuse_address=True, reuse_port=self.config.workers > 1
+        )
         self.accepting = True
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="farm-sweeper")
         log.info(

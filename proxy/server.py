@@ -651,7 +651,12 @@ class Server:
         loop = asyncio.get_running_loop()
         state = self.state
         self._server = await loop.create_server(
-            lambda: MinerProtocol(Rig(state)), host, port, backlog=4096, reuse_address=True
+            lambda: MinerProtocol(Rig(state)),
+            host,
+            port,
+            backlog=4096,
+            reuse_address=True,
+            reuse_port=self.config.workers > 1,  # --workers: each process listens, the kernel spreads ASICs
         )
         state.accepting = True
         self._sweeper = asyncio.create_task(self._main_loop(), name="session-sweeper")

@@ -64,6 +64,8 @@ def test_repeated_upstream_flags_keep_their_priority_order() -> None:
         (["--account", "a.b"], "without dots"),
         (["--max-sessions", "many"], "max_sessions"),
         (["--clickhouse-url", "ftp://u:secret@h/"], "unsupported ClickHouse URL"),
+        (["--workers", "0", "--clickhouse-url", "http://ch:8123/"], "workers must be at least 1"),
+        (["--workers", "3", "--clickhouse-url", "http://ch:8123/", "--metrics", "h:65534"], "do not fit"),
     ],
 )
 def test_bad_settings_are_clear_errors(argv: list[str], message: str) -> None:
