@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -195,6 +196,10 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    # What start-up built (modules, config, the ledger engine) lives as long as the process: frozen,
+    # it is never scanned again by the collector's full passes (issue 11: GC pauses on the loop).
+    gc.collect()
+    gc.freeze()
     watch = None if parent_pid is None else asyncio.create_task(_parent_gone(parent_pid, stop), name="parent-watch")
     try:
         if started is not None:

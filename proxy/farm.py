@@ -83,7 +83,7 @@ from protocol.state import State
 from protocol.work import BIP320_MASK, Job, Share, ShareRejected
 from proxy.metrics import ProxyMetrics
 from proxy.server import session_limit
-from proxy.session import Forwarded, JobSeen, SessionRules, check_credit, credit_for, retired_block_note
+from proxy.session import BadLines, Forwarded, JobSeen, SessionRules, check_credit, credit_for, retired_block_note
 from proxy.verdicts import VerdictSink, metric_labels, uint32
 
 log = logging.getLogger("proxy.farm")
@@ -270,7 +270,8 @@ class FarmASIC:
         self.upstream: FarmUpstream | None = None
         self.workers: dict[str, WorkerName | None] = {}  # name as sent → worker (None: a health check)
         self.jobs: dict[str, _AsicJob] = {}
-        self.bad_lines = 0
+        self.bad_lines = BadLines(now)
+        self.misbehaved = False  # closed for what it sent: its address pays (proxy.server.AddressStrikes)
         self.shares_handled = 0
         self._tokens = hub.ctx.limits.cost_soft_limit
         self._tokens_at = now
@@ -394,19 +395,22 @@ class FarmHub:
                 if type(event.message) is Submit:
                     self.ctx.metrics.count_share("refused", str(event.reason))
             elif isinstance(event, BadLine):
-                self._bad_line(asic, event)
+                self._bad_line(asic, event, now)
 
-    def _bad_line(self, asic: FarmASIC, event: BadLine) -> None:
+    def _bad_line(self, asic: FarmASIC, event: BadLine, now: float) -> None:
         error = event.error
+        limits = self.ctx.limits
         if isinstance(error, LineTooLong):
+            asic.misbehaved = True
             asic.close(f"line too long ({error.length} bytes)")
             return
-        asic.bad_lines += 1
-        asic.error(error.id, ErrorCode.OTHER, error.reason[:200])
+        bad = asic.bad_lines.add(now, limits.bad_line_forgiven_after)
+        asic.error(error.id, ErrorCode.OTHER, error.reason[: limits.max_error_text])
         if isinstance(error, InvalidMessage) and error.method == "mining.submit":
             self.ctx.metrics.count_share("refused", "malformed")
-        if asic.bad_lines > self.ctx.limits.max_bad_lines:
-            asic.close(f"too many malformed lines ({asic.bad_lines})")
+        if bad > limits.max_bad_lines:
+            asic.misbehaved = True
+            asic.close(f"too many malformed lines ({bad})")
 
     def _request(self, asic: FarmASIC, message: Any, now: float) -> None:
         kind = type(message)
@@ -417,7 +421,7 @@ class FarmHub:
         elif kind is Authorize:
             self._authorize(asic, message)
         elif kind is Configure:
-            self._configure(asic, message)
+            self._configure(asic, message, now)
         elif kind is SuggestDifficulty:
             # Honoured only upward: never below the pool's difficulty (see _difficulty_for).
             asic.suggested = max(0.0, message.params.difficulty)
@@ -433,7 +437,7 @@ class FarmHub:
 
     def _subscribe(self, asic: FarmASIC, message: Subscribe) -> None:
         if message.params.user_agent:
-            asic.user_agent = message.params.user_agent[:128]
+            asic.user_agent = message.params.user_agent[: self.ctx.limits.max_text]
         if asic.prefix is None:
             prefix = self.prefixes.allocate()
             if prefix is None:
@@ -449,11 +453,14 @@ class FarmHub:
         if asic.workers and upstream is not None and upstream.ready and upstream.current is not None:
             self._give_work(asic, upstream, clean=True)  # it authorized before subscribing
 
-    def _configure(self, asic: FarmASIC, message: Configure) -> None:
+    def _configure(self, asic: FarmASIC, message: Configure, now: float) -> None:
         options = configure_options(message)
         if isinstance(options, InvalidMessage):
-            asic.bad_lines += 1
-            asic.error(message.id, ErrorCode.OTHER, options.reason[:200])
+            limits = self.ctx.limits
+            if asic.bad_lines.add(now, limits.bad_line_forgiven_after) > limits.max_bad_lines:
+                asic.misbehaved = True
+                asic.close("too many malformed lines")
+            asic.error(message.id, ErrorCode.OTHER, options.reason[: limits.max_error_text])
             return
         result: dict[str, Any] = {extension: False for extension in message.params.extensions}
         if options.version_rolling:
@@ -568,6 +575,7 @@ class FarmHub:
         asic.shares_handled += 1
         if not asic.take_token(now):
             asic.error(message.id, ErrorCode.OTHER, "rate limit exceeded")
+            asic.misbehaved = True
             asic.close("submit rate limit exceeded")
             return
         if p.worker not in asic.workers:
@@ -773,7 +781,11 @@ class FarmHub:
                 self.ctx.metrics.authorize.labels("pool-refused").inc()
                 waiting, upstream.waiting = upstream.waiting, []
                 for asic, message, _ in waiting:
-                    asic.error(message.id, ErrorCode.UNAUTHORIZED, f"pool refused {upstream.worker_name}: {why}"[:200])
+                    asic.error(
+                        message.id,
+                        ErrorCode.UNAUTHORIZED,
+                        f"pool refused {upstream.worker_name}: {why}"[: self.ctx.limits.max_error_text],
+                    )
                 for asic in list(upstream.asics):
                     asic.close(f"pool refused the farm worker {upstream.worker_name}")
                 self._retire(upstream)
@@ -951,7 +963,7 @@ class FarmHub:
         upstream.connecting = False
         waiting, upstream.waiting = upstream.waiting, []
         for asic, message, _ in waiting:
-            asic.error(message.id, ErrorCode.OTHER, f"no pool reachable: {reason}"[:200])
+            asic.error(message.id, ErrorCode.OTHER, f"no pool reachable: {reason}"[: self.ctx.limits.max_error_text])
         for asic in list(upstream.asics):
             asic.send(encode_notification("client.reconnect", []))
             asic.close(f"no pool reachable: {reason}")

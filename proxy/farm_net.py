@@ -19,7 +19,7 @@ from typing import Any, cast
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.farm import FarmASIC, FarmContext, FarmHub, FarmUpstream
 from proxy.metrics import ProxyMetrics
-from proxy.server import session_limit
+from proxy.server import ABUSE, AddressStrikes, session_limit
 from proxy.upstream import PoolURL, Upstreams
 
 log = logging.getLogger("proxy.farm")
@@ -45,7 +45,8 @@ class _ASICLink(asyncio.Protocol):
         refusal = proxy.admit(self)
         if refusal is not None:
             proxy.metrics.connections_refused.labels(refusal).inc()
-            log.info("refused connection from %s: %s", self.peer_ip, refusal)
+            if refusal is not ABUSE:  # an address refused for abuse is logged once, not per connection
+                log.info("refused connection from %s: %s", self.peer_ip, refusal)
             self.closed = True
             self.transport.abort()
             return
@@ -77,6 +78,8 @@ class _ASICLink(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.proxy.metrics.sessions_closed.labels(_reason_label(reason)).inc()
+            if self.asic is not None and self.asic.misbehaved:
+                self.proxy.strikes.strike(self.peer_ip, reason.split("(")[0].strip(), time.monotonic())
             log.info(
                 "farm session %s from %s closed: %s", self.asic.session_id if self.asic else "-", self.peer_ip, reason
             )
@@ -141,6 +144,7 @@ class FarmProxy:
         self.pools: dict[FarmUpstream, _PoolLink] = {}
         self._connections: set[_ASICLink] = set()
         self._per_ip: collections.Counter[str] = collections.Counter()
+        self.strikes = AddressStrikes(config.limits, metrics)  # as passthrough: abuse costs the address
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -184,6 +188,8 @@ class FarmProxy:
         limits = self.config.limits
         if not self.accepting:
             return "shutting down"
+        if self.strikes.refuses(link.peer_ip, time.monotonic()):
+            return ABUSE
         if len(self._connections) >= self.max_sessions:
             return "too many sessions"
         if self._per_ip[link.peer_ip] >= limits.max_sessions_per_ip:
@@ -308,7 +314,9 @@ class FarmProxy:
 
     def sweep(self) -> None:
         hub = self.hub
-        hub.expire(time.monotonic())
+        at = time.monotonic()
+        self.strikes.sweep(at)
+        hub.expire(at)
         for upstream, pool in list(self.pools.items()):
             if upstream.closed and not upstream.pending_submits:
                 del self.pools[upstream]

@@ -119,6 +119,28 @@ def check_credit(share: Share, forwarded: set[bytes], credit: float) -> None:
         )
 
 
+class BadLines:
+    """Malformed lines not yet forgiven: one is forgiven every `forgiven_after` seconds, so a rig's
+    stray lines over weeks never add up, while a burst does. Passthrough and farm mode share it."""
+
+    __slots__ = ("_since", "count")
+
+    def __init__(self, now: float) -> None:
+        self.count = 0
+        self._since = now
+
+    def add(self, now: float, forgiven_after: float) -> int:
+        """One more malformed line at `now`; returns how many are not yet forgiven."""
+        forgiven = int((now - self._since) / forgiven_after)
+        if forgiven:
+            self.count = max(0, self.count - forgiven)
+            self._since += forgiven * forgiven_after
+        if not self.count:
+            self._since = now
+        self.count += 1
+        return self.count
+
+
 def retired_block_note(upstream: str, job_id: str) -> str:
     return f"pool {upstream} sent job {job_id[:64]!r} on a block it had moved on from; its shares are refused as stale"
 
@@ -323,8 +345,7 @@ class MinerSession:
         self.shares_handled = 0  # submits judged plus pool verdicts relayed: the layer times bursts by it
         self.cost = 0.0
         self._cost_at = now.mono
-        self.bad_lines = 0  # malformed lines not yet forgiven
-        self._bad_since = now.mono
+        self._bad_lines = BadLines(now.mono)
         self._waiting: Iterator[MinerEvent] | None = None  # lines read, left at the soft limit
         self._unhandled = 0  # lines of the reads in `_waiting` not handled yet (at most)
         self._misbehaved = False
@@ -430,6 +451,11 @@ class MinerSession:
         return self._waiting is not None
 
     @property
+    def bad_lines(self) -> int:
+        """Malformed lines not yet forgiven."""
+        return self._bad_lines.count
+
+    @property
     def misbehaved(self) -> bool:
         """Closed for what the miner sent (its cost, malformed or over-long lines, requests piled up before
         its pool connection): its address pays."""
@@ -507,15 +533,7 @@ class MinerSession:
             self.close(f"line too long ({error.length} bytes)")
             return
         limits = self.limits
-        # One malformed line is forgiven every `bad_line_forgiven_after` seconds: a rig's stray lines
-        # over weeks never add up; a burst does.
-        forgiven = int((now.mono - self._bad_since) / limits.bad_line_forgiven_after)
-        if forgiven:
-            self.bad_lines = max(0, self.bad_lines - forgiven)
-            self._bad_since += forgiven * limits.bad_line_forgiven_after
-        if not self.bad_lines:
-            self._bad_since = now.mono
-        self.bad_lines += 1
+        self._bad_lines.add(now.mono, limits.bad_line_forgiven_after)
         self._answer_error(error, ErrorCode.OTHER, error.reason[: limits.max_error_text])
         if isinstance(error, InvalidMessage) and error.method == SUBMIT:
             # Counted; never a ledger row of attacker text.

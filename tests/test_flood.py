@@ -169,7 +169,7 @@ def test_an_honest_farm_behind_one_address_reconnecting_often_is_never_refused(t
     result: dict[str, Any] = {}
 
     async def scenario() -> None:
-        async with SimulatedPool(difficulty=DIFFICULTY, seed=92) as pool:
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=92, extranonce2_size=8) as pool:  # room for prefixes
             app = ProxyApp(config(pool, tmp_path, address_strike_limit=1, address_strike_forgiven_after=3600.0))
             await app.start()
             accepted = rejected = lost = 0
@@ -303,3 +303,59 @@ def test_a_strike_limit_of_zero_never_refuses() -> None:
     for i in range(10):
         strikes.strike("10.0.0.1", "cost", float(i))
     assert not strikes.refuses("10.0.0.1", 10.0)
+
+
+def test_in_farm_mode_a_reconnecting_sender_of_garbage_is_refused_and_the_farm_keeps_mining(tmp_path: Path) -> None:
+    """Farm mode pays strikes the same way: each connection sends malformed lines until it is closed for
+    them; from the limit on its address is refused at accept, and the ASIC mining before keeps mining."""
+    attempts, limit, honest_shares = 8, 2, 30
+    result: dict[str, Any] = {}
+
+    async def garbage_once(port: int) -> int:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        received = 0
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            writer.write(b'{"id":5,"method":"mining.submit","params":[1]}\n' * 50)  # malformed, answered
+            for _ in range(10_000):
+                data = await asyncio.wait_for(reader.read(1 << 16), 10)
+                if not data:
+                    break
+                received += len(data)
+        writer.close()
+        return received
+
+    async def scenario() -> None:
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=92, extranonce2_size=8) as pool:  # room for prefixes
+            app = ProxyApp(
+                config(
+                    pool,
+                    tmp_path,
+                    mode="aggregate",
+                    max_bad_lines=5,
+                    address_strike_limit=limit,
+                    address_strike_forgiven_after=3600.0,
+                )
+            )
+            await app.start()
+            # An antminer: it suggests no difficulty (farm mode honours a Bitaxe's 1000, out of a CPU's reach).
+            fleet = Fleet.for_hotkeys(
+                HOST, app.port, HOTKEYS[:1], 1, max_shares=honest_shares, mode="rate", rate=20.0, profiles=("antminer",)
+            )
+            await fleet.start()
+            await until(lambda: fleet.accepted >= 1, "the honest ASIC mining")
+            result["outcomes"] = [await garbage_once(app.port) for _ in range(attempts)]
+            result["refused"] = sample(app, "ih_connections_refused_total", reason=ABUSE)
+            result["strikes"] = sample(app, "ih_address_strikes_total")
+            await fleet.wait(timeout=60)
+            await fleet.stop()
+            await app.stop()
+            result["fleet"] = (fleet.accepted, fleet.rejected, fleet.lost)
+            result["pool"] = pool.accepted_by_hotkey()
+
+    go(scenario)
+    outcomes = result["outcomes"]
+    assert all(received > 0 for received in outcomes[:limit])  # served: its errors answered, then closed
+    assert outcomes[limit:] == [0] * (attempts - limit)  # refused at accept: not a byte
+    assert result["strikes"] == limit and result["refused"] == attempts - limit
+    assert result["fleet"] == (honest_shares, 0, 0)
+    assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"] != {}
