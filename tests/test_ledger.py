@@ -506,6 +506,16 @@ def test_corrupt_spool_file_is_set_aside(tmp_path: Path, caplog: pytest.LogCaptu
     assert_ledger(tmp_path / "ch", rows)
 
 
+def kill_and_drain(child: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGKILL the child, then read what it still printed through the same buffered files the test
+    read lines from: communicate() reads the raw pipes and would drop what readline() had already
+    buffered (an acknowledgement lost that way made a row look written twice)."""
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert child.stdout is not None and child.stderr is not None
+    return child.stdout.read(), child.stderr.read()
+
+
 _CHILD = textwrap.dedent(
     """
     import asyncio, logging, sys
@@ -558,8 +568,7 @@ def test_sigkill_in_the_middle_loses_and_doubles_nothing(tmp_path: Path) -> None
                     # More failures mid-stream: the kill likely lands while the child spools or replays.
                     server.fail_next(2, inserts_only=True)
         finally:
-            child.send_signal(signal.SIGKILL)
-            rest, stderr = child.communicate(timeout=30)
+            rest, stderr = kill_and_drain(child)
         # Lines already in the pipe when the kill landed count as acknowledged too.
         acknowledged = max([acknowledged, *(int(line) for line in rest.split())])
         assert acknowledged >= 1_500, stderr[-2000:]
@@ -634,8 +643,7 @@ def test_sigkill_loses_no_row_the_proxy_had_answered(tmp_path: Path) -> None:
                 if acknowledged == 600:
                     server.fail_next(2, inserts_only=True)
         finally:
-            child.send_signal(signal.SIGKILL)
-            rest, stderr = child.communicate(timeout=30)
+            rest, stderr = kill_and_drain(child)
         acknowledged = max([acknowledged, *(int(line) for line in rest.split())])
         assert acknowledged >= 1_000, stderr[-2000:]
         journal = list((spool / "journal").glob("*.journal"))

@@ -119,7 +119,8 @@ def test_the_proxy_logs_json_lines(tmp_path: Path) -> None:
                 break
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, rest = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        rest = proc.stderr.read()  # the same buffered file readline() used (communicate() reads past its buffer)
     lines += (rest or "").splitlines()
     entries = [json.loads(line) for line in lines if line.strip()]  # every line is one JSON object
     assert any("listening for ASICs on 127.0.0.1:" in e["message"] for e in entries), lines
