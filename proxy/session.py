@@ -781,17 +781,7 @@ class MinerSession:
         else:
             failure = reply.failure()
             reason = f"pool: {failure.message if failure else 'rejected'}"[: self.limits.max_reason_text]
-        work = pending.work
-        self._verdict(
-            pending.received,
-            pending.worker,
-            work.ref if work else None,
-            pending.submit,
-            pending.credit,
-            pending.share,
-            reason,
-            now.mono - pending.sent_at,
-        )
+        self._pending_verdict(pending, reason, now.mono - pending.sent_at)
 
     # --- time and loss -----------------------------------------------------------------------------
 
@@ -835,16 +825,21 @@ class MinerSession:
             self._answer_error(pending.request, ErrorCode.OTHER, message)
         if pending.submit is not None:
             self.submits_in_flight -= 1
-            work = pending.work
-            self._verdict(
-                pending.received,
-                pending.worker,
-                work.ref if work else None,
-                pending.submit,
-                pending.credit,
-                pending.share,
-                RejectReason.TIMEOUT,
-            )
+            self._pending_verdict(pending, RejectReason.TIMEOUT)
+
+    def _pending_verdict(self, pending: _Pending, reason: str, latency: float | None = None) -> None:
+        """The verdict on a share forwarded to the pool: its answer, or none (`timeout`)."""
+        work = pending.work
+        self._verdict(
+            pending.received,
+            pending.worker,
+            work.ref if work else None,
+            pending.submit,
+            pending.credit,
+            pending.share,
+            reason,
+            latency,
+        )
 
 
 def _password(message: Authorize) -> list[Any]:
