@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from ledger.jobs import job_row
 from ledger.rows import Row, ShareRow
+from protocol.work import display_hash
 from proxy.metrics import ProxyMetrics
 from proxy.session import AuthorizeOutcome, JobSeen, Outbox, PoolTrouble, Verdict
 
@@ -88,7 +89,7 @@ class VerdictSink:
             )
         if share is not None:
             # The share hashed: its fields were checked, their numbers already read.
-            hash_hex = share.hash[::-1].hex()  # display order (protocol.work.display_hash)
+            hash_hex = display_hash(share.hash)
             ntime, nonce, bits = share.ntime, share.nonce, share.version_bits
             share_difficulty, block = share.difficulty, 1 if share.is_block else 0
         else:
