@@ -55,7 +55,7 @@ from protocol.connection import (
     ReplyReceived,
     RequestReceived,
 )
-from protocol.errors import ErrorCode, InvalidMessage, LineTooLong, RejectReason, StratumError
+from protocol.errors import ErrorCode, InvalidMessage, LineTooLong, ProtocolError, RejectReason, StratumError
 from protocol.messages import (
     Authorize,
     Configure,
@@ -271,7 +271,7 @@ class FarmASIC:
         self.workers: dict[str, WorkerName | None] = {}  # name as sent → worker (None: a health check)
         self.jobs: dict[str, _AsicJob] = {}
         self.bad_lines = BadLines(now)
-        self.misbehaved = False  # closed for what it sent: its address pays (proxy.server.AddressStrikes)
+        self.misbehaved = False  # set by close(abuse=True)
         self.shares_handled = 0
         self._tokens = hub.ctx.limits.cost_soft_limit
         self._tokens_at = now
@@ -282,9 +282,11 @@ class FarmASIC:
             return "mining"
         return "subscribed" if self.prefix is not None else "handshake"
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, *, abuse: bool = False) -> None:
+        """`abuse`: closed for what it sent, so its address pays (proxy.server.AddressStrikes)."""
         if self.close_reason is None:
             self.close_reason = reason
+            self.misbehaved = abuse
             self.hub.dirty_asics.add(self)
 
     def send(self, line: bytes) -> None:
@@ -395,22 +397,20 @@ class FarmHub:
                 if type(event.message) is Submit:
                     self.ctx.metrics.count_share("refused", str(event.reason))
             elif isinstance(event, BadLine):
-                self._bad_line(asic, event, now)
+                self._bad_line(asic, event.error, now)
 
-    def _bad_line(self, asic: FarmASIC, event: BadLine, now: float) -> None:
-        error = event.error
+    def _bad_line(self, asic: FarmASIC, error: ProtocolError, now: float) -> None:
+        """A malformed line (or a configure with bad options), as passthrough's session judges one."""
         limits = self.ctx.limits
         if isinstance(error, LineTooLong):
-            asic.misbehaved = True
-            asic.close(f"line too long ({error.length} bytes)")
+            asic.close(f"line too long ({error.length} bytes)", abuse=True)
             return
         bad = asic.bad_lines.add(now, limits.bad_line_forgiven_after)
         asic.error(error.id, ErrorCode.OTHER, error.reason[: limits.max_error_text])
         if isinstance(error, InvalidMessage) and error.method == "mining.submit":
             self.ctx.metrics.count_share("refused", "malformed")
         if bad > limits.max_bad_lines:
-            asic.misbehaved = True
-            asic.close(f"too many malformed lines ({bad})")
+            asic.close(f"too many malformed lines ({bad})", abuse=True)
 
     def _request(self, asic: FarmASIC, message: Any, now: float) -> None:
         kind = type(message)
@@ -456,11 +456,7 @@ class FarmHub:
     def _configure(self, asic: FarmASIC, message: Configure, now: float) -> None:
         options = configure_options(message)
         if isinstance(options, InvalidMessage):
-            limits = self.ctx.limits
-            if asic.bad_lines.add(now, limits.bad_line_forgiven_after) > limits.max_bad_lines:
-                asic.misbehaved = True
-                asic.close("too many malformed lines")
-            asic.error(message.id, ErrorCode.OTHER, options.reason[: limits.max_error_text])
+            self._bad_line(asic, options, now)
             return
         result: dict[str, Any] = {extension: False for extension in message.params.extensions}
         if options.version_rolling:
@@ -575,8 +571,7 @@ class FarmHub:
         asic.shares_handled += 1
         if not asic.take_token(now):
             asic.error(message.id, ErrorCode.OTHER, "rate limit exceeded")
-            asic.misbehaved = True
-            asic.close("submit rate limit exceeded")
+            asic.close("submit rate limit exceeded", abuse=True)
             return
         if p.worker not in asic.workers:
             # Only authorized work reaches the ledger: no row, no text the sender chose.
@@ -599,7 +594,7 @@ class FarmHub:
         credit = credit_for(pool_job.difficulty, upstream.difficulty)
         try:
             share = work.job.hash_share(p.extranonce2, p.ntime, p.nonce, p.version_bits, asic.version_mask)
-            forwarded = upstream.forwarded.get(pool_job.prevhash)
+            forwarded = upstream.forwarded.by_block.get(pool_job.prevhash)
             if forwarded is None:
                 raise ShareRejected(ErrorCode.JOB_NOT_FOUND, RejectReason.STALE, "Job not found")
             check_credit(share, forwarded, credit)

@@ -79,7 +79,7 @@ class _ASICLink(asyncio.Protocol):
             self.closed = True
             self.proxy.metrics.sessions_closed.labels(_reason_label(reason)).inc()
             if self.asic is not None and self.asic.misbehaved:
-                self.proxy.strikes.strike(self.peer_ip, reason.split("(")[0].strip(), time.monotonic())
+                self.proxy.strikes.strike(self.peer_ip, reason, time.monotonic())
             log.info(
                 "farm session %s from %s closed: %s", self.asic.session_id if self.asic else "-", self.peer_ip, reason
             )

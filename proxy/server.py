@@ -92,8 +92,10 @@ class AddressStrikes:
         return max(0.0, strikes - (now - at) / self.forgiven_after)
 
     def strike(self, ip: str, reason: str, now: float) -> None:
+        """A session from `ip` was closed for `reason` (logged without its figures in parentheses)."""
         if self.limit <= 0:
             return
+        reason = reason.split("(")[0].strip()
         key = address_key(ip)
         strikes = self._decayed(key, now) + 1.0
         self._strikes.pop(key, None)
@@ -492,7 +494,7 @@ class Rig:
         state.release(self)
         state.metrics.sessions_closed.labels(_reason_label(reason)).inc()
         if session is not None and session.misbehaved:  # closed for what it sent: its address pays
-            state.strikes.strike(self.peer_ip, (session.close_reason or reason).split("(")[0].strip(), time.monotonic())
+            state.strikes.strike(self.peer_ip, session.close_reason or reason, time.monotonic())
         workers = ", ".join(session.worker_names) if session is not None else ""
         log.info(
             "session %s from %s%s closed: %s",

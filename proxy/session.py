@@ -177,9 +177,6 @@ class Forwarded:
             del self._retired[next(iter(self._retired))]
         return True, gone
 
-    def get(self, prevhash: str) -> set[bytes] | None:
-        return self.by_block.get(prevhash)
-
     def clear(self) -> None:
         self.by_block.clear()
         self._retired.clear()
