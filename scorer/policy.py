@@ -159,18 +159,17 @@ def compute_weights(
     fractions = miner_fractions(registered, policy)
 
     share = policy.hashrate_share
+    # With no burn uid the earned part is scaled up to the whole weight: the fractions themselves
+    # (share · fraction / share, without the product, which underflows to 0 for a tiny share).
+    scale = share if burn_uid is not None or share == 0.0 else 1.0
     weights = {uid: 0.0 for uid in metagraph}
     hotkey_weights = {hk: 0.0 for hk in hashrates}
     for hotkey, fraction in fractions.items():
-        hotkey_weights[hotkey] = share * fraction
-        weights[uid_of[hotkey]] += share * fraction
+        hotkey_weights[hotkey] = scale * fraction
+        weights[uid_of[hotkey]] += scale * fraction
     earned = share if fractions else 0.0  # the fractions sum to 1: no rounding dust
     unearned = 1.0 - earned
     if burn_uid is not None and unearned > 0:
         weights[burn_uid] += unearned
         return Weights(weights, hotkey_weights, credited, unregistered, burn_uid, unearned, earned)
-
-    if earned > 0 and unearned > 0:  # no burn uid: scale the earned part up to 1
-        weights = {uid: w / earned for uid, w in weights.items()}
-        hotkey_weights = {hk: w / earned for hk, w in hotkey_weights.items()}
     return Weights(weights, hotkey_weights, credited, unregistered, None, 0.0, earned)
