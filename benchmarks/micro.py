@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from protocol.connection import MinerConnection
 from protocol.messages import Notify, decode_client_message, encode_notify, encode_result, parse_notify
@@ -141,8 +142,8 @@ def share_checker(notify: Notify, *, fresh_extranonce2: bool) -> Runner:
     return run
 
 
-def sha256d_header(n: int) -> None:
-    sha256 = hashlib.sha256
+def sha256d_header(n: int, sha256: Any = hashlib.sha256) -> None:
+    """hashlib's (OpenSSL's) sha256d by default; the share path's constructor with `sha256=`."""
     header = os.urandom(80)
     for _ in range(n):
         sha256(sha256(header).digest()).digest()

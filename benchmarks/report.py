@@ -325,9 +325,10 @@ def write(results: dict[str, Any], out: Path) -> None:
     env = results["environment"]
     refs = results["reference"]
     ref_line = (
-        f"Reference (same run): sha256d of a header {refs['sha256d_header_ns']:.0f} ns; the proxy's share check "
-        f"(12 branches, fresh extranonce2) {refs['share_check_fresh_en2_ns'] / 1000:.1f} µs; a bare uvloop echo "
-        f"round trip {refs['uvloop_echo_round_trip_us']:.1f} µs in one process, "
+        f"Reference (same run): sha256d of a header {refs['sha256d_header_ns']:.0f} ns (hashlib; "
+        f"{refs.get('sha256d_header_share_path_ns', float('nan')):.0f} ns with the share path's SHA-256); "
+        f"the proxy's share check (12 branches, fresh extranonce2) {refs['share_check_fresh_en2_ns'] / 1000:.1f} µs; "
+        f"a bare uvloop echo round trip {refs['uvloop_echo_round_trip_us']:.1f} µs in one process, "
         f"{refs['uvloop_echo_two_processes_us']:.1f} µs between two."
         if "sha256d_header_ns" in refs
         else f"Reference: {refs}"

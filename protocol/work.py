@@ -18,8 +18,9 @@ header hash.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from protocol.errors import ErrorCode, RejectReason
 from protocol.messages import Notify, hex_bytes
@@ -29,7 +30,23 @@ BIP320_MASK = 0x1FFFE000  # the version bits BIP320 leaves to miners
 # How far ntime may run ahead of the job's ntime (Bitcoin Core accepts blocks up to 2 h in the future).
 NTIME_MAX_AHEAD = 7200
 
-_sha256 = hashlib.sha256
+
+def _fastest_sha256() -> Callable[[bytes], hashlib._Hash]:
+    """CPython's own SHA-256 where it has one: on 32- to 80-byte inputs, all a share check hashes,
+    it is ~30% faster per call than OpenSSL 3's (whose per-object setup dominates; measured 1.39 vs
+    1.97 µs per sha256d here, benchmarks/reference.py). Checked against hashlib before it is used."""
+    for module in ("_sha2", "_sha256"):  # 3.12+, 3.11
+        try:
+            candidate = importlib.import_module(module).sha256
+        except (ImportError, AttributeError):
+            continue
+        probe = bytes(range(80))
+        if candidate(probe).digest() == hashlib.sha256(probe).digest():
+            return candidate  # type: ignore[no-any-return]
+    return hashlib.sha256
+
+
+sha256 = _sha256 = _fastest_sha256()  # the constructor every hash here uses
 _HEADER = struct.Struct("<I32s32sIII")
 _MERKLE_CACHE_SIZE = 64
 
@@ -49,6 +66,7 @@ __all__ = [
     "merkle_root",
     "prevhash_to_header",
     "roll_version",
+    "sha256",
     "sha256d",
     "share_difficulty",
     "target_from_nbits",

@@ -403,3 +403,16 @@ def test_reject_reasons_are_the_ledger_strings() -> None:
     assert RejectReason.LOW_DIFFICULTY == "low-difficulty" and f"{RejectReason.STALE}" == "stale"
     refused = rejected(make_job(), "00", f"{NTIME:08x}", "00000001", None)
     assert isinstance(refused.reason, RejectReason) and refused.reason == "malformed"
+
+
+@given(st.binary(max_size=300), st.binary(max_size=100))
+@settings(max_examples=200, deadline=None)
+def test_the_share_path_sha256_is_hashlibs(prefix: bytes, rest: bytes) -> None:
+    # protocol.work may hash with CPython's own SHA-256 (faster on short inputs); it must agree with
+    # hashlib on every length and through copy() + update(), which Job uses for the coinbase midstate.
+    state = work.sha256(prefix)
+    clone = state.copy()
+    clone.update(rest)
+    assert clone.digest() == hashlib.sha256(prefix + rest).digest()
+    assert state.digest() == hashlib.sha256(prefix).digest()
+    assert work.sha256d(prefix) == hashlib.sha256(hashlib.sha256(prefix).digest()).digest()
