@@ -292,6 +292,14 @@ def checks_text(results: dict[str, Any]) -> str:
             f"rejected {rejected}, lost {lost}",
         ]
         ok = c["connected"] == c["sessions"] and rejected == 0 and lost == 0
+        if p.get("pinned") is not None:
+            closed = p.get("closed", {})
+            busy, took = closed.get("proxy_core_busy_percent"), closed.get("cpu_percent", {}).get("proxy")
+            parts.append(
+                ("proxy pinned to its core" if p["pinned"] else "proxy NOT on its own core")
+                + (f" (closed loop: core {busy:.0f} % busy, proxy {took:.0f} %)" if busy is not None and took else "")
+            )
+            ok = ok and bool(p["pinned"])
         if "exit_code" in p:
             parts.append(f"ledger rows {p['ledger_rows_accepted']:,} = shares accepted {p['shares_accepted']:,}")
             parts.append(f"proxy exit {p['exit_code']}")

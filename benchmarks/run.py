@@ -120,6 +120,29 @@ def cpu_layout(pin: bool) -> tuple[str, str]:
     return str(cores[-1]), ",".join(map(str, cores[:-1]))
 
 
+def core_busy(cpus: str) -> float:
+    """Busy CPU seconds of these cores so far (everything but idle and iowait: user, system, softirq...)."""
+    if not cpus:
+        return 0.0
+    per_cpu = psutil.cpu_times(percpu=True)
+    busy = 0.0
+    for c in cpus.split(","):
+        t = per_cpu[int(c)]
+        busy += sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    return float(busy)
+
+
+def pinned_to(pid: int, cpus: str) -> bool | None:
+    """Whether every thread of `pid` may run on `cpus` only (None: not pinned, nothing to check)."""
+    if not cpus or not hasattr(os, "sched_getaffinity"):
+        return None
+    wanted = {int(c) for c in cpus.split(",")}
+    try:
+        return all(os.sched_getaffinity(t.id) <= wanted for t in psutil.Process(pid).threads())
+    except (psutil.Error, OSError):
+        return False
+
+
 def pin_pid(pid: int, cpus: str) -> None:
     """Pin every thread of a running process (sched_setaffinity is per thread on Linux)."""
     if not cpus or not hasattr(os, "sched_setaffinity"):
@@ -299,10 +322,13 @@ def histogram_delta(
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, workdir: Path, layout: tuple[str, str]) -> None:
+        """`layout` is `cpu_layout()` as computed once by main(), before it pinned itself to the load
+        cores: computed again here it would see only those and pin nothing (every process then
+        inherited the orchestrator's core and the proxy shared it with the whole load)."""
         self.args = args
         self.workdir = workdir
-        self.proxy_cpus, self.load_cpus = cpu_layout(args.pin)
+        self.proxy_cpus, self.load_cpus = layout
         py = sys.executable
         log = open(workdir / "helpers.log", "ab")  # noqa: SIM115 - lives as long as the run
         self.helper_log = log
@@ -396,11 +422,13 @@ class Bench:
             generator.receive(120)  # started
         wall_start = time.time()
         cpu_before, busy_before = cpu_seconds(self.pids()), busy_seconds()
+        core_before = core_busy(self.proxy_cpus)
         threads_before = thread_cpu(proxy.pid) if proxy is not None else {}
         io_before = write_bytes(proxy.pid) if proxy is not None else 0
         spy = self._py_spy(duration) if proxy is not None and mode == "closed" and self.args.py_spy else None
         answers = [g.receive(duration + 90) for g in self.generators]
         cpu_after, busy_after = cpu_seconds(self.pids()), busy_seconds()
+        core_after = core_busy(self.proxy_cpus)
         threads_after = thread_cpu(proxy.pid) if proxy is not None else {}
         io_after = write_bytes(proxy.pid) if proxy is not None else 0
         wall_end = time.time()
@@ -447,6 +475,12 @@ class Bench:
             # Busy CPU of the whole machine not spent by the benchmark's processes (other work on the
             # box): it shares the cores and shows up in every tail.
             "foreign_cpu_percent": max(0.0, (busy_after - busy_before) - ours) / max(1e-9, wall_end - wall_start) * 100,
+            # How busy the proxy's own core was (softirq included: the kernel's loopback work for the
+            # proxy's sends runs there and is not charged to the process). Pinned, it should track
+            # the proxy's CPU %; far above it, something else runs on that core.
+            "proxy_core_busy_percent": (core_after - core_before) / max(1e-9, wall_end - wall_start) * 100
+            if self.proxy_cpus
+            else None,
         }
         if proxy is not None:
             result["ingest_lag"] = histogram_delta(
@@ -544,6 +578,7 @@ class Bench:
         connected_rss = rss(proxy.pid)
         # What the pool sees: one connection per session in passthrough, per hotkey (and slot) in farm mode.
         pool_connections = self.pool_stats()["sessions"]
+        out["pinned"] = pinned_to(proxy.pid, self.proxy_cpus)
         closed = self.run("closed", args.duration)
         rss_after_closed = rss(proxy.pid)
         paced = self.run("rate", rate_seconds, args.rate)
@@ -782,7 +817,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     workdir = Path(tempfile.mkdtemp(prefix="ih-bench-"))
-    bench = Bench(args, workdir)
+    bench = Bench(args, workdir, (proxy_cpus, load_cpus))
     phases: dict[str, Any] = {}
     clickhouse_url = f"http://{HOST}:{bench.clickhouse_port}/"
     try:
