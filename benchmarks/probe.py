@@ -3,8 +3,8 @@
     python -m benchmarks.probe --probe-out FILE [--gc-freeze] [--gc-threshold 700,10,10] [--cpus 1] \\
         -- <the proxy's own flags, exactly as `python -m proxy` takes them>
 
-It runs what `python -m proxy` runs (`proxy.config.load_config`, then `ProxyApp(config)` start,
-wait for SIGTERM/SIGINT, stop) on uvloop, plus, in the same loop:
+It runs what `python -m proxy` runs (`proxy.config.load_config`, then `proxy.app.serve`: start,
+gc.freeze() of what start-up built, wait for SIGTERM/SIGINT, stop) on uvloop, plus, in the same loop:
 
 - a lag probe: a callback due every PERIOD seconds that records how late it ran. A callback can
   only run between two other callbacks, so its lateness is the longest time the loop spent without
@@ -16,9 +16,8 @@ Every second it appends one JSON line to FILE: {"t": wall time, "ticks": n, "max
 orchestrator picks the lines of its window. The probe costs ~1,000 timer callbacks a second
 (~0.2 % of a core).
 
---gc-freeze moves everything alive after start-up into the permanent generation (`gc.freeze()`),
-and again on SIGUSR1 (the orchestrator sends it once the sessions are connected), so the
-collector stops re-walking long-lived objects; --gc-threshold sets `gc.set_threshold`.
+--gc-freeze adds a `gc.freeze()` on SIGUSR1 (the orchestrator sends it once the sessions are
+connected), so the collector stops re-walking the sessions too; --gc-threshold sets `gc.set_threshold`.
 """
 
 from __future__ import annotations
@@ -111,29 +110,24 @@ class LagProbe:
 
 
 async def serve(proxy_argv: Sequence[str], args: argparse.Namespace) -> None:
-    from proxy.app import ProxyApp
+    """`proxy.app.serve`, the very function `python -m proxy` runs (start-up gc.freeze included),
+    with the probe started in its loop once the proxy listens."""
+    from proxy.app import serve as proxy_serve
     from proxy.config import load_config
 
     config = load_config(list(proxy_argv))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = ProxyApp(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if args.gc_freeze:
-        loop.add_signal_handler(signal.SIGUSR1, gc.freeze)
-    await app.start()
-    if args.gc_freeze:
-        gc.collect()
-        gc.freeze()
     probe = LagProbe(args.probe_out)
-    probe.start()
+
+    def started(_app: object) -> None:
+        if args.gc_freeze:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, gc.freeze)
+        probe.start()
+
     try:
-        await stop.wait()
+        await proxy_serve(config, started=started)
     finally:
         probe.stop()
-        await app.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours, proxy_argv = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(prog="python -m benchmarks.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--probe-out", type=Path, required=True, help="where the per-second JSON lines go")
-    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after start-up and on SIGUSR1")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() again on SIGUSR1")
     parser.add_argument("--gc-threshold", default="", help="gc.set_threshold(a, b, c), e.g. 50000,50,100")
     parser.add_argument("--cpus", default="", help="CPUs to pin the proxy to, comma-separated")
     args = parser.parse_args(ours)
