@@ -834,7 +834,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gc-freeze", None, rate_seconds=args.stall_window / 3, gc_freeze=True, gc_threshold=GC_THRESHOLD
         )
         _say("proxy, embedded ledger, farm mode (--mode aggregate)")
-        phases["farm"] = bench.proxy_phase("farm", None, rate_seconds=args.stall_window, mode="aggregate")
+        phases["farm"] = bench.proxy_phase(
+            "farm", None, rate_seconds=args.stall_window, mode="aggregate", connect_many=args.connect_many
+        )
         _say(f"farm mode failover: {args.failover_sessions} sessions, pool A SIGKILLed, pool B the second --upstream")
         try:
             phases["failover"] = bench.failover(
