@@ -7,10 +7,25 @@ import hashlib
 from ledger.rows import JobRow
 from protocol.messages import Notify
 
+_KEYS_KEPT = 64
+# By identity, as protocol.work.job_template: every session shares the Notify of one notify line.
+_keys: dict[int, tuple[Notify, str]] = {}
+
 
 def job_key(notify: Notify) -> str:
     """A hash of everything in a notify that goes into a header (not the job id, not clean_jobs):
     two notifies with this key are the same work, whatever the pool called them."""
+    entry = _keys.get(id(notify))
+    if entry is not None and entry[0] is notify:
+        return entry[1]
+    key = _content_key(notify)
+    if len(_keys) >= _KEYS_KEPT:
+        _keys.pop(next(iter(_keys)), None)
+    _keys[id(notify)] = (notify, key)
+    return key
+
+
+def _content_key(notify: Notify) -> str:
     content = "|".join(
         (
             notify.prevhash.lower(),

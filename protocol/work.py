@@ -56,6 +56,7 @@ __all__ = [
     "DIFF1",
     "NTIME_MAX_AHEAD",
     "Job",
+    "JobTemplate",
     "RejectReason",
     "Share",
     "ShareRejected",
@@ -63,6 +64,7 @@ __all__ = [
     "difficulty_from_target",
     "display_hash",
     "hash_value",
+    "job_template",
     "merkle_root",
     "prevhash_to_header",
     "roll_version",
@@ -169,6 +171,41 @@ class Share:
         return display_hash(self.hash)
 
 
+class JobTemplate:
+    """What a share check needs from a mining.notify whatever the session: its fields as numbers and
+    bytes. Every session of one pool account gets the same notify at once (a new job, a new block),
+    so `job_template` parses it once for all of them (Job adds the session's own extranonce1)."""
+
+    __slots__ = ("branches", "coinb1", "coinb2", "nbits", "network_target", "ntime", "prevhash", "version")
+
+    def __init__(self, notify: Notify) -> None:
+        self.version = int(notify.version, 16)
+        self.nbits = int(notify.nbits, 16)
+        self.ntime = int(notify.ntime, 16)
+        self.prevhash = prevhash_to_header(notify.prevhash)
+        self.branches = [bytes.fromhex(b) for b in notify.merkle_branch]
+        self.network_target = target_from_nbits(self.nbits)
+        self.coinb1 = bytes.fromhex(notify.coinb1)
+        self.coinb2 = bytes.fromhex(notify.coinb2)
+
+
+_TEMPLATES_KEPT = 64  # notifies of the last minutes, over every pool connection
+# By identity: identical notify lines decode to one shared Notify (protocol.messages), which stays
+# referenced by its entry, so an id is never reused while the entry lives.
+_templates: dict[int, tuple[Notify, JobTemplate]] = {}
+
+
+def job_template(notify: Notify) -> JobTemplate:
+    entry = _templates.get(id(notify))
+    if entry is not None and entry[0] is notify:
+        return entry[1]
+    template = JobTemplate(notify)
+    if len(_templates) >= _TEMPLATES_KEPT:
+        _templates.pop(next(iter(_templates)), None)
+    _templates[id(notify)] = (notify, template)
+    return template
+
+
 class Job:
     """One mining.notify as a miner with a given extranonce1 sees it, precomputed for share checks.
 
@@ -193,18 +230,19 @@ class Job:
     )
 
     def __init__(self, notify: Notify, extranonce1: str, extranonce2_size: int, difficulty: float) -> None:
+        template = job_template(notify)
         self.job_id = notify.job_id
         self.difficulty = difficulty
         self.extranonce2_size = extranonce2_size
-        self.version = int(notify.version, 16)
-        self.nbits = int(notify.nbits, 16)
-        self.ntime = int(notify.ntime, 16)
-        self.prevhash = prevhash_to_header(notify.prevhash)
-        self.branches = [bytes.fromhex(b) for b in notify.merkle_branch]
-        self.network_target = target_from_nbits(self.nbits)
+        self.version = template.version
+        self.nbits = template.nbits
+        self.ntime = template.ntime
+        self.prevhash = template.prevhash
+        self.branches = template.branches  # shared, never modified
+        self.network_target = template.network_target
         # The coinbase up to extranonce2 is the same for every share: hash it once, copy the state.
-        self._coinbase_prefix = _sha256(bytes.fromhex(notify.coinb1) + bytes.fromhex(extranonce1))
-        self._coinb2 = bytes.fromhex(notify.coinb2)
+        self._coinbase_prefix = _sha256(template.coinb1 + bytes.fromhex(extranonce1))
+        self._coinb2 = template.coinb2
         self._merkle_cache: dict[bytes, bytes] = {}
         self.seen: set[bytes] = set()  # header hashes already submitted for this job
 

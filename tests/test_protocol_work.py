@@ -416,3 +416,48 @@ def test_the_share_path_sha256_is_hashlibs(prefix: bytes, rest: bytes) -> None:
     assert clone.digest() == hashlib.sha256(prefix + rest).digest()
     assert state.digest() == hashlib.sha256(prefix).digest()
     assert work.sha256d(prefix) == hashlib.sha256(hashlib.sha256(prefix).digest()).digest()
+
+
+# --- one notify line, many sessions: decoded and parsed once ------------------------------------------
+
+
+def test_an_identical_notify_line_decodes_to_one_shared_notify_and_a_different_one_does_not() -> None:
+    line = encode_notification("mining.notify", make_notify().params()).rstrip(b"\n")
+    first, again = decode_server_message(line), decode_server_message(bytes(line))  # a new bytes object
+    assert isinstance(first, Notify) and again is first
+    other = decode_server_message(line.replace(b'"job-1"', b'"job-2"'))
+    assert isinstance(other, Notify) and other is not first and other.job_id == "job-2"
+    # A malformed notify is never remembered: it comes back as the same error every time.
+    bad = line.replace(PREVHASH.encode(), b"zz")
+    assert not isinstance(decode_server_message(bad), Notify)
+    assert not isinstance(decode_server_message(bad), Notify)
+
+
+def test_the_notify_memory_is_bounded() -> None:
+    from protocol import messages
+
+    line = encode_notification("mining.notify", make_notify().params()).rstrip(b"\n")
+    for i in range(3 * messages._NOTIFIES_KEPT):
+        assert isinstance(decode_server_message(line.replace(b'"job-1"', b'"job-%d"' % i)), Notify)
+    assert len(messages._notifies) <= messages._NOTIFIES_KEPT
+    assert len(work._templates) <= work._TEMPLATES_KEPT
+
+
+def test_sessions_sharing_a_notify_share_its_template_and_keep_their_own_coinbase() -> None:
+    notify = make_notify(branches=12)
+    mine, theirs = Job(notify, EN1, 4, 1e-12), Job(notify, "00000001", 4, 1e-12)
+    assert mine.branches is theirs.branches  # parsed once
+    assert work.job_template(notify) is work.job_template(notify)
+    # Each session's shares still hash with its own extranonce1, and equal a Job built from an equal
+    # Notify that is not the shared object (no memo hit): the template changes nothing but the cost.
+    twin = parse_notify(notify.params())
+    assert twin is not notify and work.job_template(twin) is not work.job_template(notify)
+    for job, en1 in ((mine, EN1), (theirs, "00000001")):
+        share = job.hash_share("0000002a", f"{NTIME:08x}", "00000007", None, 0)
+        assert share.header == reference_header(notify, en1, "0000002a", f"{NTIME:08x}", "00000007", 0x20000000)
+        fresh = Job(twin, en1, 4, 1e-12).hash_share("0000002a", f"{NTIME:08x}", "00000007", None, 0)
+        assert fresh.hash == share.hash
+    assert (
+        mine.hash_share("0000002a", f"{NTIME:08x}", "00000007", None, 0).hash
+        != theirs.hash_share("0000002a", f"{NTIME:08x}", "00000007", None, 0).hash
+    )
