@@ -18,7 +18,7 @@ from pathlib import Path
 # (category, substrings of a frame "function (file:line)"), first match wins, leaf to root.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
-        "ledger thread (insert: chdb / clickhouse-connect, idle waits)",
+        "ledger thread (insert: chdb / clickhouse-connect)",
         ("chdb/", "clickhouse_connect", "futures/thread.py"),
     ),
     ("hashing (sha256d, merkle fold)", ("hash_share", "check_share", "sha256", "merkle")),
@@ -29,6 +29,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("framing (protocol.framing)", ("framing.py",)),
     ("socket writes (transport.write in the flushes)", ("flush (proxy/server.py", ".write (", "writelines")),
     ("session logic (proxy/session.py)", ("session.py",)),
+    ("farm mode logic (proxy/farm.py, farm_net.py)", ("farm.py", "farm_net.py")),
     ("server glue (proxy/server.py)", ("server.py",)),
     ("lag probe (benchmark only)", ("benchmarks/probe.py:6", "benchmarks/probe.py:7", "_tick", "_flush")),
 )
@@ -49,11 +50,21 @@ def summarize(path: Path) -> dict[str, float]:
     out: dict[str, float] = {name: counts[name] / total for name, _ in CATEGORIES if counts[name]} if total else {}
     if total:
         out["other (event loop, asyncio, GC, idle threads)"] = counts["other"] / total
+        if counts[IDLE]:
+            out[IDLE] = counts[IDLE] / total
     out["samples"] = float(total)
     return out
 
 
+# A leaf that only waits: a worker thread blocked on its queue (the ledger's insert thread between
+# batches) or a lock. py-spy samples it as a live thread, but it burns no CPU.
+IDLE = "idle worker threads (waiting for work: no CPU)"
+_IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:81)", "wait (threading.py:")
+
+
 def _category(frames: list[str]) -> str:
+    if frames and frames[-1].startswith(_IDLE_LEAVES):
+        return IDLE
     for frame in reversed(frames):  # leaf first: the innermost named work
         for name, needles in CATEGORIES:
             if any(needle in frame for needle in needles):
@@ -78,9 +89,11 @@ def main() -> int:
     for arg in sys.argv[1:]:
         path = Path(arg)
         summary = summarize(path)
-        print(f"{path}: {summary.pop('samples'):.0f} samples")
+        idle = summary.pop(IDLE, 0.0)
+        print(f"{path}: {summary.pop('samples'):.0f} samples, {idle * 100:.1f} % of them idle worker threads (no CPU);")
+        print("  shares of the busy samples:")
         for name, share in sorted(summary.items(), key=lambda kv: -kv[1]):
-            print(f"  {share * 100:5.1f} %  {name}")
+            print(f"  {share / max(1e-9, 1.0 - idle) * 100:5.1f} %  {name}")
         print("  top leaf frames (self time):")
         for leaf, share in top_functions(path):
             print(f"  {share * 100:5.1f} %  {leaf}")

@@ -1,0 +1,34 @@
+"""benchmarks.profile: py-spy's folded samples put in categories, idle worker threads apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.profile import IDLE, summarize
+
+LOOP = "run (uvloop/__init__.py:92);Runner.run (asyncio/runners.py:118)"
+WORKER = "Thread._bootstrap (threading.py:1002);Thread.run (threading.py:982)"
+
+
+def test_samples_fall_in_the_first_category_from_the_leaf_and_idle_threads_apart(tmp_path: Path) -> None:
+    folded = tmp_path / "spy.txt"
+    folded.write_text(
+        "\n".join(
+            (
+                f"{LOOP};MinerSession._submit (proxy/session.py:600);Job.hash_share (protocol/work.py:260) 6",
+                f"{LOOP};FarmProxy.pool_data (proxy/farm.py:700) 2",
+                f"{LOOP};Rig.flush (proxy/server.py:463) 1",
+                f"{WORKER};_worker (concurrent/futures/thread.py:81) 10",  # waiting for a batch
+                f"{WORKER};_worker (concurrent/futures/thread.py:83);Client.insert (clickhouse_connect/client.py:9) 1",
+                "not a sample line",
+            )
+        )
+        + "\n"
+    )
+    summary = summarize(folded)
+    assert summary["samples"] == 20
+    assert summary[IDLE] == 10 / 20
+    assert summary["hashing (sha256d, merkle fold)"] == 6 / 20  # inside the session, hashing wins
+    assert summary["farm mode logic (proxy/farm.py, farm_net.py)"] == 2 / 20
+    assert summary["socket writes (transport.write in the flushes)"] == 1 / 20
+    assert summary["ledger thread (insert: chdb / clickhouse-connect)"] == 1 / 20  # working, not idle
