@@ -188,6 +188,12 @@ def targets_text(results: dict[str, Any]) -> str:
                 if "direct_after" in phases
                 else ""
             )
+            + (
+                f"; {direct['connect_many']['connected']:,} sessions connected straight to the pool in "
+                f"{direct['connect_many']['seconds']:.2f} s"
+                if direct.get("connect_many")
+                else ""
+            )
         )
     for key, label in PROXY_PHASES:
         e = t.get(key)
