@@ -133,7 +133,7 @@ class LedgerWriter:
         database: str = "infinitehash",
         ttl_days: int = 90,
         batch_rows: int = 10_000,
-        flush_interval: float = 1.0,
+        flush_interval: float = 0.5,
         metrics: ProxyMetrics | None = None,
         max_retry_delay: float = 30.0,
         max_memory_rows: int = 500_000,
