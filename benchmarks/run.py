@@ -533,8 +533,8 @@ class Bench:
             + _latency(out["rate"])
         )
         if connect_many:
-            # What the generators themselves take to connect and handshake that many: the floor
-            # under the proxy's figure.
+            # The same sessions without the proxy: the generators and the pool (one Python process
+            # answering every handshake) on their own.
             time.sleep(0.5)
             out["connect_many"] = many = self.connect(self.pool_port, connect_many)
             self.disconnect()
