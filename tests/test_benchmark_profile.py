@@ -1,4 +1,4 @@
-"""benchmarks.profile: py-spy's folded samples put in categories, idle worker threads apart."""
+"""benchmarks.profile and benchmarks.report: py-spy samples in categories (idle threads apart), the direct baseline."""
 
 from __future__ import annotations
 
@@ -32,3 +32,13 @@ def test_samples_fall_in_the_first_category_from_the_leaf_and_idle_threads_apart
     assert summary["farm mode logic (proxy/farm.py, farm_net.py)"] == 2 / 20
     assert summary["socket writes (transport.write in the flushes)"] == 1 / 20
     assert summary["ledger thread (insert: chdb / clickhouse-connect)"] == 1 / 20  # working, not idle
+
+
+def test_added_latency_is_taken_against_the_quieter_direct_window() -> None:
+    from benchmarks.report import direct_rate
+
+    noisy, quiet = {"p99_ms": 280.0, "p50_ms": 9.5}, {"p99_ms": 11.6, "p50_ms": 2.6}
+    assert direct_rate({"direct": {"rate": noisy}, "direct_after": {"rate": quiet}}) is quiet
+    assert direct_rate({"direct": {"rate": quiet}, "direct_after": {"rate": noisy}}) is quiet
+    assert direct_rate({"direct": {"rate": noisy}}) is noisy
+    assert direct_rate({}) is None
