@@ -478,8 +478,8 @@ class Bench:
             # How busy the proxy's own core was (softirq included: the kernel's loopback work for the
             # proxy's sends runs there and is not charged to the process). Pinned, it should track
             # the proxy's CPU %; far above it, something else runs on that core.
-            "proxy_core_busy_percent": (core_after - core_before) / max(1e-9, wall_end - wall_start) * 100
-            if self.proxy_cpus
+            "proxy_core_busy_percent": (core_after - core_before) / elapsed * 100  # per window second, as cpu_percent
+            if self.proxy_cpus and elapsed > 0
             else None,
         }
         if proxy is not None:
