@@ -28,6 +28,7 @@ from proxy.hotkeys import BittensorRegistry, HotkeyRegistry, RegisteredHotkeys
 from proxy.http import Check, HTTPServer, build_app
 from proxy.ledger import LedgerWriter
 from proxy.metrics import ProxyMetrics
+from proxy.priority import BackgroundPriority
 from proxy.server import Server
 from proxy.session import SessionRules
 from proxy.verdicts import VerdictSink
@@ -97,6 +98,7 @@ class ProxyApp:
             self.metrics, self.ledger.query, target.database, api_token=config.api_token, readiness=self.readiness
         )
         self.http = HTTPServer(app, host, port)
+        self.priority = BackgroundPriority(config.background_nice)
 
     def ledger_refusal(self) -> str | None:
         """Why miners' shares are refused right now: the ledger cannot persist what they would earn.
@@ -160,11 +162,13 @@ class ProxyApp:
         await self.http.start()
         await self.stratum.start()
         await self.coverage.start()
+        self.priority.start()  # after the ledger's start: its engine's threads exist by now
 
     async def stop(self) -> None:
         log.info("stopping: no new sessions; waiting up to %.0fs for in-flight shares", self.config.shutdown_grace)
         await self.stratum.stop(self.config.shutdown_grace)
         await self.coverage.stop()
+        await self.priority.stop()
         if self.registered is not None:
             await self.registered.stop()
         await self.ledger.stop()

@@ -103,6 +103,7 @@ class ProxyConfig:
     log_format: str = "text"
     clickhouse_cluster: str | None = None  # None: one ClickHouse server (or chdb), plain MergeTree tables
     workers: int = 1  # Stratum processes on one port (proxy/supervisor.py); >1 needs a ClickHouse server
+    background_nice: int = 10  # every thread but the event loop's (proxy/priority.py); 0: leave them alone
 
     @property
     def ledger_url(self) -> str:
@@ -149,6 +150,8 @@ _HELP: dict[str, str] = {
     "workers": "proxy processes sharing the listen port (SO_REUSEPORT: the kernel spreads the ASICs), each "
     "with its own proxy id <proxy-id>-<k>, spool <spool-dir>/worker-<k> and /metrics and API port <metrics "
     "port>+k, for k = 0..N-1; more than 1 needs a ClickHouse server (an http(s):// --clickhouse-url)",
+    "background_nice": "CPU priority (nice, 0-19) of every proxy thread but the event loop's: the ledger's insert "
+    "thread and the embedded engine's pools yield the core to the share path (0: leave them alone)",
     "max_line": "longest line a miner may send, in bytes",
     "handshake_timeout": "seconds a miner has to subscribe and authorize",
     "idle_timeout": "seconds a miner may stay silent",
@@ -291,6 +294,8 @@ def validate(config: ProxyConfig) -> None:
         raise ConfigError("farm_asics_per_upstream must be at least 1")
     if config.ttl_days < 1:
         raise ConfigError("ttl_days must be at least 1")
+    if not 0 <= config.background_nice <= 19:
+        raise ConfigError("background_nice must be 0 (leave the threads alone) to 19")
     if config.api_token is not None and (
         len(config.api_token) < 16 or not config.api_token.isprintable() or " " in config.api_token
     ):
