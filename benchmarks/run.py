@@ -477,7 +477,8 @@ class Bench:
             "foreign_cpu_percent": max(0.0, (busy_after - busy_before) - ours) / max(1e-9, wall_end - wall_start) * 100,
             # How busy the proxy's own core was (softirq included: the kernel's loopback work for the
             # proxy's sends runs there and is not charged to the process). Pinned, it should track
-            # the proxy's CPU %; far above it, something else runs on that core.
+            # the proxy's CPU %; far above it, something else runs on that core. The kernel samples
+            # it per tick: right for a busy core (closed loop), up to ~20 % low for a bursty one.
             "proxy_core_busy_percent": (core_after - core_before) / elapsed * 100  # per window second, as cpu_percent
             if self.proxy_cpus and elapsed > 0
             else None,
