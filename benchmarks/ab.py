@@ -14,10 +14,8 @@ ratios within pairs, not one figure against another run's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -56,16 +54,7 @@ class CheckoutProxy(R.Proxy):
         self.proc = subprocess.Popen(
             [*pin, python, "-m", "proxy", *self.flags], cwd=tree, stdout=self._log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the proxy of {tree} exited with {self.proc.returncode}")
-            with contextlib.suppress(OSError):
-                self.metrics_text()
-                with socket.create_connection((HOST, self.port), timeout=1):
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"the proxy of {tree} did not listen in 60 s")
+        self.wait_listening(workdir / "proxy.log")
 
 
 def window(bench: R.Bench, tree: Path, name: str, args: argparse.Namespace, clickhouse_url: str) -> dict[str, Any]:

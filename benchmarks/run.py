@@ -209,7 +209,11 @@ class Proxy:
         workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.argv, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
+        self.wait_listening(log)
+
+    def wait_listening(self, log: Path, seconds: float = 60.0) -> None:
+        """Until /metrics answers and the Stratum port takes a connection."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the proxy exited with {self.proc.returncode}; see {log}")
@@ -218,7 +222,7 @@ class Proxy:
                 with socket.create_connection((HOST, self.port), timeout=1):
                     return
             time.sleep(0.1)
-        raise TimeoutError("the proxy did not start listening in 60 s")
+        raise TimeoutError(f"the proxy did not start listening in {seconds:g} s")
 
     @property
     def pid(self) -> int:

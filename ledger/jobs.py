@@ -5,27 +5,13 @@ from __future__ import annotations
 import hashlib
 
 from ledger.rows import JobRow
+from protocol.memo import ByIdentity
 from protocol.messages import Notify
 
-_KEYS_KEPT = 64
-# By identity, as protocol.work.job_template: every session shares the Notify of one notify line.
-_keys: dict[int, tuple[Notify, str]] = {}
 
-
-def job_key(notify: Notify) -> str:
+def content_key(notify: Notify) -> str:
     """A hash of everything in a notify that goes into a header (not the job id, not clean_jobs):
     two notifies with this key are the same work, whatever the pool called them."""
-    entry = _keys.get(id(notify))
-    if entry is not None and entry[0] is notify:
-        return entry[1]
-    key = _content_key(notify)
-    if len(_keys) >= _KEYS_KEPT:
-        _keys.pop(next(iter(_keys)), None)
-    _keys[id(notify)] = (notify, key)
-    return key
-
-
-def _content_key(notify: Notify) -> str:
     content = "|".join(
         (
             notify.prevhash.lower(),
@@ -38,6 +24,10 @@ def _content_key(notify: Notify) -> str:
         )
     )
     return hashlib.sha256(content.encode()).hexdigest()[:32]
+
+
+# Once per shared Notify: every session of one pool account gets the same one (protocol.messages).
+job_key: ByIdentity[Notify, str] = ByIdentity(content_key, 64)
 
 
 def job_row(notify: Notify, key: str, first_seen: float, proxy_id: str, upstream: str) -> JobRow:

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable, Sequence
 
 from protocol.errors import ErrorCode, RejectReason
+from protocol.memo import ByIdentity
 from protocol.messages import Notify, hex_bytes
 
 DIFF1 = 0xFFFF << 208
@@ -189,21 +190,9 @@ class JobTemplate:
         self.coinb2 = bytes.fromhex(notify.coinb2)
 
 
-_TEMPLATES_KEPT = 64  # notifies of the last minutes, over every pool connection
-# By identity: identical notify lines decode to one shared Notify (protocol.messages), which stays
-# referenced by its entry, so an id is never reused while the entry lives.
-_templates: dict[int, tuple[Notify, JobTemplate]] = {}
-
-
-def job_template(notify: Notify) -> JobTemplate:
-    entry = _templates.get(id(notify))
-    if entry is not None and entry[0] is notify:
-        return entry[1]
-    template = JobTemplate(notify)
-    if len(_templates) >= _TEMPLATES_KEPT:
-        _templates.pop(next(iter(_templates)), None)
-    _templates[id(notify)] = (notify, template)
-    return template
+# Every session's Job of one notify line shares its template: the notifies of the last minutes,
+# over every pool connection.
+job_template: ByIdentity[Notify, JobTemplate] = ByIdentity(JobTemplate, 64)
 
 
 class Job:

@@ -168,7 +168,7 @@ class ProxyApp:
         log.info("stopping: no new sessions; waiting up to %.0fs for in-flight shares", self.config.shutdown_grace)
         await self.stratum.stop(self.config.shutdown_grace)
         await self.coverage.stop()
-        await self.priority.stop()
+        self.priority.stop()
         if self.registered is not None:
             await self.registered.stop()
         await self.ledger.stop()

@@ -46,29 +46,26 @@ def lower_other_threads(nice: int, keep: int) -> int:
 
 
 class BackgroundPriority:
-    """While started, sweeps the process's threads every SWEEP_EVERY seconds (the caller's thread,
-    the event loop's, is kept)."""
+    """While started, sweeps the process's threads every SWEEP_EVERY seconds on the event loop (a
+    few dozen syscalls); the loop's own thread, the one that starts it, is kept."""
 
     def __init__(self, nice: int) -> None:
         self.nice = nice
-        self._task: asyncio.Task[None] | None = None
+        self._keep = 0
+        self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        if self.nice <= 0 or self._task is not None:
+        if self.nice <= 0 or self._timer is not None:
             return
-        keep = threading.get_native_id()
-        lowered = lower_other_threads(self.nice, keep)
-        log.debug("background threads at nice %d (%d lowered)", self.nice, lowered)
-        self._task = asyncio.create_task(self._sweep(keep), name="background-priority")
+        self._keep = threading.get_native_id()
+        log.debug("background threads at nice %d (%d lowered)", self.nice, self._sweep())
 
-    async def _sweep(self, keep: int) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_EVERY)
-            await asyncio.to_thread(lower_other_threads, self.nice, keep)
+    def _sweep(self) -> int:
+        lowered = lower_other_threads(self.nice, self._keep)
+        self._timer = asyncio.get_running_loop().call_later(SWEEP_EVERY, self._sweep)
+        return lowered
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -19,7 +19,7 @@ def notify(job_id: str = "j1", coinb2: str = "bb02", clean: bool = True) -> Noti
 
 def test_the_key_is_the_content_whatever_the_object_the_job_id_or_clean_jobs() -> None:
     one = notify()
-    assert job_key(one) == job_key(one) == jobs._content_key(one)
+    assert job_key(one) == job_key(one) == jobs.content_key(one)
     assert job_key(notify()) == job_key(one)  # an equal notify, another object
     assert job_key(notify(job_id="j2", clean=False)) == job_key(one)  # same work, renamed
     assert job_key(notify(coinb2="bb03")) != job_key(one)
@@ -28,9 +28,9 @@ def test_the_key_is_the_content_whatever_the_object_the_job_id_or_clean_jobs() -
 
 
 def test_the_remembered_keys_are_bounded_and_never_confuse_two_objects() -> None:
-    seen = [notify(coinb2=f"{i:04x}") for i in range(3 * jobs._KEYS_KEPT)]
+    seen = [notify(coinb2=f"{i:04x}") for i in range(3 * job_key.kept)]
     keys = [job_key(n) for n in seen]
     assert len(set(keys)) == len(seen)
-    assert len(jobs._keys) <= jobs._KEYS_KEPT
+    assert len(job_key) <= job_key.kept
     # Forgotten ones are computed again, the same.
-    assert [job_key(n) for n in seen] == keys == [jobs._content_key(n) for n in seen]
+    assert [job_key(n) for n in seen] == keys == [jobs.content_key(n) for n in seen]

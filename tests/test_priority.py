@@ -51,7 +51,7 @@ async def loop_side():
         if late and nice_of(late[0]) >= 9:
             break
     out["late"], out["loop"] = nice_of(late[0]), nice_of(threading.get_native_id())
-    await keeper.stop()
+    keeper.stop()
 asyncio.run(loop_side())
 print(json.dumps(out))
 """

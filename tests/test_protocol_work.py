@@ -440,7 +440,7 @@ def test_the_notify_memory_is_bounded() -> None:
     for i in range(3 * messages._NOTIFIES_KEPT):
         assert isinstance(decode_server_message(line.replace(b'"job-1"', b'"job-%d"' % i)), Notify)
     assert len(messages._notifies) <= messages._NOTIFIES_KEPT
-    assert len(work._templates) <= work._TEMPLATES_KEPT
+    assert len(work.job_template) <= work.job_template.kept
 
 
 def test_sessions_sharing_a_notify_share_its_template_and_keep_their_own_coinbase() -> None:
