@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,23 @@ import pytest
 from proxy.config import ConfigError, load_config
 from simulation import Fleet, SimulatedPool
 from simulation.hotkeys import hotkeys
+from tests.clickhouse_http import ClickHouseHTTPServer
 from tests.test_proxy_e2e import DIFFICULTY, HOST, REPO, go, until
 
 HOTKEYS = hotkeys(3, namespace="workers")
 ASICS = 24  # both workers get sessions unless the kernel hashes all 24 onto one: p = 2**-23
 READY = re.compile(r"worker (\d+) ready \(pid (\d+)")
+
+
+@pytest.fixture
+def clickhouse(tmp_path: Path) -> Iterator[ClickHouseHTTPServer]:
+    """A ClickHouse server in its own process (the real engine behind HTTP): the ledger every worker shares."""
+    server = ClickHouseHTTPServer(tmp_path / "clickhouse")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def _free_port() -> int:
@@ -112,80 +124,73 @@ def share_key(
 
 
 def test_two_workers_share_the_port_and_a_killed_one_comes_back_without_losing_or_doubling_a_share(
-    tmp_path: Path,
+    tmp_path: Path, clickhouse: ClickHouseHTTPServer
 ) -> None:
-    from tests.clickhouse_http import ClickHouseHTTPServer
-
     port = _free_port()
     result: dict[str, Any] = {}
-    server = ClickHouseHTTPServer(tmp_path / "clickhouse")
-    server.start()
+
+    async def scenario() -> None:
+        async with SimulatedPool(difficulty=DIFFICULTY, seed=11) as pool:
+            # A long flush interval: what worker 1 ledgers before its SIGKILL is only in its journal
+            # (the first mining round takes a second or two; its first cut is due 15 s after its start).
+            proc = start_supervisor(tmp_path, clickhouse.url, pool.port, port, "--ledger-flush-interval", "15")
+            try:
+                await until_slow(lambda: len(ready_pids(tmp_path)) == 2, "both workers ready")
+
+                async def mine() -> Fleet:
+                    fleet = Fleet.for_hotkeys(HOST, port, HOTKEYS, ASICS, max_shares=4, mode="rate", rate=20.0)
+                    await fleet.start()
+                    await fleet.wait(timeout=60)
+                    await fleet.stop()
+                    return fleet
+
+                first = await mine()
+                journal = tmp_path / "proxy" / "spool" / "worker-1" / "journal"
+                result["journaled"] = sum(p.stat().st_size for p in journal.glob("*.journal"))
+                killed = ready_pids(tmp_path)[1][0]
+                os.kill(killed, signal.SIGKILL)
+                await until_slow(lambda: len(ready_pids(tmp_path)[1]) == 2, "worker 1 restarted")
+                # Its journal, recovered into its spool, is written at its first flush.
+                for _ in range(120):
+                    if "wk-1" in await asyncio.to_thread(proxy_ids, clickhouse.port):
+                        break
+                    await asyncio.sleep(0.5)
+                second = await mine()
+                result["fleet_accepted"] = first.accepted + second.accepted
+                pids = [pid for started in ready_pids(tmp_path).values() for pid in started]
+                proc.send_signal(signal.SIGTERM)
+                result["rc"] = await wait_for(proc, 60)
+                await until_slow(lambda: all(gone(pid) for pid in pids), "every worker gone")
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            result["pool"] = collections.Counter(
+                share_key(s.extranonce1, s.extranonce2, int(s.ntime, 16), int(s.nonce, 16), s.job_id)
+                for s in pool.submits_seen
+                if s.accepted
+            )
+            result["pool_accepted"] = pool.accepted_count
+
+    go(scenario)
+    log = proxy_log(tmp_path)
+    assert result["rc"] == 0, log[-3000:]
+    assert result["journaled"] > 0  # the kill landed with rows only in the journal
+    assert re.search(r"worker-1/proxy\.ledger: ledger: recovered \d+ rows from the journal", log), log[-3000:]
+    assert "worker 1 (proxy id wk-1) died (killed by signal 9)" in log
+    assert result["fleet_accepted"] == result["pool_accepted"] > 0  # every verdict reached its miner
+    client = clickhouse_connect.get_client(host=HOST, port=clickhouse.port)
     try:
-
-        async def scenario() -> None:
-            async with SimulatedPool(difficulty=DIFFICULTY, seed=11) as pool:
-                # A long flush interval: what worker 1 ledgers before its SIGKILL is only in its journal
-                # (the first mining round takes a second or two; its first cut is due 15 s after its start).
-                proc = start_supervisor(tmp_path, server.url, pool.port, port, "--ledger-flush-interval", "15")
-                try:
-                    await until_slow(lambda: len(ready_pids(tmp_path)) == 2, "both workers ready")
-
-                    async def mine() -> Fleet:
-                        fleet = Fleet.for_hotkeys(HOST, port, HOTKEYS, ASICS, max_shares=4, mode="rate", rate=20.0)
-                        await fleet.start()
-                        await fleet.wait(timeout=60)
-                        await fleet.stop()
-                        return fleet
-
-                    first = await mine()
-                    journal = tmp_path / "proxy" / "spool" / "worker-1" / "journal"
-                    result["journaled"] = sum(p.stat().st_size for p in journal.glob("*.journal"))
-                    killed = ready_pids(tmp_path)[1][0]
-                    os.kill(killed, signal.SIGKILL)
-                    await until_slow(lambda: len(ready_pids(tmp_path)[1]) == 2, "worker 1 restarted")
-                    # Its journal, recovered into its spool, is written at its first flush.
-                    for _ in range(120):
-                        if "wk-1" in await asyncio.to_thread(proxy_ids, server.port):
-                            break
-                        await asyncio.sleep(0.5)
-                    second = await mine()
-                    result["fleet_accepted"] = first.accepted + second.accepted
-                    pids = [pid for started in ready_pids(tmp_path).values() for pid in started]
-                    proc.send_signal(signal.SIGTERM)
-                    result["rc"] = await wait_for(proc, 60)
-                    await until_slow(lambda: all(gone(pid) for pid in pids), "every worker gone")
-                finally:
-                    if proc.poll() is None:
-                        proc.kill()
-                result["pool"] = collections.Counter(
-                    share_key(s.extranonce1, s.extranonce2, int(s.ntime, 16), int(s.nonce, 16), s.job_id)
-                    for s in pool.submits_seen
-                    if s.accepted
-                )
-                result["pool_accepted"] = pool.accepted_count
-
-        go(scenario)
-        log = proxy_log(tmp_path)
-        assert result["rc"] == 0, log[-3000:]
-        assert result["journaled"] > 0  # the kill landed with rows only in the journal
-        assert re.search(r"worker-1/proxy\.ledger: ledger: recovered \d+ rows from the journal", log), log[-3000:]
-        assert "worker 1 (proxy id wk-1) died (killed by signal 9)" in log
-        assert result["fleet_accepted"] == result["pool_accepted"] > 0  # every verdict reached its miner
-        client = clickhouse_connect.get_client(host=HOST, port=server.port)
-        try:
-            rows = client.query(
-                "SELECT proxy_id, extranonce1, extranonce2, ntime, nonce, job_id FROM infinitehash.shares "
-                "WHERE accepted = 1"
-            ).result_rows
-            covered = {r[0] for r in client.query("SELECT DISTINCT proxy_id FROM infinitehash.coverage").result_rows}
-        finally:
-            client.close()
-        assert {row[0] for row in rows} == {"wk-0", "wk-1"}  # the kernel gave both workers sessions
-        assert covered == {"wk-0", "wk-1"}
-        ledgered = collections.Counter(share_key(*row[1:]) for row in rows)
-        assert ledgered == result["pool"]  # every accepted share exactly once: none lost, none twice
+        rows = client.query(
+            "SELECT proxy_id, extranonce1, extranonce2, ntime, nonce, job_id FROM infinitehash.shares "
+            "WHERE accepted = 1"
+        ).result_rows
+        covered = {r[0] for r in client.query("SELECT DISTINCT proxy_id FROM infinitehash.coverage").result_rows}
     finally:
-        server.close()
+        client.close()
+    assert {row[0] for row in rows} == {"wk-0", "wk-1"}  # the kernel gave both workers sessions
+    assert covered == {"wk-0", "wk-1"}
+    ledgered = collections.Counter(share_key(*row[1:]) for row in rows)
+    assert ledgered == result["pool"]  # every accepted share exactly once: none lost, none twice
 
 
 def test_a_worker_that_keeps_dying_at_start_stops_the_supervisor_with_status_2(tmp_path: Path) -> None:
@@ -252,10 +257,11 @@ def test_more_than_one_worker_needs_a_clickhouse_server(tmp_path: Path) -> None:
     assert not (tmp_path / "ledger").exists()  # refused before anything was opened
 
 
-def test_the_supervisor_writes_what_a_one_process_run_and_a_retired_worker_left_spooled(tmp_path: Path) -> None:
+def test_the_supervisor_writes_what_a_one_process_run_and_a_retired_worker_left_spooled(
+    tmp_path: Path, clickhouse: ClickHouseHTTPServer
+) -> None:
     from ledger.rows import ShareRow
     from proxy.ledger import LedgerWriter
-    from tests.clickhouse_http import ClickHouseHTTPServer
     from tests.test_ledger import make_rows
 
     spool = tmp_path / "proxy" / "spool"
@@ -276,89 +282,79 @@ def test_the_supervisor_writes_what_a_one_process_run_and_a_retired_worker_left_
     retired = [r._replace(proxy_id="wk-5") for r in make_rows(5, first=100)]
     go(lambda: spool_rows(spool, one_process))
     go(lambda: spool_rows(spool / "worker-5", retired))  # a worker of an earlier --workers 6
-    server = ClickHouseHTTPServer(tmp_path / "clickhouse")
-    server.start()
     result: dict[str, Any] = {}
-    try:
 
-        async def scenario() -> None:
-            proc = start_supervisor(tmp_path, server.url, _free_port(), _free_port())
+    async def scenario() -> None:
+        proc = start_supervisor(tmp_path, clickhouse.url, _free_port(), _free_port())
+        try:
+            await until_slow(lambda: len(ready_pids(tmp_path)) == 2, "both workers ready")
+            proc.send_signal(signal.SIGTERM)
+            result["rc"] = await wait_for(proc, 60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+    go(scenario)
+    assert result["rc"] == 0, proxy_log(tmp_path)[-3000:]
+    client = clickhouse_connect.get_client(host=HOST, port=clickhouse.port)
+    try:
+        ledgered = client.query("SELECT proxy_id, job_id FROM infinitehash.shares ORDER BY proxy_id, job_id")
+    finally:
+        client.close()
+    expected = sorted((r.proxy_id, r.job_id) for r in one_process + retired)
+    assert sorted(tuple(row) for row in ledgered.result_rows) == expected
+    assert not list(spool.glob("*.batch")) and not list((spool / "worker-5").glob("*.batch"))
+
+
+def test_farm_mode_runs_under_workers_each_aggregating_its_own_asics(
+    tmp_path: Path, clickhouse: ClickHouseHTTPServer
+) -> None:
+    port = _free_port()
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        # The farm takes 2 bytes of the pool's extranonce2 for each ASIC's prefix.
+        async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=12) as pool:
+            proc = start_supervisor(tmp_path, clickhouse.url, pool.port, port, "--mode", "aggregate")
             try:
                 await until_slow(lambda: len(ready_pids(tmp_path)) == 2, "both workers ready")
+                # Not the bitaxe profile: it suggests a difficulty the farm honours, too high to grind here.
+                fleet = Fleet.for_hotkeys(
+                    HOST,
+                    port,
+                    HOTKEYS,
+                    ASICS,
+                    max_shares=4,
+                    mode="rate",
+                    rate=20.0,
+                    profiles=("antminer", "cpuminer"),
+                )
+                await fleet.start()
+                await fleet.wait(timeout=60)
+                await fleet.stop()
+                result["fleet"] = {a.worker: a.accepted for a in fleet.asics if a.accepted}
+                result["pool_connections"] = pool.connections_total
                 proc.send_signal(signal.SIGTERM)
                 result["rc"] = await wait_for(proc, 60)
             finally:
                 if proc.poll() is None:
                     proc.kill()
+            result["pool"] = pool.accepted_by_hotkey()
 
-        go(scenario)
-        assert result["rc"] == 0, proxy_log(tmp_path)[-3000:]
-        client = clickhouse_connect.get_client(host=HOST, port=server.port)
-        try:
-            ledgered = client.query("SELECT proxy_id, job_id FROM infinitehash.shares ORDER BY proxy_id, job_id")
-        finally:
-            client.close()
-        expected = sorted((r.proxy_id, r.job_id) for r in one_process + retired)
-        assert sorted(tuple(row) for row in ledgered.result_rows) == expected
-        assert not list(spool.glob("*.batch")) and not list((spool / "worker-5").glob("*.batch"))
-    finally:
-        server.close()
-
-
-def test_farm_mode_runs_under_workers_each_aggregating_its_own_asics(tmp_path: Path) -> None:
-    from tests.clickhouse_http import ClickHouseHTTPServer
-
-    port = _free_port()
-    result: dict[str, Any] = {}
-    server = ClickHouseHTTPServer(tmp_path / "clickhouse")
-    server.start()
+    go(scenario)
+    assert result["rc"] == 0, proxy_log(tmp_path)[-3000:]
+    client = clickhouse_connect.get_client(host=HOST, port=clickhouse.port)
     try:
-
-        async def scenario() -> None:
-            # The farm takes 2 bytes of the pool's extranonce2 for each ASIC's prefix.
-            async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=12) as pool:
-                proc = start_supervisor(tmp_path, server.url, pool.port, port, "--mode", "aggregate")
-                try:
-                    await until_slow(lambda: len(ready_pids(tmp_path)) == 2, "both workers ready")
-                    # Not the bitaxe profile: it suggests a difficulty the farm honours, too high to grind here.
-                    fleet = Fleet.for_hotkeys(
-                        HOST,
-                        port,
-                        HOTKEYS,
-                        ASICS,
-                        max_shares=4,
-                        mode="rate",
-                        rate=20.0,
-                        profiles=("antminer", "cpuminer"),
-                    )
-                    await fleet.start()
-                    await fleet.wait(timeout=60)
-                    await fleet.stop()
-                    result["fleet"] = {a.worker: a.accepted for a in fleet.asics if a.accepted}
-                    result["pool_connections"] = pool.connections_total
-                    proc.send_signal(signal.SIGTERM)
-                    result["rc"] = await wait_for(proc, 60)
-                finally:
-                    if proc.poll() is None:
-                        proc.kill()
-                result["pool"] = pool.accepted_by_hotkey()
-
-        go(scenario)
-        assert result["rc"] == 0, proxy_log(tmp_path)[-3000:]
-        client = clickhouse_connect.get_client(host=HOST, port=server.port)
-        try:
-            shares = client.query(
-                "SELECT proxy_id, hotkey, worker, difficulty FROM infinitehash.shares WHERE accepted = 1"
-            ).result_rows
-        finally:
-            client.close()
-        assert {row[0] for row in shares} == {"wk-0", "wk-1"}
-        by_hotkey: dict[str, float] = collections.defaultdict(float)
-        for _, hotkey, _, difficulty in shares:
-            by_hotkey[hotkey] += difficulty
-        assert by_hotkey == result["pool"]
-        assert collections.Counter(row[2] for row in shares) == result["fleet"]
-        # One pool connection per hotkey per worker that has ASICs of it: far fewer than the ASICs.
-        assert len(HOTKEYS) < result["pool_connections"] <= 2 * len(HOTKEYS)
+        shares = client.query(
+            "SELECT proxy_id, hotkey, worker, difficulty FROM infinitehash.shares WHERE accepted = 1"
+        ).result_rows
     finally:
-        server.close()
+        client.close()
+    assert {row[0] for row in shares} == {"wk-0", "wk-1"}
+    by_hotkey: dict[str, float] = collections.defaultdict(float)
+    for _, hotkey, _, difficulty in shares:
+        by_hotkey[hotkey] += difficulty
+    assert by_hotkey == result["pool"]
+    assert collections.Counter(row[2] for row in shares) == result["fleet"]
+    # One pool connection per hotkey per worker that has ASICs of it: far fewer than the ASICs.
+    assert len(HOTKEYS) < result["pool_connections"] <= 2 * len(HOTKEYS)
