@@ -1,13 +1,21 @@
-"""A bounded memo keyed by an object's identity, for what every session derives from one shared
-Notify (`protocol.messages` decodes identical notify lines to one object)."""
+"""Bounded memories for what every session derives from one pool message: identical notify lines
+decode to one Notify (`protocol.messages`), and what is derived from that Notify is keyed by its
+identity (`ByIdentity`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
+
+
+def remember(entries: dict[Hashable, V], key: Hashable, value: V, kept: int) -> None:
+    """`entries[key] = value`, the oldest entry dropped first once `kept` are held."""
+    if len(entries) >= kept:
+        entries.pop(next(iter(entries)), None)
+    entries[key] = value
 
 
 class ByIdentity(Generic[K, V]):
@@ -17,16 +25,14 @@ class ByIdentity(Generic[K, V]):
     def __init__(self, compute: Callable[[K], V], kept: int) -> None:
         self._compute = compute
         self.kept = kept
-        self._entries: dict[int, tuple[K, V]] = {}
+        self._entries: dict[Hashable, tuple[K, V]] = {}
 
     def __call__(self, key: K) -> V:
         entry = self._entries.get(id(key))
         if entry is not None and entry[0] is key:
             return entry[1]
         value = self._compute(key)
-        if len(self._entries) >= self.kept:
-            self._entries.pop(next(iter(self._entries)), None)  # the oldest
-        self._entries[id(key)] = (key, value)
+        remember(self._entries, id(key), (key, value), self.kept)
         return value
 
     def __len__(self) -> int:

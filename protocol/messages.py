@@ -16,11 +16,13 @@ lengths that a session negotiates (extranonce2) are checked by the share check i
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from typing import Any, TypeAlias
 
 import msgspec
 
 from protocol.errors import InvalidJSON, InvalidMessage, ProtocolError, StratumError, normalize_error
+from protocol.memo import remember
 
 RequestId: TypeAlias = int | str | None
 
@@ -329,7 +331,7 @@ _server_decoder = msgspec.json.Decoder(_ServerEnvelope)
 # lines of the last few jobs over every pool connection.
 _NOTIFY_METHOD = b'"mining.notify"'
 _NOTIFIES_KEPT = 64
-_notifies: dict[bytes, Notify] = {}
+_notifies: dict[Hashable, Notify] = {}
 
 
 def decode_server_message(line: bytes) -> ServerMessage | ProtocolError:
@@ -360,9 +362,7 @@ def decode_server_message(line: bytes) -> ServerMessage | ProtocolError:
     except (ValueError, TypeError, IndexError) as exc:
         return InvalidMessage(f"malformed {env.method}: {exc}", env.id, env.method)
     if notify_line and type(message) is Notify:
-        if len(_notifies) >= _NOTIFIES_KEPT:
-            _notifies.pop(next(iter(_notifies)), None)
-        _notifies[line] = message
+        remember(_notifies, line, message, _NOTIFIES_KEPT)
     return message
 
 
