@@ -26,7 +26,8 @@ p99 of 15 ms where the pool answers in a fraction of a millisecond. Here a sessi
 - closed loop: each session keeps one submit in flight and sends the next one from the reply's
   `data_received`; fixed rate (open loop): one timer per process walks a schedule (share k is due
   at t0 + k / rate, so a late tick catches up instead of drifting) and sends the shares due,
-  round-robin over the sessions, whatever is in flight;
+  round-robin over the sessions, whatever is in flight; it sleeps at least 1 ms between ticks (a
+  shorter sleep spins the loop and starves the pool on the shared core);
 - latency: `time.perf_counter_ns()` just before the write and once per `data_received` (the
   moment the reply was read); the schedule's lateness (send − due) is reported on its own, so the
   generator's own delay is visible and never counted as the proxy's;
@@ -56,6 +57,7 @@ _decode = msgspec.json.Decoder().decode
 _SUBMIT_ID0 = 100  # submit ids start here; the handshake uses 1..4
 VERSION_MASK = 0x1FFFE000
 WATCHED_NOTIFIES = 32  # arrival times kept per session in a watched window
+MIN_TICK = 0.001  # seconds: the shortest sleep of the fixed-rate schedule (libuv's timer resolution)
 
 
 class Session(asyncio.Protocol):
@@ -335,8 +337,11 @@ class Generator:
             if k >= total:
                 done.set_result(None)
                 return
-            # Wake for the next share due (libuv timers have 1 ms resolution: a tick sends all due).
-            loop.call_at(loop.time() + max(0.0, (t0 + k * period_ns - time.perf_counter_ns()) * 1e-9), tick)
+            # Sleep until the next share is due, but never less than libuv's 1 ms timer resolution:
+            # a shorter delay rounds to 0 and the loop spins, taking the core the pool shares with
+            # this process (that spin was the direct path's 3-5 ms p99). A tick sends all shares due.
+            wait = (t0 + k * period_ns - time.perf_counter_ns()) * 1e-9
+            loop.call_later(max(MIN_TICK, wait), tick)
 
         tick()
         await asyncio.wait_for(done, duration + 10.0)
