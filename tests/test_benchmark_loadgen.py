@@ -32,7 +32,7 @@ def test_the_paced_schedule_sends_each_share_once_and_never_sleeps_below_the_tim
             delays.append(delay)
             return call_later(delay, callback, *args)
 
-        loop.call_later = recording  # type: ignore[method-assign]
+        loop.call_later = recording  # type: ignore[method-assign,assignment]
         await generator._paced(sessions, rate=5000.0, duration=0.05)  # type: ignore[arg-type]
 
     asyncio.run(main())
