@@ -16,6 +16,10 @@ Every second it appends one JSON line to FILE: {"t": wall time, "ticks": n, "max
 orchestrator picks the lines of its window. The probe costs ~1,000 timer callbacks a second
 (~0.2 % of a core).
 
+--watchdog-ms N arms `faulthandler.dump_traceback_later` from the probe's ticks: when the loop has not
+come back to its timers for N ms, every thread's stack is appended to FILE.stacks (what the loop was
+doing during a stall, and what the other threads were).
+
 --gc-freeze adds a `gc.freeze()` on SIGUSR1 (the orchestrator sends it once the sessions are
 connected), so the collector stops re-walking the sessions too; --gc-threshold sets `gc.set_threshold`.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import gc
 import json
 import logging
@@ -38,10 +43,15 @@ from typing import Any
 PERIOD = 0.001  # seconds between two probe callbacks (libuv timers have 1 ms resolution)
 
 
+WATCHDOG_EVERY = 16  # ticks between two re-arms of the stall watchdog
+
+
 class LagProbe:
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, watchdog: float = 0.0) -> None:
         self.out = out
         self._file = open(out, "a", buffering=1)  # noqa: SIM115 - closed in stop()
+        self.watchdog = watchdog
+        self._stacks = open(out.with_name(out.name + ".stacks"), "a") if watchdog > 0 else None  # noqa: SIM115
         self._reset()
         self._gc_started = 0
         self._handle: asyncio.TimerHandle | None = None
@@ -74,6 +84,9 @@ class LagProbe:
                 if lag > 0.010:
                     self.over[2] += 1
         self._due = now + PERIOD
+        if self._stacks is not None and self.ticks % WATCHDOG_EVERY == 0:
+            # Re-armed long before it fires while the loop keeps ticking; fires only in a stall.
+            faulthandler.dump_traceback_later(self.watchdog, file=self._stacks)
         self._handle = self._loop.call_later(PERIOD, self._tick)
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
@@ -106,6 +119,9 @@ class LagProbe:
                 handle.cancel()
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        if self._stacks is not None:
+            faulthandler.cancel_dump_traceback_later()
+            self._stacks.close()
         self._file.close()
 
 
@@ -117,7 +133,7 @@ async def serve(proxy_argv: Sequence[str], args: argparse.Namespace) -> None:
 
     config = load_config(list(proxy_argv))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    probe = LagProbe(args.probe_out)
+    probe = LagProbe(args.probe_out, args.watchdog_ms / 1000.0)
 
     def started(_app: object) -> None:
         if args.gc_freeze:
@@ -138,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() again on SIGUSR1")
     parser.add_argument("--gc-threshold", default="", help="gc.set_threshold(a, b, c), e.g. 50000,50,100")
     parser.add_argument("--cpus", default="", help="CPUs to pin the proxy to, comma-separated")
+    parser.add_argument("--watchdog-ms", type=float, default=0.0, help="dump every stack after a stall this long")
     args = parser.parse_args(ours)
     if args.cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",") if c.strip()})

@@ -171,6 +171,7 @@ class Proxy:
         gc_freeze: bool = False,
         gc_threshold: str = "",
         mode: str = "passthrough",
+        watchdog_ms: float = 0.0,
     ) -> None:
         self.port = free_port()
         self.metrics_port = free_port()
@@ -205,6 +206,8 @@ class Proxy:
             wrapper.append("--gc-freeze")
         if gc_threshold:
             wrapper += ["--gc-threshold", gc_threshold]
+        if watchdog_ms > 0:
+            wrapper += ["--watchdog-ms", str(watchdog_ms)]
         self.argv = [sys.executable, "-m", "benchmarks.probe", *wrapper, "--", *self.flags]
         workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()

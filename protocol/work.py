@@ -233,7 +233,9 @@ class Job:
         self._coinbase_prefix = _sha256(template.coinb1 + bytes.fromhex(extranonce1))
         self._coinb2 = template.coinb2
         self._merkle_cache: dict[bytes, bytes] = {}
-        self.seen: set[bytes] = set()  # header hashes already submitted for this job
+        # Header hashes already submitted for this job: dict keys, since the collector never tracks a
+        # dict of bytes but walks every entry of a set at each full collection.
+        self.seen: dict[bytes, None] = {}
 
     @property
     def network_difficulty(self) -> float:
@@ -313,5 +315,5 @@ class Job:
                 f"Low difficulty share ({share.difficulty:.6g} < {self.difficulty:.6g})",
                 share,
             )
-        self.seen.add(share.hash)
+        self.seen[share.hash] = None
         return share

@@ -602,7 +602,7 @@ class FarmHub:
             asic.error(message.id, rejected.code, rejected.message)
             self._record(asic, time.time(), worker, work, p, credit, rejected.share, rejected.reason, upstream)
             return
-        forwarded.add(share.hash)
+        forwarded[share.hash] = None
         params = [upstream.worker_name, pool_job.notify.job_id, work.prefix + p.extranonce2.lower() + work.filler]
         params += [p.ntime, p.nonce]
         if p.version_bits is not None:

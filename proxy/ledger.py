@@ -155,7 +155,7 @@ class LedgerWriter:
         self._max_spool_bytes = max_spool_bytes
         self._spool_bytes = 0
 
-        self._queues: dict[str, list[Row]] = {table: [] for table in COLUMNS_OF_TABLE}  # not yet cut
+        self._queues: dict[str, list[tuple[Any, ...]]] = {table: [] for table in COLUMNS_OF_TABLE}  # not yet cut
         self._queue = self._queues["shares"]
         self._pending: deque[_Batch] = deque()  # cut, not yet written nor spooled (newer than the spool)
         self._spool: deque[_Spooled] = deque()  # on disk, oldest first
@@ -275,7 +275,11 @@ class LedgerWriter:
 
         The share path's only ledger cost: an append, a msgpack encode and a length check."""
         queue = self._queues[TABLE_OF[type(row)]]
-        queue.append(row)
+        # An exact tuple: the collector stops tracking a tuple of plain values at its first pass, but
+        # never a NamedTuple; a row waiting here half a second would otherwise reach the oldest
+        # generation and, at thousands of rows a second, set off a full collection every few
+        # seconds (tens of milliseconds of loop, every session's objects walked again).
+        queue.append(tuple(row))
         if self._journal is not None:
             self._journal.append(row)
         if len(queue) >= self._batch_rows:

@@ -106,7 +106,12 @@ def credit_for(job_difficulty: float, current_difficulty: float) -> float:
     return job_difficulty if job_difficulty < current_difficulty else current_difficulty
 
 
-def check_credit(share: Share, forwarded: set[bytes], credit: float) -> None:
+# The header hashes forwarded on one block, as dict keys: a dict of bytes is never tracked by the
+# collector, a set always is, and every full collection walked each entry (2M hashes: 220 ms vs 0.4).
+HashSet = dict[bytes, None]
+
+
+def check_credit(share: Share, forwarded: HashSet, credit: float) -> None:
     """Raises ShareRejected unless the share is new on this pool connection and meets the credit."""
     if share.hash in forwarded:
         raise ShareRejected(ErrorCode.DUPLICATE, RejectReason.DUPLICATE, "Duplicate share", share)
@@ -158,7 +163,7 @@ class Forwarded:
     retired = 64  # ~10 hours of blocks, a few KiB per connection (the names are interned: shared)
 
     def __init__(self) -> None:
-        self.by_block: dict[str, set[bytes]] = {}
+        self.by_block: dict[str, HashSet] = {}
         self._retired: dict[str, None] = {}
 
     def take_block(self, prevhash: str) -> tuple[bool, str | None]:
@@ -167,7 +172,7 @@ class Forwarded:
             return False, None
         if prevhash in self.by_block:
             return True, None
-        self.by_block[sys.intern(prevhash)] = set()
+        self.by_block[sys.intern(prevhash)] = {}
         if len(self.by_block) <= self.keep:
             return True, None
         gone = next(iter(self.by_block))
@@ -609,7 +614,7 @@ class MinerSession:
             self._answer_error(message, rejected.code, rejected.message)
             self._verdict(now.wall, worker, work.ref, p, credit, rejected.share, rejected.reason)
             return
-        forwarded.add(share.hash)
+        forwarded[share.hash] = None
         params = [worker.full_name, p.job_id, p.extranonce2, p.ntime, p.nonce]
         if p.version_bits is not None:
             params.append(p.version_bits)

@@ -391,7 +391,7 @@ def test_forwarded_memory_keeps_two_blocks_and_refuses_the_retired_ones_within_b
     assert forwarded.take_block("a") == (True, None)  # live: taken again
     assert forwarded.take_block("c") == (True, "a")
     assert forwarded.take_block("a") == (False, None)  # retired: refused
-    assert forwarded.by_block.get("a") is None and forwarded.by_block.get("c") == set()
+    assert forwarded.by_block.get("a") is None and forwarded.by_block.get("c") == {}
     for height in range(Forwarded.retired + 5):
         forwarded.take_block(f"h{height}")
     assert len(forwarded.by_block) == Forwarded.keep

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import shutil
 import signal
@@ -293,6 +294,31 @@ def test_recorded_rows_land_exactly_once(tmp_path: Path) -> None:
     assert metrics.registry.get_sample_value("ih_ledger_flush_errors_total") == 0
     assert metrics.registry.get_sample_value("ih_ledger_queue_rows") == 0
     assert not spool_files(tmp_path / "spool")
+
+
+def test_queued_rows_are_left_alone_by_the_garbage_collector(tmp_path: Path) -> None:
+    # A row waits up to the flush interval: kept as a NamedTuple it stayed tracked, reached the
+    # oldest generation and set off full collections every few seconds at thousands of rows a second.
+    async def scenario() -> None:
+        w = writer(chdb_connect(tmp_path / "ch"), tmp_path / "spool", batch_rows=100_000, flush_interval=3600.0)
+        await w.start()
+        for row in make_rows(500):
+            w.record(row)
+        del row  # only the writer holds them now
+        await asyncio.sleep(0)  # the journal's commit, as after a loop iteration
+        gc.collect()
+        assert w.queue_rows == 500
+        queued = [
+            o
+            for o in gc.get_objects()  # tracked objects only
+            if isinstance(o, tuple) and len(o) == len(SHARES) and o[1:2] == ("proxy-a",)
+        ]
+        assert queued == []
+        await w.stop()
+        assert w.rows_written == 500
+
+    run(scenario())
+    assert_ledger(tmp_path / "ch", make_rows(500))
 
 
 def test_unencodable_text_does_not_wedge_the_ledger(tmp_path: Path) -> None:

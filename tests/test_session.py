@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 from typing import Any
 
@@ -549,6 +550,21 @@ def test_duplicate_memory_is_bounded_by_blocks() -> None:
         n = notify(f"b{height}", clean=True)
         h.pool_notify(msgspec.structs.replace(n, prevhash=f"{height:064x}"))
     assert len(h.session._forwarded.by_block) <= 2
+
+
+def test_the_duplicate_memory_is_invisible_to_the_garbage_collector() -> None:
+    # It holds every hash of a block (millions at a farm's rate): in a set, each full collection
+    # walked them all (220 ms at 2M); a dict of bytes is never tracked.
+    h = Harness()
+    h.handshake()
+    en2, ntime, nonce = h.mine()
+    h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce])
+    (forwarded,) = h.to_pool()
+    h.pool({"id": forwarded["id"], "result": True, "error": None})
+    gc.collect()
+    (memory,) = h.session._forwarded.by_block.values()
+    assert bytes.fromhex(h.rows[0].hash)[::-1] in memory
+    assert not gc.is_tracked(memory)
 
 
 def test_credit_is_the_lower_of_the_jobs_and_the_current_difficulty() -> None:
