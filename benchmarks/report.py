@@ -16,6 +16,7 @@ KIB = 1024.0
 TARGET_CPU_US = 30.0
 TARGET_ADDED_P99_MS = 1.0
 TARGET_STALL_MS = 10.0
+SATURATED_PERCENT = 85.0  # proxy CPU % in the fixed-rate window above which its latency is mostly queueing
 TARGET_CONNECT_S = 2.0
 TARGET_CONNECT_SESSIONS = 9000
 TARGET_RSS_KIB = 20.0
@@ -134,6 +135,8 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "cpu_us_per_share_closed": closed["cpu_us_per_share"].get("proxy"),
             "cpu_us_per_share_rate": rate["cpu_us_per_share"].get("proxy"),
+            "cpu_percent_rate": rate["cpu_percent"].get("proxy"),
+            "stall_dumps": p.get("stall_dumps", 0),
             "closed_shares_per_s": closed["shares_per_s"],
             "closed_vs_direct": closed["shares_per_s"] / direct["closed"]["shares_per_s"] if direct else None,
             "p99_added_ms": rate["p99_ms"] - base["p99_ms"] if base else None,
@@ -214,12 +217,19 @@ def targets_text(results: dict[str, Any]) -> str:
         cpu, added, stall = e["cpu_us_per_share_closed"], e["p99_added_ms"], e["longest_stall_ms"]
         lag = e["ingest_lag_p99_s_rate"]
         overloaded = e["closed_shares_per_s"] < s["rate"] * 1.25
+        busy = e.get("cpu_percent_rate") or 0.0
         lines += [
             f"  [{label}]"
             + (
                 f" OVERLOADED: {s['rate']:,.0f}/s offered, {e['closed_shares_per_s']:,.0f}/s closed-loop capacity "
                 "in this run: its fixed-rate latency, stalls and lag measure a growing queue, not the proxy"
                 if overloaded
+                else ""
+            )
+            + (
+                f" SATURATED: the proxy used {busy:.0f} % of its core at {s['rate']:,.0f}/s: its tail and "
+                "stalls there are mostly shares queued behind a busy loop"
+                if not overloaded and busy >= SATURATED_PERCENT
                 else ""
             ),
             f"    proxy CPU/share   <= {TARGET_CPU_US:g} µs: {cpu:.1f} µs closed loop "
@@ -229,7 +239,9 @@ def targets_text(results: dict[str, Any]) -> str:
             f"    p99 added         <= {TARGET_ADDED_P99_MS:g} ms: {added:+.2f} ms ({e['p99_ratio']:.1f}× direct p99; "
             f"p50 {e['p50_added_ms']:+.2f} ms) — {verdict(added <= TARGET_ADDED_P99_MS)}",
             f"    loop stall        <= {TARGET_STALL_MS:g} ms: longest {stall:.1f} ms in {e['stall_window_s']} s "
-            f"({e['stalls_over_10ms']} over 10 ms; longest GC pause {e['gc_max_ms']:.1f} ms) — "
+            f"({e['stalls_over_10ms']} over 10 ms; longest GC pause {e['gc_max_ms']:.1f} ms"
+            + (f"; stacks of {e['stall_dumps']} stalls in stalls-*.txt" if e.get("stall_dumps") else "")
+            + ") — "
             f"{verdict(stall <= TARGET_STALL_MS)}",
             f"    ingest lag p99    <= {TARGET_LAG_P99_S:g} s: {_fmt(lag, '.2f')} s at {s['rate']:,.0f}/s, "
             f"{_fmt(e['ingest_lag_p99_s_closed'], '.2f')} s closed loop — "

@@ -525,6 +525,15 @@ class Bench:
             stderr=subprocess.DEVNULL,
         )
 
+    def _stall_stacks(self, proxy: Proxy) -> int:
+        """How many stalls the probe's watchdog caught; their stacks go next to the results."""
+        stacks = proxy.probe_out.with_name(proxy.probe_out.name + ".stacks")
+        if not stacks.exists():
+            return 0
+        text = stacks.read_text(errors="replace")
+        (self.args.out / f"stalls-{proxy.proxy_id}.txt").write_text(text)
+        return text.count("Timeout (")
+
     # -- phases ---------------------------------------------------------------------------------
 
     def direct(self, label: str, closed: bool = True, connect_many: int = 0) -> dict[str, Any]:
@@ -573,6 +582,7 @@ class Bench:
             gc_freeze=gc_freeze,
             gc_threshold=gc_threshold,
             mode=mode,
+            watchdog_ms=args.watchdog_ms,
         )
         out: dict[str, Any] = {
             "mode": mode,
@@ -630,6 +640,7 @@ class Bench:
             )
         out["exit_code"] = proxy.stop()
         self.proxy = None
+        out["stall_dumps"] = self._stall_stacks(proxy)
         out["shares_accepted"] = accepted
         out["ledger_rows_accepted"] = self.ledger_rows(proxy_id, clickhouse_url, workdir)
         return out
@@ -803,6 +814,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--py-spy", default="", help="py-spy executable: record the proxy in every closed loop")
     parser.add_argument("--out", type=Path, default=None, help="where results go (default benchmarks/results/)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledger)")
+    parser.add_argument(
+        "--watchdog-ms",
+        type=float,
+        default=250.0,
+        help="dump the proxy's stacks when its loop stalls this long, to results/stalls-*.txt (0: off)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.stall_window, args.connect_many = 5.0, 15.0, 3000
