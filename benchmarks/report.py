@@ -136,6 +136,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "cpu_us_per_share_closed": closed["cpu_us_per_share"].get("proxy"),
             "cpu_us_per_share_rate": rate["cpu_us_per_share"].get("proxy"),
             "cpu_percent_rate": rate["cpu_percent"].get("proxy"),
+            "idle_cpu_percent": p.get("idle_cpu_percent"),
             "stall_dumps": p.get("stall_dumps", 0),
             "closed_shares_per_s": closed["shares_per_s"],
             "closed_vs_direct": closed["shares_per_s"] / direct["closed"]["shares_per_s"] if direct else None,
@@ -234,8 +235,13 @@ def targets_text(results: dict[str, Any]) -> str:
             ),
             f"    proxy CPU/share   <= {TARGET_CPU_US:g} µs: {cpu:.1f} µs closed loop "
             f"({e['closed_shares_per_s']:,.0f}/s, "
-            f"{e['closed_vs_direct']:.2f}× direct), {e['cpu_us_per_share_rate']:.1f} µs at {s['rate']:,.0f}/s — "
-            f"{verdict(cpu <= TARGET_CPU_US)}",
+            f"{e['closed_vs_direct']:.2f}× direct), {e['cpu_us_per_share_rate']:.1f} µs at {s['rate']:,.0f}/s"
+            + (
+                f" (idle, no session: {e['idle_cpu_percent']:.1f} % of a core, mostly the lag probe's wake-ups)"
+                if e.get("idle_cpu_percent") is not None
+                else ""
+            )
+            + f" — {verdict(cpu <= TARGET_CPU_US)}",
             f"    p99 added         <= {TARGET_ADDED_P99_MS:g} ms: {added:+.2f} ms ({e['p99_ratio']:.1f}× direct p99; "
             f"p50 {e['p50_added_ms']:+.2f} ms) — {verdict(added <= TARGET_ADDED_P99_MS)}",
             f"    loop stall        <= {TARGET_STALL_MS:g} ms: longest {stall:.1f} ms in {e['stall_window_s']} s "
@@ -303,6 +309,12 @@ def targets_text(results: dict[str, Any]) -> str:
             f"  micro: duplicate set {micro['duplicate_set_bytes_per_share']:.0f} bytes per accepted share (kept for "
             f"the block and the last); crash journal {micro['journal_ns_per_share'] / 1000:.2f} µs and "
             f"{micro['journal_bytes_per_share']:.0f} bytes per share"
+            + (
+                f"; a full collection with 1M hashes remembered {micro['full_collection_ms_dict']:.1f} ms "
+                f"(in a set, as before: {micro['full_collection_ms_set']:.1f} ms)"
+                if "full_collection_ms_dict" in micro
+                else ""
+            )
         )
     return "\n".join(lines)
 

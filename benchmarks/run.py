@@ -54,6 +54,7 @@ UNLIMITED = "1000000000000"  # the per-session cost limits, raised for the bench
 WARMUP_SESSIONS = 20
 CLICKHOUSE_NICE = 19
 LEDGER_SETTLE = 1.0  # seconds after a window for the ledger's last batch of it
+IDLE_CPU_WINDOW = 2.0  # seconds the proxy is watched with no session (its idle CPU, the probe included)
 GC_THRESHOLD = "50000,50,1000"  # the gc-freeze phase: fewer young collections, almost no full ones
 FAILOVER_BEFORE_S = 3.0  # mining on pool A before it is killed
 FAILOVER_AFTER_S = 5.0  # and after: the new work, then mining on pool B
@@ -532,7 +533,7 @@ class Bench:
             return 0
         text = stacks.read_text(errors="replace")
         (self.args.out / f"stalls-{proxy.proxy_id}.txt").write_text(text)
-        return text.count("Timeout (")
+        return text.count("Stall: ")
 
     # -- phases ---------------------------------------------------------------------------------
 
@@ -596,6 +597,10 @@ class Bench:
         self.disconnect()
         time.sleep(0.5)
         idle_rss = rss(proxy.pid)
+        idle_cpu = cpu_seconds({"proxy": proxy.pid})["proxy"]
+        time.sleep(IDLE_CPU_WINDOW)
+        # With no session: the lag probe's own wake-ups, the timers (see benchmarks/probe.py).
+        idle_cpu_percent = (cpu_seconds({"proxy": proxy.pid})["proxy"] - idle_cpu) / IDLE_CPU_WINDOW * 100
         connect = self.connect(proxy.port, args.sessions)
         if gc_freeze:
             proxy.proc.send_signal(signal.SIGUSR1)  # freeze the sessions just made
@@ -613,6 +618,7 @@ class Bench:
             closed=closed,
             rate=paced,
             idle_rss=idle_rss,
+            idle_cpu_percent=idle_cpu_percent,
             connected_rss=connected_rss,
             pool_connections=pool_connections,
             rss_after_closed=rss_after_closed,
