@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 
 from ledger.target import LedgerTarget
 from ledger.workers import health_check_names
+from proxy.collector import CollectorPolicy
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.coverage import CoverageRecorder
 from proxy.farm import FarmContext
@@ -200,10 +200,10 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
-    # What start-up built (modules, config, the ledger engine) lives as long as the process: frozen,
-    # it is never scanned again by the collector's full passes (issue 11: GC pauses on the loop).
-    gc.collect()
-    gc.freeze()
+    # What start-up built lives as long as the process, the sessions nearly so: frozen, the
+    # collector's full passes never walk them again (issue 11: GC pauses on the loop).
+    collector = CollectorPolicy(config.gc_freeze_interval)
+    collector.start()
     watch = None if parent_pid is None else asyncio.create_task(_parent_gone(parent_pid, stop), name="parent-watch")
     try:
         if started is not None:
@@ -212,6 +212,7 @@ async def serve(
     finally:
         if watch is not None:
             watch.cancel()
+        collector.stop()
         await app.stop()
 
 
