@@ -57,9 +57,10 @@ def summarize(path: Path) -> dict[str, float]:
 
 
 # A leaf that only waits: a worker thread blocked on its queue (the ledger's insert thread between
-# batches) or a lock. py-spy samples it as a live thread, but it burns no CPU.
+# batches), a lock or an Event (the probe's stall watchdog between two looks). py-spy samples it as
+# a live thread, but it burns no CPU. py-spy names methods with their class ("Condition.wait").
 IDLE = "idle worker threads (waiting for work: no CPU)"
-_IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:81)", "wait (threading.py:")
+_IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:81)", "wait (threading.py:", "Condition.wait (threading.py:")
 
 
 def _category(frames: list[str]) -> str:

@@ -18,7 +18,8 @@ def test_samples_fall_in_the_first_category_from_the_leaf_and_idle_threads_apart
                 f"{LOOP};MinerSession._submit (proxy/session.py:600);Job.hash_share (protocol/work.py:260) 6",
                 f"{LOOP};FarmProxy.pool_data (proxy/farm.py:700) 2",
                 f"{LOOP};Rig.flush (proxy/server.py:463) 1",
-                f"{WORKER};_worker (concurrent/futures/thread.py:81) 10",  # waiting for a batch
+                f"{WORKER};_worker (concurrent/futures/thread.py:81) 6",  # waiting for a batch
+                f"{WORKER};LagProbe._watch (benchmarks/probe.py:84);Condition.wait (threading.py:331) 4",
                 f"{WORKER};_worker (concurrent/futures/thread.py:83);Client.insert (clickhouse_connect/client.py:9) 1",
                 "not a sample line",
             )
