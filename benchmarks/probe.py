@@ -47,12 +47,17 @@ from typing import IO, Any
 PERIOD = 0.001  # seconds between two probe callbacks (libuv timers have 1 ms resolution)
 
 
+def stacks_path(probe_out: Path) -> Path:
+    """Where --watchdog-ms appends the stacks of each stall (next to the per-second lines)."""
+    return probe_out.with_name(probe_out.name + ".stacks")
+
+
 class LagProbe:
     def __init__(self, out: Path, watchdog: float = 0.0) -> None:
         self.out = out
         self._file = open(out, "a", buffering=1)  # noqa: SIM115 - closed in stop()
         self.watchdog = watchdog
-        self._stacks = open(out.with_name(out.name + ".stacks"), "a") if watchdog > 0 else None  # noqa: SIM115
+        self._stacks = open(stacks_path(out), "a") if watchdog > 0 else None  # noqa: SIM115 - closed in stop()
         self._last_tick = time.perf_counter()
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None

@@ -48,6 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import failover, micro, reference, report
 from benchmarks.common import HOST, POOL_DIFFICULTY, REPO, Child, hist_quantile, merge, raise_fd_limit
+from benchmarks.probe import stacks_path
 
 RESULTS = REPO / "benchmarks" / "results"
 UNLIMITED = "1000000000000"  # the per-session cost limits, raised for the benchmark
@@ -528,7 +529,7 @@ class Bench:
 
     def _stall_stacks(self, proxy: Proxy) -> int:
         """How many stalls the probe's watchdog caught; their stacks go next to the results."""
-        stacks = proxy.probe_out.with_name(proxy.probe_out.name + ".stacks")
+        stacks = stacks_path(proxy.probe_out)
         if not stacks.exists():
             return 0
         text = stacks.read_text(errors="replace")
