@@ -47,6 +47,9 @@ from typing import IO, Any
 PERIOD = 0.001  # seconds between two probe callbacks (libuv timers have 1 ms resolution)
 
 
+STALL_HEADER = "Stall: "  # starts each dump in the stacks file (the orchestrator counts them)
+
+
 def stacks_path(probe_out: Path) -> Path:
     """Where --watchdog-ms appends the stacks of each stall (next to the per-second lines)."""
     return probe_out.with_name(probe_out.name + ".stacks")
@@ -92,7 +95,7 @@ class LagProbe:
             last = self._last_tick
             if time.perf_counter() - last > self.watchdog and last != dumped_for:
                 dumped_for = last
-                stacks.write(f"Stall: no tick for {self.watchdog * 1e3:.0f} ms, at {time.time():.3f}\n")
+                stacks.write(f"{STALL_HEADER}no tick for {self.watchdog * 1e3:.0f} ms, at {time.time():.3f}\n")
                 faulthandler.dump_traceback(stacks, all_threads=True)
                 stacks.flush()
 

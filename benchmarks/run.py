@@ -48,7 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import failover, micro, reference, report
 from benchmarks.common import HOST, POOL_DIFFICULTY, REPO, Child, hist_quantile, merge, raise_fd_limit
-from benchmarks.probe import stacks_path
+from benchmarks.probe import STALL_HEADER, stacks_path
 
 RESULTS = REPO / "benchmarks" / "results"
 UNLIMITED = "1000000000000"  # the per-session cost limits, raised for the benchmark
@@ -534,7 +534,7 @@ class Bench:
             return 0
         text = stacks.read_text(errors="replace")
         (self.args.out / f"stalls-{proxy.proxy_id}.txt").write_text(text)
-        return text.count("Stall: ")
+        return text.count(STALL_HEADER)
 
     # -- phases ---------------------------------------------------------------------------------
 

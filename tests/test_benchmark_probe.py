@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.probe import LagProbe, stacks_path
+from benchmarks.probe import STALL_HEADER, LagProbe, stacks_path
 
 
 def a_callback_that_blocks_the_loop() -> None:
@@ -27,7 +27,7 @@ def test_a_stall_is_measured_and_the_watchdog_dumps_the_stalling_stack(tmp_path:
 
     asyncio.run(scenario())
     stacks = stacks_path(out).read_text()
-    assert stacks.count("Stall: ") == 1  # once per stall, however long
+    assert stacks.count(STALL_HEADER) == 1  # once per stall, however long
     assert "a_callback_that_blocks_the_loop" in stacks
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert sum(line["over_10ms"] for line in lines) >= 1  # a 300 ms sleep cannot read shorter
