@@ -81,8 +81,8 @@ from protocol.messages import (
 )
 from protocol.state import State
 from protocol.work import BIP320_MASK, Job, Share, ShareRejected
+from proxy.admission import session_limit
 from proxy.metrics import ProxyMetrics
-from proxy.server import session_limit
 from proxy.session import BadLines, Forwarded, JobSeen, SessionRules, check_credit, credit_for, retired_block_note
 from proxy.verdicts import VerdictSink, metric_labels, uint32
 
@@ -283,7 +283,7 @@ class FarmASIC:
         return "subscribed" if self.prefix is not None else "handshake"
 
     def close(self, reason: str, *, abuse: bool = False) -> None:
-        """`abuse`: closed for what it sent, so its address pays (proxy.server.AddressStrikes)."""
+        """`abuse`: closed for what it sent, so its address pays (proxy.admission.AddressStrikes)."""
         if self.close_reason is None:
             self.close_reason = reason
             self.misbehaved = abuse

@@ -16,10 +16,10 @@ import secrets
 import time
 from typing import Any, cast
 
+from proxy.admission import Admission
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.farm import FarmASIC, FarmContext, FarmHub, FarmUpstream
-from proxy.metrics import ProxyMetrics
-from proxy.server import ABUSE, AddressStrikes, session_limit
+from proxy.metrics import ProxyMetrics, reason_label
 from proxy.upstream import PoolURL, Upstreams
 
 log = logging.getLogger("proxy.farm")
@@ -36,23 +36,19 @@ class _ASICLink(asyncio.Protocol):
         self.asic: FarmASIC | None = None
         self.peer_ip = ""
         self.closed = False
+        self.authorized = False  # told Admission: no longer a shedding candidate
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else "?"
         proxy = self.proxy
-        refusal = proxy.admit(self)
-        if refusal is not None:
-            proxy.metrics.connections_refused.labels(refusal).inc()
-            if refusal is not ABUSE:  # an address refused for abuse is logged once, not per connection
-                log.info("refused connection from %s: %s", self.peer_ip, refusal)
+        if proxy.admission.admit(self) is not None:
             self.closed = True
             self.transport.abort()
             return
         self.asic = proxy.hub.new_asic(proxy.new_session_id(), time.monotonic())
         proxy.links[self.asic] = self
-        proxy.metrics.connections_total.inc()
 
     def data_received(self, data: bytes) -> None:
         asic = self.asic
@@ -60,10 +56,11 @@ class _ASICLink(asyncio.Protocol):
             return
         now = time.monotonic()
         shares = asic.shares_handled
-        self.proxy.hub.miner_data(asic, data, now)
-        self.proxy.flush_soon()
+        proxy = self.proxy
+        proxy.hub.miner_data(asic, data, now)
+        proxy.flush_soon()
         if asic.shares_handled != shares:
-            self.proxy.metrics.proxy_latency.observe(time.monotonic() - now)
+            proxy.metrics.proxy_latency.observe(time.monotonic() - now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -71,15 +68,17 @@ class _ASICLink(asyncio.Protocol):
         if self.asic is not None:
             proxy.links.pop(self.asic, None)
             proxy.hub.asic_gone(self.asic)
-        proxy.forget(self)
+        proxy.admission.release(self)
         proxy.flush()
 
     def close(self, reason: str) -> None:
         if not self.closed:
             self.closed = True
-            self.proxy.metrics.sessions_closed.labels(_reason_label(reason)).inc()
+            proxy = self.proxy
+            proxy.admission.release(self)
+            proxy.metrics.sessions_closed.labels(reason_label(reason)).inc()
             if self.asic is not None and self.asic.misbehaved:
-                self.proxy.strikes.strike(self.peer_ip, reason, time.monotonic())
+                proxy.admission.strike(self, reason)
             log.info(
                 "farm session %s from %s closed: %s", self.asic.session_id if self.asic else "-", self.peer_ip, reason
             )
@@ -126,10 +125,6 @@ class _PoolLink(asyncio.Protocol):
             self.transport.close()
 
 
-def _reason_label(reason: str) -> str:
-    return reason.split("(")[0].split(":")[0].strip()[:48] or "unknown"
-
-
 class FarmProxy:
     """The Stratum side in farm mode: listener, ASIC links, pool links, limits. Start, then stop."""
 
@@ -139,19 +134,15 @@ class FarmProxy:
         self.metrics = metrics
         self.upstreams = Upstreams.from_strings(config.upstream)
         self.hub = FarmHub(ctx, config.farm_asics_per_upstream)
-        self.max_sessions = session_limit(config.limits)  # as passthrough: from RLIMIT_NOFILE when 0
+        self.admission: Admission[_ASICLink] = Admission(config.limits, metrics)  # as passthrough's
         self.links: dict[FarmASIC, _ASICLink] = {}
         self.pools: dict[FarmUpstream, _PoolLink] = {}
-        self._connections: set[_ASICLink] = set()
-        self._per_ip: collections.Counter[str] = collections.Counter()
-        self.strikes = AddressStrikes(config.limits, metrics)  # as passthrough: abuse costs the address
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session_ids = itertools.count(1)
         self._session_prefix = secrets.token_hex(3)
         self._flush_scheduled = False
-        self.accepting = False
 
     @property
     def port(self) -> int:
@@ -161,7 +152,7 @@ class FarmProxy:
 
     @property
     def sessions(self) -> int:
-        return len(self._connections)
+        return len(self.admission)
 
     @property
     def pool_connections(self) -> int:
@@ -174,7 +165,7 @@ class FarmProxy:
         self._server = await loop.create_server(
             lambda: _ASICLink(self), host, port, backlog=4096, reuse_address=True, reuse_port=self.config.workers > 1
         )
-        self.accepting = True
+        self.admission.accepting = True
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="farm-sweeper")
         log.info(
             "farm mode: listening for ASICs on %s:%d, up to %d per pool connection; pools: %s",
@@ -184,26 +175,9 @@ class FarmProxy:
             ", ".join(u.label for u in self.upstreams.urls),
         )
 
-    def admit(self, link: _ASICLink) -> str | None:
-        limits = self.config.limits
-        if not self.accepting:
-            return "shutting down"
-        if self.strikes.refuses(link.peer_ip, time.monotonic()):
-            return ABUSE
-        if len(self._connections) >= self.max_sessions:
-            return "too many sessions"
-        if self._per_ip[link.peer_ip] >= limits.max_sessions_per_ip:
-            return "too many sessions from one address"
-        self._connections.add(link)
-        self._per_ip[link.peer_ip] += 1
-        return None
-
-    def forget(self, link: _ASICLink) -> None:
-        if link in self._connections:
-            self._connections.discard(link)
-            self._per_ip[link.peer_ip] -= 1
-            if self._per_ip[link.peer_ip] <= 0:
-                del self._per_ip[link.peer_ip]
+    @property
+    def accepting(self) -> bool:
+        return self.admission.accepting
 
     def new_session_id(self) -> str:
         return f"{self._session_prefix}-{next(self._session_ids)}"
@@ -240,6 +214,9 @@ class FarmProxy:
                 if link is None or link.transport is None:
                     asic.to_miner.clear()
                     continue
+                if not link.authorized and asic.workers:  # (answered from the pool's read, often)
+                    link.authorized = True
+                    self.admission.authorized(link)
                 if asic.to_miner:
                     if not link.closed:
                         link.transport.write(b"".join(asic.to_miner))
@@ -315,7 +292,7 @@ class FarmProxy:
     def sweep(self) -> None:
         hub = self.hub
         at = time.monotonic()
-        self.strikes.sweep(at)
+        self.admission.strikes.sweep(at)
         hub.expire(at)
         for upstream, pool in list(self.pools.items()):
             if upstream.closed and not upstream.pending_submits:
@@ -332,10 +309,10 @@ class FarmProxy:
     async def stop(self, grace: float) -> None:
         """Stop accepting, give in-flight shares `grace` seconds for the pool's verdict, then close
         everything (what is still unanswered is recorded as `timeout`)."""
-        self.accepting = False
+        self.admission.accepting = False
         if self._server is not None:
             self._server.close()
-        for link in self._connections:
+        for link in self.admission.holders:
             if link.transport is not None and not link.transport.is_closing():
                 link.transport.pause_reading()
         deadline = time.monotonic() + grace
@@ -357,4 +334,4 @@ class FarmProxy:
         await asyncio.gather(*self._tasks, *(t for t in [self._sweeper] if t), return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-        log.info("farm mode stopped: %d sessions closed", len(self._connections))
+        log.info("farm mode stopped: %d sessions closed", len(self.admission))

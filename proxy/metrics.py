@@ -165,6 +165,11 @@ class ProxyMetrics:
         return out
 
 
+def reason_label(reason: str) -> str:
+    """A bounded label for metrics: the reason up to its first detail."""
+    return reason.split("(")[0].split(":")[0].strip()[:48] or "unknown"
+
+
 class LocalHistogram:
     """A histogram for the event loop's thread only: an observation is a bisect and two adds."""
 

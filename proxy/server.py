@@ -17,7 +17,6 @@ import asyncio
 import collections
 import contextlib
 import errno
-import ipaddress
 import itertools
 import logging
 import resource
@@ -28,8 +27,9 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from proxy.config import Limits, ProxyConfig, parse_host_port
-from proxy.metrics import ProxyMetrics
+from proxy.admission import Admission
+from proxy.config import ProxyConfig, parse_host_port
+from proxy.metrics import ProxyMetrics, reason_label
 from proxy.session import Instant, MinerSession, SessionRules
 from proxy.upstream import PoolURL, Upstreams
 from proxy.verdicts import VerdictSink
@@ -39,109 +39,10 @@ log = logging.getLogger("proxy.server")
 _SWEEP_INTERVAL = 1.0
 # Errors of this machine, not of the pool: no backoff for the pool, a clear reason for the miner.
 _LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
-ABUSE = "address refused: its sessions were closed for abuse"  # a refusal logged per address, not per connection
 
 
 def now() -> Instant:
     return Instant(time.monotonic(), time.time())
-
-
-def session_limit(limits: Limits) -> int:
-    """`max_sessions`, or when 0 what the open-file limit allows: each session holds two fds (miner,
-    pool); a tenth of the limit (at least 64) stays for the ledger, the spool, HTTP and the listener."""
-    if limits.max_sessions > 0:
-        return limits.max_sessions
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 20
-    return max(16, (soft - max(64, soft // 10)) // 2)
-
-
-def address_key(ip: str) -> str:
-    """What strikes are counted against: the address, an IPv6 one by its /64 (one host's whole range)."""
-    if ":" not in ip:
-        return ip
-    try:
-        address = ipaddress.IPv6Address(ip.split("%")[0])
-    except ValueError:
-        return ip
-    if address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
-    return str(ipaddress.IPv6Network((address, 64), strict=False))
-
-
-class AddressStrikes:
-    """Sessions closed for abuse, per source address, outliving the sessions: a flooder that is closed
-    and reconnects at once with a fresh budget pays for it here. At `address_strike_limit` strikes
-    (each forgiven after `address_strike_forgiven_after` seconds) new connections from the address are
-    refused at accept, before any read or pool connection, until one strike is forgiven. Only closes
-    for what a session sent count, so many honest sessions behind one NAT address never collect any.
-    One log line and a gauge change when an address starts or stops being refused, never per connection."""
-
-    MAX_ADDRESSES = 65_536  # addresses remembered at most; the oldest striked is forgotten first
-
-    def __init__(self, limits: Limits, metrics: ProxyMetrics) -> None:
-        self.limit = limits.address_strike_limit
-        self.forgiven_after = limits.address_strike_forgiven_after
-        self.metrics = metrics
-        self._strikes: dict[str, tuple[float, float]] = {}  # key → (strikes, as of when: monotonic)
-        self.refused: set[str] = set()
-
-    def _decayed(self, key: str, now: float) -> float:
-        strikes, at = self._strikes.get(key, (0.0, now))
-        return max(0.0, strikes - (now - at) / self.forgiven_after)
-
-    def strike(self, ip: str, reason: str, now: float) -> None:
-        """A session from `ip` was closed for `reason` (logged without its figures in parentheses)."""
-        if self.limit <= 0:
-            return
-        reason = reason.split("(")[0].strip()
-        key = address_key(ip)
-        strikes = self._decayed(key, now) + 1.0
-        self._strikes.pop(key, None)
-        self._strikes[key] = (strikes, now)  # re-inserted: the dict stays ordered by last strike
-        if len(self._strikes) > self.MAX_ADDRESSES:
-            self._forget(next(iter(self._strikes)))
-        self.metrics.address_strikes.inc()
-        if strikes > self.limit - 1 and key not in self.refused:  # the limit-th strike, less what decayed since
-            self.refused.add(key)
-            self.metrics.addresses_refused.set(len(self.refused))
-            log.warning(
-                "refusing new connections from %s: %.0f strikes not yet forgiven, for sessions closed for abuse "
-                "(last: %s); its open sessions stay",
-                key,
-                strikes,
-                reason,
-            )
-
-    def refuses(self, ip: str, now: float) -> bool:
-        """Whether a new connection from `ip` is refused (cheap: most addresses have no strike)."""
-        if not self.refused:
-            return False
-        key = address_key(ip)
-        if key not in self.refused:
-            return False
-        if self._decayed(key, now) > self.limit - 1:
-            return True
-        self._pardon(key)
-        return False
-
-    def sweep(self, now: float) -> None:
-        """Forget addresses whose strikes are all forgiven; pardon refused ones with one forgiven."""
-        for key in [k for k in self.refused if self._decayed(k, now) <= self.limit - 1]:
-            self._pardon(key)
-        for key in [k for k in self._strikes if self._decayed(k, now) <= 0.0]:
-            del self._strikes[key]
-
-    def _pardon(self, key: str) -> None:
-        self.refused.discard(key)
-        self.metrics.addresses_refused.set(len(self.refused))
-        log.info("accepting new connections from %s again: a strike was forgiven", key)
-
-    def _forget(self, key: str) -> None:
-        del self._strikes[key]
-        if key in self.refused:
-            self._pardon(key)
 
 
 class ServerState:
@@ -161,14 +62,9 @@ class ServerState:
         self.sink = sink
         self.metrics = metrics
         self.upstreams = upstreams
-        self.max_sessions = session_limit(config.limits)
-        self.rigs: dict[Rig, None] = {}  # holding a slot, oldest first
-        self.never_authorized: dict[Rig, None] = {}  # the subset that never authorized, oldest first
+        self.admission: Admission[Rig] = Admission(config.limits, metrics)
         self.draining: set[Rig] = set()  # closed, shares still in flight to the pool
-        self.per_ip: collections.Counter[str] = collections.Counter()
-        self.strikes = AddressStrikes(config.limits, metrics)
         self.live_pools: collections.Counter[PoolURL] = collections.Counter()
-        self.accepting = False
         self.tasks: set[asyncio.Task[Any]] = set()
         # Rigs with bytes for their miner, written once this loop iteration's rows are journaled:
         # one journal write per iteration for every share answered in it, not one per share.
@@ -179,36 +75,14 @@ class ServerState:
     def new_session(self, at: Instant) -> MinerSession:
         return MinerSession(self.rules, f"{self._prefix}-{next(self._ids)}", "", at)
 
-    def admit(self, rig: Rig) -> str | None:
-        """Why a new connection is refused, or None when it holds a slot now. At the session limit the
-        oldest session that never authorized is shed to make room."""
-        if not self.accepting:
-            return "shutting down"
-        if self.strikes.refuses(rig.peer_ip, time.monotonic()):
-            return ABUSE
-        if self.per_ip[rig.peer_ip] >= self.limits.max_sessions_per_ip:
-            return "too many sessions from one address"
-        if len(self.rigs) >= self.max_sessions:
-            if not self.never_authorized:
-                return "too many sessions"
-            oldest = next(iter(self.never_authorized))
-            self.metrics.connections_refused.labels("shed").inc()
-            oldest.close("shed: the proxy is full and this session never authorized")
-        self.rigs[rig] = None
-        self.never_authorized[rig] = None
-        self.per_ip[rig.peer_ip] += 1
-        return None
+    @property
+    def rigs(self) -> dict[Rig, None]:
+        """The rigs holding a slot, oldest first."""
+        return self.admission.holders
 
-    def authorized(self, rig: Rig) -> None:
-        self.never_authorized.pop(rig, None)
-
-    def release(self, rig: Rig) -> None:
-        """The rig's slot is free (at its close decision, not when its sockets are finally gone)."""
-        if self.rigs.pop(rig, False) is None:
-            self.never_authorized.pop(rig, None)
-            self.per_ip[rig.peer_ip] -= 1
-            if self.per_ip[rig.peer_ip] <= 0:
-                del self.per_ip[rig.peer_ip]
+    @property
+    def accepting(self) -> bool:
+        return self.admission.accepting
 
     def answer_later(self, rig: Rig) -> None:
         if not self._answering:
@@ -272,7 +146,7 @@ class Rig:
         self._resume: asyncio.TimerHandle | None = None
         self._abort: asyncio.TimerHandle | None = None
         self._stalled_since: float | None = None  # the miner's write buffer is full since
-        self._unauthorized = True  # in ServerState.never_authorized (a shedding candidate)
+        self._unauthorized = True  # among Admission's never-authorized (a shedding candidate)
         self._for_miner: list[bytes] = []  # waiting for ServerState.answer
 
     # --- the miner side ----------------------------------------------------------------------------
@@ -283,16 +157,11 @@ class Rig:
         if peer:
             self.peer_ip, self.peer = peer[0], f"{peer[0]}:{peer[1]}"
         state = self.state
-        refusal = state.admit(self)
-        if refusal is not None:
-            state.metrics.connections_refused.labels(refusal).inc()
-            if refusal is not ABUSE:
-                log.info("refused connection from %s: %s", self.peer, refusal)
+        if state.admission.admit(self) is not None:
             self.closed = True
             self.miner.abort()
             return
         self.session = state.new_session(now())
-        state.metrics.connections_total.inc()
 
     def miner_data(self, data: bytes) -> None:
         session = self.session
@@ -464,7 +333,7 @@ class Rig:
             outbox.to_pool.clear()
         if self._unauthorized and session.workers:
             self._unauthorized = False
-            state.authorized(self)
+            state.admission.authorized(self)
         if outbox.close is not None:
             self.close(outbox.close)
 
@@ -491,10 +360,10 @@ class Rig:
             return
         self.closed = True
         state = self.state
-        state.release(self)
-        state.metrics.sessions_closed.labels(_reason_label(reason)).inc()
+        state.admission.release(self)
+        state.metrics.sessions_closed.labels(reason_label(reason)).inc()
         if session is not None and session.misbehaved:  # closed for what it sent: its address pays
-            state.strikes.strike(self.peer_ip, session.close_reason or reason, time.monotonic())
+            state.admission.strike(self, session.close_reason or reason)
         workers = ", ".join(session.worker_names) if session is not None else ""
         log.info(
             "session %s from %s%s closed: %s",
@@ -606,11 +475,6 @@ class PoolProtocol(asyncio.Protocol):
         self.rig.pool_unstalled()
 
 
-def _reason_label(reason: str) -> str:
-    """A bounded label for metrics: the reason up to its first detail."""
-    return reason.split("(")[0].split(":")[0].strip()[:48] or "unknown"
-
-
 class Server:
     """The Stratum side of the proxy: startup (listen, sweep), the main loop (the sweeper), shutdown."""
 
@@ -660,7 +524,7 @@ class Server:
             reuse_address=True,
             reuse_port=self.config.workers > 1,  # --workers: each process listens, the kernel spreads ASICs
         )
-        state.accepting = True
+        state.admission.accepting = True
         self._sweeper = asyncio.create_task(self._main_loop(), name="session-sweeper")
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         log.info(
@@ -668,7 +532,7 @@ class Server:
             host,
             self.port,
             ", ".join(u.label for u in self.upstreams.urls),
-            state.max_sessions,
+            state.admission.max_sessions,
             soft,
         )
 
@@ -680,7 +544,7 @@ class Server:
     def sweep(self) -> None:
         at = now()
         state = self.state
-        state.strikes.sweep(at.mono)
+        state.admission.strikes.sweep(at.mono)
         refusal = self._ledger_refusal()
         if refusal != state.rules.shares_refused:
             state.rules.shares_refused = refusal
@@ -704,7 +568,7 @@ class Server:
         """Stop accepting, give in-flight submits `grace` seconds for the pool's verdict, then close
         every session (what is still unanswered is recorded as `timeout`)."""
         state = self.state
-        state.accepting = False
+        state.admission.accepting = False
         if self._server is not None:
             self._server.close()
         # No new shares from here on (they wait unread in the kernel and die with the connection,

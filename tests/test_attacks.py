@@ -17,6 +17,7 @@ from typing import Any
 
 import clickhouse_connect
 import msgspec
+import pytest
 
 from proxy.app import REFUSED_WHILE_LEDGER_FULL, ProxyApp
 from proxy.config import Limits, ProxyConfig
@@ -231,18 +232,21 @@ def test_two_thousand_silent_sockets_open_no_pool_connection_and_do_not_starve_a
     assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]
 
 
-def test_at_the_session_limit_the_oldest_never_authorized_session_is_shed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["passthrough", "aggregate"])
+def test_at_the_session_limit_the_oldest_never_authorized_session_is_shed(tmp_path: Path, mode: str) -> None:
     result: dict[str, Any] = {}
 
     async def scenario() -> None:
-        async with SimulatedPool(difficulty=DIFFICULTY, seed=24) as pool:
-            app = ProxyApp(config(pool, tmp_path, max_sessions=10))
+        # (8 bytes: room for farm mode's prefix and the ASIC's own extranonce2 from the first subscribe.)
+        async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=24) as pool:
+            app = ProxyApp(config(pool, tmp_path, max_sessions=10, mode=mode))
             await app.start()
             silent: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
             for _ in range(10):  # one at a time, so the first is the oldest
                 silent.append(await asyncio.open_connection(HOST, app.port))
                 await until(lambda: app.stratum.sessions == len(silent), "admitted")
-            fleet = honest_fleet(app.port, 20)
+            # (An antminer: a Bitaxe suggests a difficulty farm mode honours and a CPU cannot meet.)
+            fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS[:1], max_shares=20, profiles=("antminer",))
             await fleet.run(timeout=60)  # the limit is reached: room is made for it
             oldest_closed = await asyncio.wait_for(drain_reader(silent[0][0]), 10)
             result["shed"] = sample(app, "ih_connections_refused_total", reason="shed")
@@ -260,6 +264,28 @@ def test_at_the_session_limit_the_oldest_never_authorized_session_is_shed(tmp_pa
     assert result["fleet"] == (20, 0, 0)
     assert result["sessions"] <= 10
     assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "aggregate"])
+def test_at_the_session_limit_an_authorized_session_is_never_shed(tmp_path: Path, mode: str) -> None:
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=25) as pool:
+            app = ProxyApp(config(pool, tmp_path, max_sessions=1, mode=mode))
+            await app.start()
+            _, writer = await authorized_raw(app.port, HOTKEYS[0], "rig0")
+            late_reader, late_writer = await asyncio.open_connection(HOST, app.port)
+            result["late_closed"] = await asyncio.wait_for(drain_reader(late_reader), 10)
+            result["refused"] = sample(app, "ih_connections_refused_total", reason="too many sessions")
+            result["shed"] = sample(app, "ih_connections_refused_total", reason="shed")
+            result["sessions"] = app.stratum.sessions
+            for w in (writer, late_writer):
+                w.close()
+            await app.stop()
+
+    go(scenario)
+    assert result == {"late_closed": True, "refused": 1, "shed": 0, "sessions": 1}
 
 
 def test_a_long_clickhouse_outage_refuses_new_shares_with_a_clear_error_and_drops_nothing(tmp_path: Path) -> None:
@@ -363,7 +389,7 @@ def test_a_pool_that_dies_is_down_at_once_and_the_miner_is_told_why_before_the_d
 def test_the_session_limit_defaults_to_what_the_open_file_limit_allows() -> None:
     import resource
 
-    from proxy.server import session_limit
+    from proxy.admission import session_limit
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     automatic = session_limit(Limits())

@@ -20,10 +20,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from proxy.admission import ABUSE, AddressStrikes, address_key
 from proxy.app import ProxyApp
 from proxy.config import Limits
 from proxy.metrics import ProxyMetrics
-from proxy.server import ABUSE, AddressStrikes, address_key
 from proxy.session import MinerSession, SessionRules
 from simulation import Fleet, SimulatedPool
 from simulation.hotkeys import hotkeys, worker_name
@@ -136,7 +136,7 @@ def test_a_reconnecting_flood_from_one_address_is_refused_and_the_honest_miner_k
                 pool=pool.accepted_by_hotkey(),
             )
 
-    with caplog.at_level(logging.INFO, logger="proxy.server"):
+    with caplog.at_level(logging.INFO, logger="proxy"):
         go(scenario)
     limit = limits.address_strike_limit
     # The first `limit` flooders were served and closed for what they sent; every later one was refused
@@ -270,7 +270,7 @@ def test_strikes_decay_and_an_address_is_refused_from_the_limit_until_one_is_for
 ) -> None:
     metrics = ProxyMetrics()
     strikes = AddressStrikes(Limits(address_strike_limit=3, address_strike_forgiven_after=60.0), metrics)
-    with caplog.at_level(logging.INFO, logger="proxy.server"):
+    with caplog.at_level(logging.INFO, logger="proxy"):
         strikes.strike("10.0.0.1", "cost", 0.0)
         strikes.strike("10.0.0.1", "cost", 1.0)
         assert not strikes.refuses("10.0.0.1", 2.0)
