@@ -37,6 +37,8 @@ SHARES_PER_MINUTE_COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("rejected_shares", "UInt64"),
 )
 
+DEFAULT_TTL_DAYS: Final = 90  # rows kept this many days unless the operator says otherwise
+
 _TTL: Final = {
     "shares": "toDateTime(ts) + INTERVAL {ttl_days} DAY",
     "shares_per_minute": "minute + INTERVAL {ttl_days} DAY",

@@ -56,12 +56,8 @@ class ProxyApp:
             spool_dir=config.ledger_spool_dir,
             database=target.database,
             ttl_days=config.ttl_days,
-            batch_rows=config.ledger_batch_rows,
-            flush_interval=config.ledger_flush_interval,
+            budget=config.ledger_budget,
             metrics=self.metrics,
-            max_memory_rows=config.ledger_max_memory_rows,
-            max_spool_rows=config.ledger_max_spool_rows,
-            max_spool_bytes=config.ledger_max_spool_bytes,
         )
         self._ledger_full: str | None = None
         self.registered: RegisteredHotkeys | None = None

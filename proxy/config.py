@@ -18,6 +18,7 @@ from typing import Any
 
 from ledger import options
 from ledger.options import ConfigError, Option, to_bool, to_float, to_int, to_strings
+from ledger.schema import DEFAULT_TTL_DAYS
 
 __all__ = ["ConfigError", "Limits", "ProxyConfig", "load_config"]
 
@@ -69,6 +70,23 @@ class Limits:
 
 
 @dataclasses.dataclass(frozen=True)
+class LedgerBudget:
+    """How the ledger writer batches its inserts and what it may hold before shares are refused: the
+    one home of these defaults (ProxyConfig's `ledger_*` options default to them)."""
+
+    batch_rows: int = 10_000
+    # Two inserts a second: an insert costs ~19 ms of engine work whatever its size (embedded,
+    # measured: 94 µs/row in batches of 250, 37 at 1,000, 17 at 10,000) and is one more part to
+    # merge (ClickHouse asks for about one a second), while the ingest lag must stay under 2 s
+    # (the interval plus the insert). Rows are in the crash journal meanwhile.
+    flush_interval: float = 0.5
+    max_memory_rows: int = 500_000  # rows held in memory before miners' shares are refused
+    max_spool_rows: int = 100_000_000  # rows spooled on disk before miners' shares are refused
+    max_spool_bytes: int = 20 * 2**30  # bytes spooled on disk before miners' shares are refused
+    max_retry_delay: float = 30.0  # seconds between attempts to reach ClickHouse at most
+
+
+@dataclasses.dataclass(frozen=True)
 class ProxyConfig:
     listen: str = "0.0.0.0:3333"
     upstream: tuple[str, ...] = (LUXOR_URL,)
@@ -80,22 +98,18 @@ class ProxyConfig:
     api_token: str | None = dataclasses.field(default=None, repr=False)  # None: the API is open
     proxy_id: str = dataclasses.field(default_factory=lambda: os.uname().nodename)
     spool_dir: Path | None = None  # None → <data_dir>/spool
-    ttl_days: int = 90
+    ttl_days: int = DEFAULT_TTL_DAYS
     require_registered: bool = False
     netuid: int = 89
     network: str = "finney"
     metagraph_refresh: float = 300.0
     upstream_connect_timeout: float = 10.0
     shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight submits
-    ledger_batch_rows: int = 10_000
-    # Two inserts a second: an insert costs ~19 ms of engine work whatever its size (embedded,
-    # measured: 94 µs/row in batches of 250, 37 at 1,000, 17 at 10,000) and is one more part to
-    # merge (ClickHouse asks for about one a second), while the ingest lag must stay under 2 s
-    # (the interval plus the insert). Rows are in the crash journal meanwhile.
-    ledger_flush_interval: float = 0.5
-    ledger_max_memory_rows: int = 500_000  # rows held in memory before miners' shares are refused
-    ledger_max_spool_rows: int = 100_000_000  # rows spooled on disk before miners' shares are refused
-    ledger_max_spool_bytes: int = 20 * 2**30  # bytes spooled on disk before miners' shares are refused
+    ledger_batch_rows: int = LedgerBudget.batch_rows
+    ledger_flush_interval: float = LedgerBudget.flush_interval
+    ledger_max_memory_rows: int = LedgerBudget.max_memory_rows
+    ledger_max_spool_rows: int = LedgerBudget.max_spool_rows
+    ledger_max_spool_bytes: int = LedgerBudget.max_spool_bytes
     log_level: str = "INFO"
     limits: Limits = dataclasses.field(default_factory=Limits)
     mode: str = "passthrough"  # or "aggregate": farm mode (proxy/farm.py)
@@ -113,6 +127,16 @@ class ProxyConfig:
     @property
     def ledger_spool_dir(self) -> Path:
         return self.spool_dir or self.data_dir / "spool"
+
+    @property
+    def ledger_budget(self) -> LedgerBudget:
+        return LedgerBudget(
+            batch_rows=self.ledger_batch_rows,
+            flush_interval=self.ledger_flush_interval,
+            max_memory_rows=self.ledger_max_memory_rows,
+            max_spool_rows=self.ledger_max_spool_rows,
+            max_spool_bytes=self.ledger_max_spool_bytes,
+        )
 
 
 # name → (help, parser for strings). Limits are options too, at the top level of flags/env/TOML.

@@ -34,8 +34,9 @@ import msgspec
 from clickhouse_connect.driver.client import Client
 
 from ledger.rows import COLUMNS_OF_TABLE, SHARES, TABLE_OF, Kind, Row
-from ledger.schema import apply_migrations, write_tables
+from ledger.schema import DEFAULT_TTL_DAYS, apply_migrations, write_tables
 from ledger.target import redact
+from proxy.config import LedgerBudget
 from proxy.journal import Journal, batch_token, leftovers
 from proxy.metrics import ProxyMetrics
 
@@ -131,28 +132,24 @@ class LedgerWriter:
         *,
         spool_dir: Path,
         database: str = "infinitehash",
-        ttl_days: int = 90,
-        batch_rows: int = 10_000,
-        flush_interval: float = 0.5,
+        ttl_days: int = DEFAULT_TTL_DAYS,
+        budget: LedgerBudget | None = None,
         metrics: ProxyMetrics | None = None,
-        max_retry_delay: float = 30.0,
-        max_memory_rows: int = 500_000,
-        max_spool_rows: int = 100_000_000,
-        max_spool_bytes: int = 20 * 2**30,
     ) -> None:
+        budget = budget or LedgerBudget()
         self._connect = connect
         self._spool_dir = spool_dir
         self._database = database
         self._ttl_days = ttl_days
-        self._batch_rows = batch_rows
-        self._flush_interval = flush_interval
+        self._batch_rows = budget.batch_rows
+        self._flush_interval = budget.flush_interval
         self._metrics = metrics
-        self._max_retry_delay = max_retry_delay
+        self._max_retry_delay = budget.max_retry_delay
         # Bounds under a long ClickHouse outage: past them nothing is dropped; `backpressure` says so
         # and the proxy stops taking shares until ClickHouse takes rows again.
-        self._max_memory_rows = max_memory_rows
-        self._max_spool_rows = max_spool_rows
-        self._max_spool_bytes = max_spool_bytes
+        self._max_memory_rows = budget.max_memory_rows
+        self._max_spool_rows = budget.max_spool_rows
+        self._max_spool_bytes = budget.max_spool_bytes
         self._spool_bytes = 0
 
         self._queues: dict[str, list[tuple[Any, ...]]] = {table: [] for table in COLUMNS_OF_TABLE}  # not yet cut
@@ -171,7 +168,7 @@ class LedgerWriter:
         self._client: Client | None = None
         self._tables: dict[str, str] = {}  # ledger table → the table inserts go to (<table>_local on a cluster)
         self._down = False  # ClickHouse refused the last connect or insert: logged once, until it is back
-        self._retry_delay = self._min_retry_delay = min(_RETRY_MIN, max_retry_delay)
+        self._retry_delay = self._min_retry_delay = min(_RETRY_MIN, budget.max_retry_delay)
         self._retry_at = 0.0  # time.monotonic() before which the background task does not retry
         self._lock = asyncio.Lock()  # one drain (hence one insert) at a time
         self._wake = asyncio.Event()

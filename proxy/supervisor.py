@@ -402,7 +402,13 @@ async def _write_spool(config: ProxyConfig, target: LedgerTarget, directory: Pat
     """Write one spool (and its journal) to ClickHouse, under the batches' own dedup tokens."""
     from proxy.ledger import LedgerWriter
 
-    writer = LedgerWriter(target.connect, spool_dir=directory, database=target.database, ttl_days=config.ttl_days)
+    writer = LedgerWriter(
+        target.connect,
+        spool_dir=directory,
+        database=target.database,
+        ttl_days=config.ttl_days,
+        budget=config.ledger_budget,
+    )
     await writer.start()
     try:
         await writer.flush()

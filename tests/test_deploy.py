@@ -334,6 +334,7 @@ _RUN_LEDGER_PANELS = """
 import asyncio, json, sys
 from pathlib import Path
 from ledger.target import LedgerTarget
+from proxy.config import LedgerBudget
 from proxy.ledger import LedgerWriter
 from tests.test_ledger import make_rows
 
@@ -341,7 +342,8 @@ target = LedgerTarget.parse("chdb://" + sys.argv[1], data_dir=Path(sys.argv[1]))
 rows = make_rows(600, base=float(sys.argv[2]))
 
 async def write() -> None:
-    writer = LedgerWriter(target.connect, spool_dir=Path(sys.argv[1]) / "spool", batch_rows=100, flush_interval=0.01)
+    budget = LedgerBudget(batch_rows=100, flush_interval=0.01)
+    writer = LedgerWriter(target.connect, spool_dir=Path(sys.argv[1]) / "spool", budget=budget)
     await writer.start()
     for row in rows:
         writer.record(row)

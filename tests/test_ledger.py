@@ -41,6 +41,7 @@ from ledger.schema import (
     current_ttl_days,
 )
 from ledger.target import DEFAULT_DATABASE, LedgerTarget, redact
+from proxy.config import LedgerBudget
 from proxy.journal import Journal, batch_token, leftovers
 from proxy.ledger import LedgerWriter, to_columns
 from proxy.metrics import ProxyMetrics
@@ -139,9 +140,10 @@ def spool_files(spool: Path, pattern: str = "*.batch") -> list[Path]:
 
 
 def writer(connect: Callable[[], Client], spool: Path, **kw: Any) -> LedgerWriter:
-    kw.setdefault("batch_rows", 100)
-    kw.setdefault("max_retry_delay", 0.05)
-    return LedgerWriter(connect, spool_dir=spool, **kw)
+    """A writer with small batches and quick retries; LedgerBudget's fields may be given as keywords."""
+    budget: dict[str, Any] = {"batch_rows": 100, "max_retry_delay": 0.05}
+    budget |= {k: kw.pop(k) for k in list(kw) if k in LedgerBudget.__dataclass_fields__}
+    return LedgerWriter(connect, spool_dir=spool, budget=LedgerBudget(**budget), **kw)
 
 
 # -- URLs and secrets ---------------------------------------------------------------------------
@@ -549,6 +551,7 @@ _CHILD = textwrap.dedent(
     import asyncio, logging, sys
     from pathlib import Path
     from ledger.target import LedgerTarget
+    from proxy.config import LedgerBudget
     from proxy.ledger import LedgerWriter
     from tests.test_ledger import make_rows
 
@@ -556,8 +559,8 @@ _CHILD = textwrap.dedent(
 
     async def main() -> None:
         target = LedgerTarget.parse(sys.argv[1], data_dir=Path(sys.argv[2]))
-        w = LedgerWriter(target.connect, spool_dir=Path(sys.argv[2]), batch_rows=50, flush_interval=0.01,
-                         max_retry_delay=0.02)
+        w = LedgerWriter(target.connect, spool_dir=Path(sys.argv[2]),
+                         budget=LedgerBudget(batch_rows=50, flush_interval=0.01, max_retry_delay=0.02))
         await w.start()
         for step in range(2_000):
             for row in make_rows(50, first=step * 50, base=float(sys.argv[3])):
@@ -626,13 +629,14 @@ _JOURNAL_CHILD = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from ledger.target import LedgerTarget
+    from proxy.config import LedgerBudget
     from proxy.ledger import LedgerWriter
     from tests.test_ledger import make_rows
 
     async def main() -> None:
         target = LedgerTarget.parse(sys.argv[1], data_dir=Path(sys.argv[2]))
-        w = LedgerWriter(target.connect, spool_dir=Path(sys.argv[2]), batch_rows=64, flush_interval=0.05,
-                         max_retry_delay=0.05)
+        w = LedgerWriter(target.connect, spool_dir=Path(sys.argv[2]),
+                         budget=LedgerBudget(batch_rows=64, flush_interval=0.05, max_retry_delay=0.05))
         await w.start()
         for step in range(4_000):
             for row in make_rows(10, first=step * 10, base=float(sys.argv[3])):

@@ -27,12 +27,15 @@ _WRITE = textwrap.dedent(
     import asyncio, sys
     from pathlib import Path
     from ledger.target import LedgerTarget
+    from proxy.config import LedgerBudget
     from proxy.ledger import LedgerWriter
     from tests.test_ledger import make_rows
 
     async def main() -> None:
         target = LedgerTarget.parse("chdb://" + sys.argv[1], data_dir=Path(sys.argv[1]))
-        writer = LedgerWriter(target.connect, spool_dir=Path(sys.argv[2]), batch_rows=100, flush_interval=0.01)
+        writer = LedgerWriter(
+            target.connect, spool_dir=Path(sys.argv[2]), budget=LedgerBudget(batch_rows=100, flush_interval=0.01)
+        )
         await writer.start()
         for step in range(int(sys.argv[3])):
             for row in make_rows(100, first=step * 100, base=float(sys.argv[4])):

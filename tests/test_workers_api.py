@@ -30,6 +30,7 @@ from aiohttp import web
 
 from ledger.rows import ShareRow
 from ledger.target import LedgerTarget
+from proxy.config import LedgerBudget
 from proxy.http import build_app
 from proxy.ledger import LedgerWriter
 from proxy.metrics import ProxyMetrics
@@ -100,7 +101,9 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = LedgerTarget.parse(f"chdb://{root / 'ledger'}", data_dir=root)
 
     async def write() -> None:
-        writer = LedgerWriter(target.connect, spool_dir=root / "spool", ttl_days=TTL_DAYS, batch_rows=4000)
+        writer = LedgerWriter(
+            target.connect, spool_dir=root / "spool", ttl_days=TTL_DAYS, budget=LedgerBudget(batch_rows=4000)
+        )
         await writer.start()
         for row in ROWS:
             writer.record(row)

@@ -261,6 +261,7 @@ def test_the_supervisor_writes_what_a_one_process_run_and_a_retired_worker_left_
     tmp_path: Path, clickhouse: ClickHouseHTTPServer
 ) -> None:
     from ledger.rows import ShareRow
+    from proxy.config import LedgerBudget
     from proxy.ledger import LedgerWriter
     from tests.test_ledger import make_rows
 
@@ -270,7 +271,7 @@ def test_the_supervisor_writes_what_a_one_process_run_and_a_retired_worker_left_
         raise ConnectionError("ClickHouse is down (simulated: connection refused)")
 
     async def spool_rows(directory: Path, rows: list[ShareRow]) -> None:
-        writer = LedgerWriter(down, spool_dir=directory, max_retry_delay=0.01)
+        writer = LedgerWriter(down, spool_dir=directory, budget=LedgerBudget(max_retry_delay=0.01))
         await writer.start()
         for row in rows:
             writer.record(row)
