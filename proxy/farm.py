@@ -368,6 +368,9 @@ class FarmHub:
         self.dirty_upstreams: set[FarmUpstream] = set()
         self.want_connection: list[FarmUpstream] = []
         self.closed_upstreams: list[FarmUpstream] = []  # slots with no ASIC left: close their connection
+        # Connections closed because the pool broke the handshake: the network layer backs that pool
+        # off (a pool that accepts and then fails us must not be reconnected to at once, in a loop).
+        self.pool_faults: list[tuple[FarmUpstream, str]] = []
         self.pool_extranonce2_size: int | None = None  # the last pool's, for new ASICs
         self.assumed_mask = BIP320_MASK  # the last pool's version mask (BIP320 before any)
         self._names: dict[str, int] = {}
@@ -755,7 +758,7 @@ class FarmHub:
         elif method == "mining.subscribe":
             result = pool.subscription
             if result is None:
-                self.pool_lost(upstream, "the pool's subscribe reply was unusable", close=True)
+                self.pool_lost(upstream, "the pool's subscribe reply was unusable", close=True, fault=True)
                 return
             upstream.extranonce1 = result.extranonce1
             upstream.extranonce2_size = result.extranonce2_size
@@ -922,13 +925,15 @@ class FarmHub:
             asic.difficulty_sent = target
             asic.send(encode_notification("mining.set_difficulty", [target]))
 
-    def pool_lost(self, upstream: FarmUpstream, reason: str, *, close: bool = False) -> None:
+    def pool_lost(self, upstream: FarmUpstream, reason: str, *, close: bool = False, fault: bool = False) -> None:
         """The slot's pool connection is gone (or must go): answer what is in flight, forget its
         jobs, and ask for a new connection. The ASICs stay connected; they get a clean job from the
-        next connection."""
+        next connection. `close`: we close it; `fault`: because the pool failed the handshake."""
         pool = upstream.pool
         if pool is None:
             return
+        if fault:
+            self.pool_faults.append((upstream, reason))
         if close:
             self.closed_upstreams.append(upstream)
         upstream.pool = None
@@ -995,7 +1000,7 @@ class FarmHub:
             if type(context) is _PendingShare:
                 self._unanswered(upstream, context, "pool did not answer in time")
             elif method != "mining.configure":  # a pool may ignore configure; not subscribe or authorize
-                self.pool_lost(upstream, f"pool did not answer {method}", close=True)
+                self.pool_lost(upstream, f"pool did not answer {method}", close=True, fault=True)
                 return
 
     def upstreams(self) -> Iterable[FarmUpstream]:

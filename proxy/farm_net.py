@@ -95,6 +95,9 @@ class _PoolLink(asyncio.Protocol):
         self.url = url
         self.transport: asyncio.Transport | None = None
         self.retired = False  # closed by us: its loss is no failover
+        # The pool took the handshake (subscribe, authorize): only then is it healthy again. A pool
+        # that accepts TCP and then closes or fails us keeps its backoff growing.
+        self.proven = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -103,8 +106,13 @@ class _PoolLink(asyncio.Protocol):
         if self.proxy.pools.get(self.upstream) is not self:
             return
         now = time.monotonic()
-        self.proxy.hub.pool_data(self.upstream, data, now)
-        self.proxy.flush_soon()
+        proxy = self.proxy
+        proxy.hub.pool_data(self.upstream, data, now)
+        if not self.proven and self.upstream.ready:
+            self.proven = True
+            proxy.upstreams.succeeded(self.url)
+            proxy.metrics.upstream_up.labels(self.url.label).set(1)
+        proxy.flush_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -233,6 +241,12 @@ class FarmProxy:
                 if upstream.to_pool and pool is not None and pool.transport is not None:
                     pool.transport.write(b"".join(upstream.to_pool))
                 upstream.to_pool.clear()
+        if hub.pool_faults:
+            faults, hub.pool_faults = hub.pool_faults, []
+            for upstream, reason in faults:
+                pool = self.pools.get(upstream)
+                if pool is not None and self.accepting:
+                    self.upstreams.failed(pool.url, reason)
         if hub.closed_upstreams:
             retired, hub.closed_upstreams = hub.closed_upstreams, []
             for upstream in retired:
@@ -246,6 +260,9 @@ class FarmProxy:
 
     async def _connect(self, upstream: FarmUpstream) -> None:
         loop = asyncio.get_running_loop()
+        wait = self.upstreams.wait()
+        if wait > 0.0:  # every pool failed us lately: wait out the soonest backoff, never hammer one
+            await asyncio.sleep(wait)
         for url in self.upstreams.candidates():
             if upstream.closed or not self.accepting:
                 upstream.connecting = False
@@ -264,9 +281,7 @@ class FarmProxy:
                 self.metrics.upstream_up.labels(url.label).set(0)
                 log.warning("pool %s unreachable (%s); backing off %.1fs", url.label, exc or "timeout", backoff)
                 continue
-            self.upstreams.succeeded(url)
-            self.metrics.upstream_connects.labels(url.label, "ok").inc()
-            self.metrics.upstream_up.labels(url.label).set(1)
+            self.metrics.upstream_connects.labels(url.label, "ok").inc()  # healthy once it takes the handshake
             link = pool
             if upstream.closed or not self.accepting:
                 upstream.connecting = False

@@ -80,6 +80,11 @@ class Upstreams:
         waiting = sorted((h for h in self._health if h.retry_at > now), key=lambda h: h.retry_at)
         return healthy + [h.url for h in waiting]
 
+    def wait(self, now: float | None = None) -> float:
+        """Seconds until some pool may be tried again: 0 while one is not in backoff."""
+        now = time.monotonic() if now is None else now
+        return max(0.0, min(h.retry_at for h in self._health) - now)
+
     def succeeded(self, url: PoolURL) -> None:
         health = self._find(url)
         if health.down:

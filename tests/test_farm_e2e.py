@@ -6,9 +6,14 @@ hands every ASIC a clean job from the next pool without a reconnect.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
+
+import msgspec
+import pytest
 
 from ledger.audit import audit_clickhouse
 from ledger.target import LedgerTarget
@@ -211,3 +216,76 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
     assert timeouts >= result["undelivered"] > 0
     report = audit(tmp_path)
     assert report.checked == result["accepted"] and report.clean, report.examples
+
+
+class BrokenPool:
+    """A TCP server that is no pool: it closes every connection at once ("close"), or answers every
+    request with a result no subscribe can use ("garbage"). Counts the connections it took."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> BrokenPool:
+        self._server = await asyncio.start_server(self._serve, HOST, 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError):
+            for _ in range(100):
+                if self.behaviour == "close":
+                    break
+                line = await reader.readline()
+                if not line:
+                    break
+                request = msgspec.json.decode(line)
+                writer.write(msgspec.json.encode({"id": request.get("id"), "result": "garbage", "error": None}) + b"\n")
+                await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("behaviour", ["close", "garbage"])
+def test_a_pool_that_takes_the_connection_and_then_fails_the_handshake_is_backed_off_not_hammered(
+    tmp_path: Path, behaviour: str
+) -> None:
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with BrokenPool(behaviour) as broken:
+            config = dataclasses.replace(
+                farm_config([], tmp_path), upstream=(f"stratum+tcp://{HOST}:{broken.port}",), proxy_id="broken"
+            )
+            app = ProxyApp(config)
+            await app.start()
+            _, writer = await asyncio.open_connection(HOST, app.port)
+            writer.write(
+                b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n'
+                b'{"id":2,"method":"mining.authorize","params":["infinite.' + HOTKEYS[0].encode() + b'.rig0","x"]}\n'
+            )
+            await until(lambda: broken.connections >= 1, "the slot's first pool connection")
+            # Two seconds: backoff (0.5-1 s after the first failure, doubling) allows a few attempts;
+            # reconnecting at once, as farm mode did, made thousands.
+            await asyncio.sleep(2.0)
+            result["connections"] = broken.connections
+            result["up"] = app.metrics.registry.get_sample_value(
+                "ih_upstream_up", {"upstream": f"{HOST}:{broken.port}"}
+            )
+            result["sessions"] = app.stratum.sessions  # the ASIC stays, waiting for a pool
+            writer.close()
+            await app.stop()
+
+    go(scenario)
+    assert 1 <= result["connections"] <= 4, result
+    assert result["up"] == 0.0 and result["sessions"] == 1

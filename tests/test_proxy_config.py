@@ -103,3 +103,14 @@ def test_a_failed_pool_is_skipped_until_its_backoff_ends_then_preferred_again() 
     assert upstreams.candidates(now=100.0) == [primary, backup]
     upstreams.succeeded(primary)
     assert upstreams.is_healthy(primary, now=0.0)
+
+
+def test_the_wait_before_the_next_attempt_is_zero_while_one_pool_is_healthy_else_the_soonest_backoff() -> None:
+    primary, backup = PoolURL("primary", 1), PoolURL("backup", 2)
+    upstreams = Upstreams([primary, backup], base_backoff=10.0)
+    assert upstreams.wait(now=0.0) == 0.0
+    first = upstreams.failed(primary, now=0.0)
+    assert upstreams.wait(now=1.0) == 0.0  # the backup may be tried at once: failover never waits
+    second = upstreams.failed(backup, now=1.0)
+    assert upstreams.wait(now=2.0) == min(first, 1.0 + second) - 2.0
+    assert upstreams.wait(now=1_000.0) == 0.0
