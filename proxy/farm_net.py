@@ -117,13 +117,14 @@ class _PoolLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         proxy = self.proxy
-        proxy.metrics.upstream_up.labels(self.url.label).set(0)
         if proxy.pools.get(self.upstream) is not self:
             return
         del proxy.pools[self.upstream]
-        if not self.retired and proxy.accepting:
+        # Not when we closed it, nor when the hub retired its slot in this read (a pool that refuses
+        # a miner's worker and hangs up is no pool failure: a hostile name must not back it off).
+        if not self.retired and not self.upstream.closed and proxy.accepting:
             # Send the slot (and the next ones) to the next pool first: this one just failed us.
-            proxy.upstreams.failed(self.url)
+            proxy.pool_failed(self.url, str(exc) if exc else "closed by the pool")
         proxy.hub.pool_lost(self.upstream, str(exc) if exc else "closed by the pool")
         proxy.flush()
 
@@ -246,7 +247,7 @@ class FarmProxy:
             for upstream, reason in faults:
                 pool = self.pools.get(upstream)
                 if pool is not None and self.accepting:
-                    self.upstreams.failed(pool.url, reason)
+                    self.pool_failed(pool.url, reason)
         if hub.closed_upstreams:
             retired, hub.closed_upstreams = hub.closed_upstreams, []
             for upstream in retired:
@@ -257,6 +258,11 @@ class FarmProxy:
             wanted, hub.want_connection = hub.want_connection, []
             for upstream in wanted:
                 self.spawn(self._connect(upstream))
+
+    def pool_failed(self, url: PoolURL, reason: str) -> float:
+        """The pool failed us (refused, hung up, broke the handshake): back it off; returns the backoff."""
+        self.metrics.upstream_up.labels(url.label).set(0)
+        return self.upstreams.failed(url, reason)
 
     async def _connect(self, upstream: FarmUpstream) -> None:
         loop = asyncio.get_running_loop()
@@ -276,9 +282,8 @@ class FarmProxy:
                         url.port,
                     )
             except (TimeoutError, OSError) as exc:
-                backoff = self.upstreams.failed(url)
+                backoff = self.pool_failed(url, str(exc) or "timeout")
                 self.metrics.upstream_connects.labels(url.label, "failed").inc()
-                self.metrics.upstream_up.labels(url.label).set(0)
                 log.warning("pool %s unreachable (%s); backing off %.1fs", url.label, exc or "timeout", backoff)
                 continue
             self.metrics.upstream_connects.labels(url.label, "ok").inc()  # healthy once it takes the handshake

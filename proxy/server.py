@@ -105,10 +105,13 @@ class ServerState:
 
     # --- the pools' state, as operators see it -----------------------------------------------------
 
-    def pool_up(self, url: PoolURL) -> None:
+    def pool_connected(self, url: PoolURL) -> None:
         self.live_pools[url] += 1
-        self.upstreams.succeeded(url)
         self.metrics.upstream_connects.labels(url.label, "ok").inc()
+
+    def pool_spoke(self, url: PoolURL) -> None:
+        """The pool sent its first bytes on a connection: healthy (a TCP connect alone is not)."""
+        self.upstreams.succeeded(url)
         self.metrics.upstream_up.labels(url.label).set(1)
 
     def pool_failed(self, url: PoolURL, reason: str) -> None:
@@ -117,8 +120,13 @@ class ServerState:
         self.metrics.upstream_connects.labels(url.label, "failed").inc()
         self.metrics.upstream_up.labels(url.label).set(0)
 
-    def pool_closed(self, url: PoolURL, reason: str | None) -> None:
-        """A live pool connection ended; `reason` set when the pool (not we) ended it."""
+    def pool_closed(self, url: PoolURL, reason: str | None, *, spoke: bool) -> None:
+        """A live pool connection ended; `reason` set when the pool (not we) ended it. Ended by the
+        pool before it said a word (a load balancer with no pool behind it accepts and hangs up), the
+        pool is backed off like an unreachable one, so new sessions go to the next pool."""
+        if reason is not None and not spoke:
+            self.upstreams.failed(url, f"closed before it answered ({reason})")
+            self.metrics.upstream_up.labels(url.label).set(0)
         self.live_pools[url] -= 1
         if self.live_pools[url] <= 0:
             del self.live_pools[url]
@@ -141,6 +149,7 @@ class Rig:
         self.closed = False
         self._miner_gone = False
         self._pool_closing = False  # we closed the pool connection ourselves
+        self._pool_spoke = False  # the current pool connection has sent bytes (ServerState.pool_spoke)
         self._connecting: asyncio.Task[None] | None = None
         self._miner_paused: set[str] = set()  # why we are not reading the miner: pool, cost, shutdown
         self._resume: asyncio.TimerHandle | None = None
@@ -252,9 +261,10 @@ class Rig:
             except TimeoutError:
                 state.pool_failed(url, "connect timeout")
                 continue
-            state.pool_up(url)
+            state.pool_connected(url)
             self.pool = transport
             self.pool_url = url  # from here on, pool_lost counts this connection out
+            self._pool_spoke = False
             if self.closed:
                 self._close_pool()
                 return
@@ -273,6 +283,9 @@ class Rig:
         session = self.session
         if session is None:
             return
+        if not self._pool_spoke and self.pool_url is not None:
+            self._pool_spoke = True
+            self.state.pool_spoke(self.pool_url)
         at = now()
         shares = session.shares_handled
         session.receive_pool(data, at)
@@ -288,7 +301,7 @@ class Rig:
         ours = self._pool_closing
         reason = str(exc) if exc else "closed by the pool"
         if url is not None:
-            self.state.pool_closed(url, None if ours else reason)
+            self.state.pool_closed(url, None if ours else reason, spoke=self._pool_spoke)
         self.state.draining.discard(self)
         session = self.session
         if session is None:

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from simulation.broken import BrokenPool
 from simulation.fleet import (
     BAD_KINDS,
     EXPECTED_CODE,
@@ -33,6 +34,7 @@ __all__ = [
     "DEFAULT_DIFFICULTY",
     "EXPECTED_CODE",
     "PROFILES",
+    "BrokenPool",
     "DeviceProfile",
     "Fleet",
     "HandshakeError",

@@ -7,12 +7,10 @@ hands every ASIC a clean job from the next pool without a reconnect.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 from ledger.audit import audit_clickhouse
@@ -20,7 +18,8 @@ from ledger.target import LedgerTarget
 from proxy.app import ProxyApp
 from proxy.config import Limits, ProxyConfig
 from proxy.farm_net import FarmProxy
-from simulation import Fleet, SimulatedPool
+from simulation import BrokenPool, Fleet, SimulatedPool
+from simulation.broken import Behaviour
 from simulation.fleet import PROFILES
 from simulation.hotkeys import hotkeys
 from tests.test_proxy_e2e import go, until
@@ -218,47 +217,9 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
     assert report.checked == result["accepted"] and report.clean, report.examples
 
 
-class BrokenPool:
-    """A TCP server that is no pool: it closes every connection at once ("close"), or answers every
-    request with a result no subscribe can use ("garbage"). Counts the connections it took."""
-
-    def __init__(self, behaviour: str) -> None:
-        self.behaviour = behaviour
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> BrokenPool:
-        self._server = await asyncio.start_server(self._serve, HOST, 0)
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        with contextlib.suppress(ConnectionError):
-            for _ in range(100):
-                if self.behaviour == "close":
-                    break
-                line = await reader.readline()
-                if not line:
-                    break
-                request = msgspec.json.decode(line)
-                writer.write(msgspec.json.encode({"id": request.get("id"), "result": "garbage", "error": None}) + b"\n")
-                await writer.drain()
-        writer.close()
-
-
 @pytest.mark.parametrize("behaviour", ["close", "garbage"])
 def test_a_pool_that_takes_the_connection_and_then_fails_the_handshake_is_backed_off_not_hammered(
-    tmp_path: Path, behaviour: str
+    tmp_path: Path, behaviour: Behaviour
 ) -> None:
     result: dict[str, Any] = {}
 

@@ -7,6 +7,7 @@ taken away in the middle.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import math
 import os
@@ -27,7 +28,7 @@ from ledger.audit import audit_clickhouse
 from ledger.target import LedgerTarget
 from proxy.app import ProxyApp
 from proxy.config import Limits, ProxyConfig
-from simulation import Fleet, SimulatedASIC, SimulatedPool, run
+from simulation import BrokenPool, Fleet, HandshakeError, SimulatedASIC, SimulatedPool, run
 from simulation.hotkeys import bad_checksum, hotkeys, worker_name
 
 HOST = "127.0.0.1"
@@ -268,6 +269,37 @@ def test_the_upstream_dying_sends_asics_back_and_the_next_pool_takes_over(tmp_pa
     assert result["backup"] > 0  # the next URL took over
     by_hotkey = read_ledger(tmp_path, ledger_by_hotkey)
     assert by_hotkey == {hk: d for hk, d in result["pool"].items() if d}
+
+
+def test_a_primary_that_accepts_and_hangs_up_is_failed_over_to_the_next_pool(tmp_path: Path) -> None:
+    """A load balancer with no pool behind it takes the TCP connection and closes it. That is a
+    failed pool, not a healthy one: new sessions go to the backup (it used to be chosen first for
+    ever, every session dying on it)."""
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with BrokenPool("close") as primary, SimulatedPool(difficulty=DIFFICULTY, seed=7) as backup:
+            config = dataclasses.replace(
+                proxy_config([backup], tmp_path),
+                upstream=(f"stratum+tcp://{HOST}:{primary.port}", f"stratum+tcp://{HOST}:{backup.port}"),
+            )
+            app = ProxyApp(config)
+            await app.start()
+            app.stratum.upstreams.base_backoff = 30.0  # outlasts the test: the counts below are exact
+            first = Fleet.for_hotkeys(HOST, app.port, HOTKEYS[:1], 1, max_shares=1)
+            with pytest.raises(HandshakeError):  # the first to try the primary: lost with it
+                await first.run(timeout=30)
+            fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS, 3, max_shares=20)
+            await fleet.run(timeout=60)
+            await app.stop()
+            result["fleet"] = (fleet.accepted, fleet.lost, fleet.rejected)
+            result["primary_connections"] = primary.connections
+            result["pool"] = backup.accepted_by_hotkey()
+
+    go(scenario)
+    assert result["fleet"] == (60, 0, 0)
+    assert result["primary_connections"] == 1
+    assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]
 
 
 async def closed_by_peer(reader: asyncio.StreamReader) -> None:
