@@ -12,6 +12,7 @@ import contextlib
 import os
 import resource
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -232,15 +233,25 @@ def test_two_thousand_silent_sockets_open_no_pool_connection_and_do_not_starve_a
     assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]
 
 
+@contextlib.asynccontextmanager
+async def full_proxy(tmp_path: Path, mode: str, max_sessions: int) -> AsyncIterator[tuple[SimulatedPool, ProxyApp]]:
+    """A pool and a proxy in `mode` with room for `max_sessions` sessions; the proxy stops on exit."""
+    # (8 bytes: room for farm mode's prefix and the ASIC's own extranonce2 from the first subscribe.)
+    async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=24) as pool:
+        app = ProxyApp(config(pool, tmp_path, max_sessions=max_sessions, mode=mode))
+        await app.start()
+        try:
+            yield pool, app
+        finally:
+            await app.stop()
+
+
 @pytest.mark.parametrize("mode", ["passthrough", "aggregate"])
 def test_at_the_session_limit_the_oldest_never_authorized_session_is_shed(tmp_path: Path, mode: str) -> None:
     result: dict[str, Any] = {}
 
     async def scenario() -> None:
-        # (8 bytes: room for farm mode's prefix and the ASIC's own extranonce2 from the first subscribe.)
-        async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=24) as pool:
-            app = ProxyApp(config(pool, tmp_path, max_sessions=10, mode=mode))
-            await app.start()
+        async with full_proxy(tmp_path, mode, max_sessions=10) as (pool, app):
             silent: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
             for _ in range(10):  # one at a time, so the first is the oldest
                 silent.append(await asyncio.open_connection(HOST, app.port))
@@ -256,8 +267,7 @@ def test_at_the_session_limit_the_oldest_never_authorized_session_is_shed(tmp_pa
             result["sessions"] = app.stratum.sessions
             for _, writer in silent:
                 writer.close()
-            await app.stop()
-            result["pool"] = pool.accepted_by_hotkey()
+        result["pool"] = pool.accepted_by_hotkey()
 
     go(scenario)
     assert result["shed"] >= 1 and result["refused"] == 0 and result["oldest_closed"]
@@ -271,9 +281,7 @@ def test_at_the_session_limit_an_authorized_session_is_never_shed(tmp_path: Path
     result: dict[str, Any] = {}
 
     async def scenario() -> None:
-        async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=25) as pool:
-            app = ProxyApp(config(pool, tmp_path, max_sessions=1, mode=mode))
-            await app.start()
+        async with full_proxy(tmp_path, mode, max_sessions=1) as (_, app):
             _, writer = await authorized_raw(app.port, HOTKEYS[0], "rig0")
             late_reader, late_writer = await asyncio.open_connection(HOST, app.port)
             result["late_closed"] = await asyncio.wait_for(drain_reader(late_reader), 10)
@@ -282,7 +290,6 @@ def test_at_the_session_limit_an_authorized_session_is_never_shed(tmp_path: Path
             result["sessions"] = app.stratum.sessions
             for w in (writer, late_writer):
                 w.close()
-            await app.stop()
 
     go(scenario)
     assert result == {"late_closed": True, "refused": 1, "shed": 0, "sessions": 1}
