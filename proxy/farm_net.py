@@ -20,6 +20,7 @@ from proxy.admission import Admission
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.farm import FarmASIC, FarmContext, FarmHub, FarmUpstream
 from proxy.metrics import ProxyMetrics, reason_label
+from proxy.sockets import reset
 from proxy.upstream import PoolURL, Upstreams
 
 log = logging.getLogger("proxy.farm")
@@ -37,6 +38,7 @@ class _ASICLink(asyncio.Protocol):
         self.peer_ip = ""
         self.closed = False
         self.authorized = False  # told Admission: no longer a shedding candidate
+        self._abort: asyncio.TimerHandle | None = None  # the reset of a closed miner that does not read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport
@@ -64,6 +66,9 @@ class _ASICLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
         proxy = self.proxy
         if self.asic is not None:
             proxy.links.pop(self.asic, None)
@@ -82,8 +87,12 @@ class _ASICLink(asyncio.Protocol):
             log.info(
                 "farm session %s from %s closed: %s", self.asic.session_id if self.asic else "-", self.peer_ip, reason
             )
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            # Its slot is free now; its socket goes within `close_grace`, read or not (as passthrough).
+            grace = self.proxy.config.limits.close_grace
+            self._abort = asyncio.get_running_loop().call_later(grace, reset, transport)
 
 
 class _PoolLink(asyncio.Protocol):

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import errno
 import itertools
 import logging
 import resource
 import secrets
-import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -31,6 +28,7 @@ from proxy.admission import Admission
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.metrics import ProxyMetrics, reason_label
 from proxy.session import Instant, MinerSession, SessionRules
+from proxy.sockets import reset
 from proxy.upstream import PoolURL, Upstreams
 from proxy.verdicts import VerdictSink
 
@@ -405,13 +403,7 @@ class Rig:
         self._abort = None
         miner = self.miner
         if miner is not None and not self._miner_gone:
-            sock = miner.get_extra_info("socket")
-            if sock is not None:
-                # Linger 0: the kernel drops what the peer never read and resets the connection, instead
-                # of holding the buffers of an orphaned socket for as long as the peer likes.
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            miner.abort()
+            reset(miner)
 
     def tick(self, at: Instant) -> None:
         session = self.session

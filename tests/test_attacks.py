@@ -136,16 +136,20 @@ def test_an_extranonce_subscribe_flood_from_four_sessions_costs_the_honest_miner
     assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]
 
 
+@pytest.mark.parametrize("mode", ["passthrough", "aggregate"])
 def test_a_miner_that_does_not_read_while_the_pool_floods_notifies_is_aborted_and_its_slot_freed(
-    tmp_path: Path,
+    tmp_path: Path, mode: str
 ) -> None:
     result: dict[str, Any] = {}
 
     async def scenario() -> None:
-        async with SimulatedPool(difficulty=DIFFICULTY, seed=22, job_interval=0) as pool:
-            app = ProxyApp(config(pool, tmp_path, max_write_stall=1.0, close_grace=0.5))
+        async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=22, job_interval=0) as pool:
+            # Passthrough closes a miner whose writes stalled for max_write_stall, farm mode one whose
+            # buffer passed max_miner_buffer; both then reset its socket after close_grace.
+            limits = {"max_write_stall": 1.0, "max_miner_buffer": 64 * 1024, "close_grace": 0.5}
+            app = ProxyApp(config(pool, tmp_path, mode=mode, **limits))
             await app.start()
-            fleet = honest_fleet(app.port, 40)
+            fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS[:1], max_shares=40, profiles=("antminer",))
             await fleet.start()
             # The deaf miner: authorizes, then never reads a byte again.
             deaf = socket.create_connection((HOST, app.port))
