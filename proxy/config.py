@@ -58,6 +58,10 @@ class Limits:
     address_strike_forgiven_after: float = 60.0  # seconds after which one strike is forgiven
     submit_timeout: float = 20.0  # seconds to wait for the pool's verdict on a share
     late_verdict_timeout: float = 120.0  # seconds a verdict still counts after the miner was told "no answer"
+    # A pool connection whose peer is gone without a FIN or reset (a NAT or firewall dropped its state,
+    # a host died) is dropped by the kernel after this long: our bytes unacknowledged, or keepalive
+    # probes of an idle connection unanswered. Left to the defaults that takes ~15 min, of dead work.
+    pool_dead_after: float = 30.0
     max_miner_buffer: int = 1024 * 1024  # bytes queued to a miner that does not read
     max_write_stall: float = 60.0  # seconds a miner may leave its socket unread (writes paused)
     close_grace: float = 2.0  # seconds a closed miner has to take its last bytes before it is aborted
@@ -198,6 +202,8 @@ _HELP: dict[str, str] = {
     "address_strike_forgiven_after": "seconds after which one strike against an address is forgiven",
     "submit_timeout": "seconds to wait for the pool's verdict on a share",
     "late_verdict_timeout": "seconds a pool verdict still reaches the ledger after the miner was answered",
+    "pool_dead_after": "seconds after which a pool connection whose peer vanished (bytes unacknowledged, keepalive "
+    "probes unanswered) is dropped by the kernel",
     "max_miner_buffer": "bytes queued to a miner that does not read before it is closed",
     "mode": "passthrough (one pool connection per ASIC) or aggregate (farm mode: the ASICs of one hotkey share "
     "pool connections and keep their connection when the pool fails over)",

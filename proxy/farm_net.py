@@ -20,7 +20,7 @@ from proxy.admission import Admission
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.farm import FarmASIC, FarmContext, FarmHub, FarmUpstream
 from proxy.metrics import ProxyMetrics, reason_label
-from proxy.sockets import reset
+from proxy.sockets import reset, watch_peer
 from proxy.upstream import PoolURL, Upstreams
 
 log = logging.getLogger("proxy.farm")
@@ -110,6 +110,7 @@ class _PoolLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        watch_peer(transport, self.proxy.config.limits.pool_dead_after)
 
     def data_received(self, data: bytes) -> None:
         if self.proxy.pools.get(self.upstream) is not self:

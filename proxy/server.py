@@ -28,7 +28,7 @@ from proxy.admission import Admission
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.metrics import ProxyMetrics, reason_label
 from proxy.session import Instant, MinerSession, SessionRules
-from proxy.sockets import reset
+from proxy.sockets import reset, watch_peer
 from proxy.upstream import PoolURL, Upstreams
 from proxy.verdicts import VerdictSink
 
@@ -260,6 +260,7 @@ class Rig:
                 state.pool_failed(url, "connect timeout")
                 continue
             state.pool_connected(url)
+            watch_peer(transport, state.limits.pool_dead_after)
             self.pool = transport
             self.pool_url = url  # from here on, pool_lost counts this connection out
             self._pool_spoke = False

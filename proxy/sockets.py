@@ -1,4 +1,4 @@
-"""What both listeners (passthrough's `proxy.server`, farm mode's `proxy.farm_net`) do to a socket."""
+"""What both network layers (passthrough's `proxy.server`, farm mode's `proxy.farm_net`) do to a socket."""
 
 from __future__ import annotations
 
@@ -19,3 +19,26 @@ def reset(transport: asyncio.Transport) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
     transport.abort()
+
+
+def watch_peer(transport: asyncio.BaseTransport, dead_after: float) -> None:
+    """Have the kernel drop the connection `dead_after` seconds after its peer vanished: TCP
+    keepalive on an idle connection, TCP_USER_TIMEOUT on one with bytes in flight (without them a
+    half-open connection lives for the ~15 min of retransmissions, the ASICs behind it mining for
+    nothing). Where the platform lacks an option it is skipped."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or dead_after <= 0:
+        return
+    idle = max(1, int(dead_after / 2))
+    interval = max(1, int(dead_after / 6))
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), idle),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), interval),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 3),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(dead_after * 1000)),
+    ]
+    for level, option, value in options:
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, option, value)

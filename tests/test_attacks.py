@@ -22,6 +22,7 @@ import pytest
 
 from proxy.app import REFUSED_WHILE_LEDGER_FULL, ProxyApp
 from proxy.config import Limits, ProxyConfig
+from proxy.farm_net import FarmProxy
 from simulation import Fleet, SimulatedPool
 from simulation.hotkeys import hotkeys, worker_name
 from tests.test_proxy_e2e import HOST, go, ledger_by_hotkey, ledger_counts, read_ledger, until
@@ -146,7 +147,7 @@ def test_a_miner_that_does_not_read_while_the_pool_floods_notifies_is_aborted_an
         async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=22, job_interval=0) as pool:
             # Passthrough closes a miner whose writes stalled for max_write_stall, farm mode one whose
             # buffer passed max_miner_buffer; both then reset its socket after close_grace.
-            limits = {"max_write_stall": 1.0, "max_miner_buffer": 64 * 1024, "close_grace": 0.5}
+            limits: dict[str, Any] = {"max_write_stall": 1.0, "max_miner_buffer": 64 * 1024, "close_grace": 0.5}
             app = ProxyApp(config(pool, tmp_path, mode=mode, **limits))
             await app.start()
             fleet = Fleet.for_hotkeys(HOST, app.port, HOTKEYS[:1], max_shares=40, profiles=("antminer",))
@@ -460,3 +461,37 @@ def test_running_out_of_file_descriptors_is_not_a_pool_failure(tmp_path: Path) -
     assert any("out of resources" in str(a) for a in result["answers"]), result["answers"]
     assert result["fleet"] == (20, 0, 0)
     assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]
+
+
+@pytest.mark.parametrize("mode", ["passthrough", "aggregate"])
+def test_pool_connections_are_dropped_by_the_kernel_soon_after_their_peer_vanishes(tmp_path: Path, mode: str) -> None:
+    """A half-open pool connection (a NAT dropped its state) cannot be made on loopback, so this checks
+    what the kernel is told: keepalive probes and TCP_USER_TIMEOUT after `pool_dead_after`."""
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=26) as pool:
+            app = ProxyApp(config(pool, tmp_path, mode=mode, pool_dead_after=12.0))
+            await app.start()
+            _, writer = await authorized_raw(app.port, HOTKEYS[0], "rig0")
+            stratum = app.stratum
+            if isinstance(stratum, FarmProxy):
+                transports = [link.transport for link in stratum.pools.values()]
+            else:
+                transports = [rig.pool for rig in stratum.state.rigs]
+            sockets = [t.get_extra_info("socket") for t in transports if t is not None]
+            result["options"] = [
+                (
+                    s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                )
+                for s in sockets
+            ]
+            writer.close()
+            await app.stop()
+
+    go(scenario)
+    assert result["options"] == [(1, 6, 2, 3, 12_000)]
