@@ -63,7 +63,7 @@ class Limits:
     # probes of an idle connection unanswered. Left to the defaults that takes ~15 min, of dead work.
     pool_dead_after: float = 30.0
     max_miner_buffer: int = 1024 * 1024  # bytes queued to a miner that does not read
-    max_write_stall: float = 60.0  # seconds a miner may leave its socket unread (writes paused)
+    max_write_stall: float = 60.0  # seconds a miner (farm mode: a pool too) may leave its socket unread
     close_grace: float = 2.0  # seconds a closed miner has to take its last bytes before it is aborted
     max_queued_before_pool: int = 64  # requests a miner may send before its pool connection is up
     max_jobs: int = 16  # live jobs kept per session; a clean_jobs notify drops all earlier ones
@@ -208,7 +208,8 @@ _HELP: dict[str, str] = {
     "mode": "passthrough (one pool connection per ASIC) or aggregate (farm mode: the ASICs of one hotkey share "
     "pool connections and keep their connection when the pool fails over)",
     "farm_asics_per_upstream": "in aggregate mode, ASICs per pool connection at most",
-    "max_write_stall": "seconds a miner may leave its socket unread while the proxy has bytes for it",
+    "max_write_stall": "seconds a miner (in farm mode, a pool too) may leave its socket unread while the proxy has "
+    "bytes for it",
     "close_grace": "seconds a closed miner has to read its last bytes before the socket is aborted",
     "max_queued_before_pool": "requests a miner may send before its pool connection is up",
     "max_jobs": "live jobs kept per session",

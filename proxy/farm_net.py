@@ -107,6 +107,8 @@ class _PoolLink(asyncio.Protocol):
         # The pool took the handshake (subscribe, authorize): only then is it healthy again. A pool
         # that accepts TCP and then closes or fails us keeps its backoff growing.
         self.proven = False
+        # Our writes to it are paused since (its buffers full: it does not read); see FarmProxy.sweep.
+        self.stalled_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -138,10 +140,19 @@ class _PoolLink(asyncio.Protocol):
         proxy.hub.pool_lost(self.upstream, str(exc) if exc else "closed by the pool")
         proxy.flush()
 
+    def pause_writing(self) -> None:
+        self.stalled_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        self.stalled_since = None
+
     def close(self) -> None:
         self.retired = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and self.stalled_since is not None:
+            reset(transport)  # what it never read would never drain: drop it with the socket
+        elif transport is not None and not transport.is_closing():
+            transport.close()
 
 
 class FarmProxy:
@@ -324,10 +335,17 @@ class FarmProxy:
         at = time.monotonic()
         self.admission.strikes.sweep(at)
         hub.expire(at)
+        stall = self.config.limits.max_write_stall
         for upstream, pool in list(self.pools.items()):
             if upstream.closed and not upstream.pending_submits:
                 del self.pools[upstream]
                 pool.close()
+            elif pool.stalled_since is not None and at - pool.stalled_since > stall:
+                # A pool that keeps its socket but reads nothing would have every submit of the slot
+                # piling up here: it has failed us, like one that hangs up.
+                hub.pool_lost(
+                    upstream, f"pool is not reading (writes stalled over {stall:.0f} s)", close=True, fault=True
+                )
         states: collections.Counter[str] = collections.Counter(asic.state for asic in hub.asics)
         for state in ("handshake", "subscribed", "mining"):
             self.metrics.sessions.labels(state).set(states[state])

@@ -32,6 +32,7 @@ import asyncio
 import collections
 import math
 import random
+import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -678,6 +679,21 @@ class SimulatedPool:
         sessions = list(self.sessions.values())
         for session in sessions:
             session.close(abort=abort)
+        return len(sessions)
+
+    def stop_reading(self) -> int:
+        """Stop reading every open connection (a pool that hangs but keeps its sockets): what is sent
+        to it piles up in the kernel and then in the sender. Its receive buffer is shrunk so that
+        happens within a few hundred submits. Returns how many connections stopped."""
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            transport = session.stream.transport
+            if transport is None:
+                continue
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            transport.pause_reading()
         return len(sessions)
 
     def hold_verdicts(self) -> None:

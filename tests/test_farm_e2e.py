@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +251,57 @@ def test_a_pool_that_takes_the_connection_and_then_fails_the_handshake_is_backed
     go(scenario)
     assert 1 <= result["connections"] <= 4, result
     assert result["up"] == 0.0 and result["sessions"] == 1
+
+
+def stratum_pools(app: ProxyApp) -> list[Any]:
+    """The farm proxy's live pool links."""
+    assert isinstance(app.stratum, FarmProxy)
+    return [link for link in app.stratum.pools.values() if link.transport is not None]
+
+
+def test_a_pool_that_stops_reading_is_failed_over_and_what_it_never_read_credits_nothing(tmp_path: Path) -> None:
+    """The primary keeps its sockets but reads nothing: the slot's submits would pile up in the proxy
+    for ever. After max_write_stall the link is dropped (its unanswered shares ledgered as timeouts)
+    and the slot goes to the backup; the ASICs keep their connections."""
+    result: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        async with pool(seed=23) as primary, pool(seed=24) as backup:
+            config = dataclasses.replace(farm_config([primary, backup], tmp_path), limits=Limits(max_write_stall=1.0))
+            app = ProxyApp(config)
+            await app.start()
+            fleet = Fleet(
+                HOST,
+                app.port,
+                [f"infinite.{HOTKEYS[0]}.rig{i}" for i in range(10)],
+                max_shares=400,
+                mode="rate",
+                rate=200.0,
+                profiles=("antminer",),
+            )
+            await fleet.start()
+            await until(lambda: primary.accepted_count >= 50, "shares on the primary")
+            assert primary.stop_reading() == 1
+            # The kernel's buffers on our side made small too, so the backlog reaches the proxy's own
+            # buffer within the fleet's submits in flight (a farm fills megabytes of them, in time).
+            for link in stratum_pools(app):
+                link.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            await until(lambda: backup.accepted_count >= 200, "the slot mining on the backup", steps=3000)
+            await fleet.wait(timeout=60)
+            result["reconnects"] = [a.reconnects for a in fleet.asics]
+            result["backup_connections"] = backup.connections_total
+            await fleet.stop()
+            await app.stop()
+            result["pool"] = {
+                hk: primary.accepted_by_hotkey().get(hk, 0.0) + backup.accepted_by_hotkey().get(hk, 0.0)
+                for hk in HOTKEYS
+            }
+
+    go(scenario)
+    assert result["reconnects"] == [0] * 10 and result["backup_connections"] == 1
+    by_hotkey = dict(
+        read_ledger(tmp_path, "SELECT hotkey, sum(difficulty) FROM infinitehash.shares WHERE accepted GROUP BY 1")
+    )
+    assert by_hotkey == {hk: d for hk, d in result["pool"].items() if d}
+    ((timeouts,),) = read_ledger(tmp_path, "SELECT count() FROM infinitehash.shares WHERE reject_reason = 'timeout'")
+    assert timeouts > 0  # the shares the primary never read: answered, ledgered, never credited
