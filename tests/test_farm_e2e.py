@@ -66,6 +66,17 @@ def audit(data_dir: Path) -> Any:
         client.close()
 
 
+def rigs(port: int, count: int, **options: Any) -> Fleet:
+    """`count` ASICs of hotkey 0 (rig0, rig1, ...) submitting at a fixed rate."""
+    return Fleet(HOST, port, [f"infinite.{HOTKEYS[0]}.rig{i}" for i in range(count)], mode="rate", **options)
+
+
+def accepted_by_hotkey(*pools: SimulatedPool) -> dict[str, float]:
+    """What the pools accepted, per hotkey, in all (zeros dropped)."""
+    totals = {hk: sum(p.accepted_by_hotkey().get(hk, 0.0) for p in pools) for hk in HOTKEYS}
+    return {hk: d for hk, d in totals.items() if d}
+
+
 def test_asics_of_one_hotkey_share_one_pool_connection_and_the_ledger_equals_what_the_pool_accepted(
     tmp_path: Path,
 ) -> None:
@@ -154,16 +165,7 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
         async with pool(seed=21, reply_delay=0.2) as primary, pool(seed=22) as backup:
             app = ProxyApp(farm_config([primary, backup], tmp_path))
             await app.start()
-            fleet = Fleet(
-                HOST,
-                app.port,
-                [f"infinite.{HOTKEYS[0]}.rig{i}" for i in range(5)],
-                max_shares=60,
-                mode="rate",
-                rate=20.0,
-                reconnect=True,
-                profiles=("antminer", "cpuminer"),
-            )
+            fleet = rigs(app.port, 5, max_shares=60, rate=20.0, reconnect=True, profiles=("antminer", "cpuminer"))
             await fleet.start()
             await until(lambda: primary.accepted_count >= 20, "shares on the primary")
             notified = [a.notifies for a in fleet.asics]
@@ -192,10 +194,7 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
             await app.stop()
             result["primary_connections"] = primary.connections_total
             result["backup_connections"] = backup.connections_total
-            result["pool"] = {
-                hk: primary.accepted_by_hotkey().get(hk, 0.0) + backup.accepted_by_hotkey().get(hk, 0.0)
-                for hk in HOTKEYS
-            }
+            result["pool"] = accepted_by_hotkey(primary, backup)
             result["accepted"] = primary.accepted_count + backup.accepted_count
             result["backup_accepted"] = backup.accepted_count
             result["undelivered"] = primary.undelivered_count
@@ -209,7 +208,7 @@ def test_a_pool_failover_gives_every_asic_new_work_without_a_reconnect(tmp_path:
     by_hotkey = dict(
         read_ledger(tmp_path, "SELECT hotkey, sum(difficulty) FROM infinitehash.shares WHERE accepted GROUP BY 1")
     )
-    assert by_hotkey == {hk: d for hk, d in result["pool"].items() if d}
+    assert by_hotkey == result["pool"]
     # The shares the dead pool never answered are ledgered as unanswered, never credited: those it
     # judged but could not deliver, and any still on the wire to it when it closed.
     ((timeouts,),) = read_ledger(tmp_path, "SELECT count() FROM infinitehash.shares WHERE reject_reason = 'timeout'")
@@ -270,15 +269,7 @@ def test_a_pool_that_stops_reading_is_failed_over_and_what_it_never_read_credits
             config = dataclasses.replace(farm_config([primary, backup], tmp_path), limits=Limits(max_write_stall=1.0))
             app = ProxyApp(config)
             await app.start()
-            fleet = Fleet(
-                HOST,
-                app.port,
-                [f"infinite.{HOTKEYS[0]}.rig{i}" for i in range(10)],
-                max_shares=400,
-                mode="rate",
-                rate=200.0,
-                profiles=("antminer",),
-            )
+            fleet = rigs(app.port, 10, max_shares=400, rate=200.0, profiles=("antminer",))
             await fleet.start()
             await until(lambda: primary.accepted_count >= 50, "shares on the primary")
             assert primary.stop_reading() == 1
@@ -292,16 +283,13 @@ def test_a_pool_that_stops_reading_is_failed_over_and_what_it_never_read_credits
             result["backup_connections"] = backup.connections_total
             await fleet.stop()
             await app.stop()
-            result["pool"] = {
-                hk: primary.accepted_by_hotkey().get(hk, 0.0) + backup.accepted_by_hotkey().get(hk, 0.0)
-                for hk in HOTKEYS
-            }
+            result["pool"] = accepted_by_hotkey(primary, backup)
 
     go(scenario)
     assert result["reconnects"] == [0] * 10 and result["backup_connections"] == 1
     by_hotkey = dict(
         read_ledger(tmp_path, "SELECT hotkey, sum(difficulty) FROM infinitehash.shares WHERE accepted GROUP BY 1")
     )
-    assert by_hotkey == {hk: d for hk, d in result["pool"].items() if d}
+    assert by_hotkey == result["pool"]
     ((timeouts,),) = read_ledger(tmp_path, "SELECT count() FROM infinitehash.shares WHERE reject_reason = 'timeout'")
     assert timeouts > 0  # the shares the primary never read: answered, ledgered, never credited
