@@ -123,7 +123,6 @@ class _PoolLink(asyncio.Protocol):
         if not self.proven and self.upstream.ready:
             self.proven = True
             proxy.upstreams.succeeded(self.url)
-            proxy.metrics.upstream_up.labels(self.url.label).set(1)
         proxy.flush_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -136,7 +135,7 @@ class _PoolLink(asyncio.Protocol):
         # a miner's worker and hangs up is no pool failure: a hostile name must not back it off).
         if not self.retired and not self.upstream.closed and proxy.accepting:
             # Send the slot (and the next ones) to the next pool first: this one just failed us.
-            proxy.pool_failed(self.url, str(exc) if exc else "closed by the pool")
+            proxy.upstreams.failed(self.url, str(exc) if exc else "closed by the pool")
         proxy.hub.pool_lost(self.upstream, str(exc) if exc else "closed by the pool")
         proxy.flush()
 
@@ -162,7 +161,7 @@ class FarmProxy:
         self.config = config
         self.ctx = ctx
         self.metrics = metrics
-        self.upstreams = Upstreams.from_strings(config.upstream)
+        self.upstreams = Upstreams.from_strings(config.upstream, metrics.pool_health)
         self.hub = FarmHub(ctx, config.farm_asics_per_upstream)
         self.admission: Admission[_ASICLink] = Admission(config.limits, metrics)  # as passthrough's
         self.links: dict[FarmASIC, _ASICLink] = {}
@@ -268,7 +267,7 @@ class FarmProxy:
             for upstream, reason in faults:
                 pool = self.pools.get(upstream)
                 if pool is not None and self.accepting:
-                    self.pool_failed(pool.url, reason)
+                    self.upstreams.failed(pool.url, reason)
         if hub.closed_upstreams:
             retired, hub.closed_upstreams = hub.closed_upstreams, []
             for upstream in retired:
@@ -279,11 +278,6 @@ class FarmProxy:
             wanted, hub.want_connection = hub.want_connection, []
             for upstream in wanted:
                 self.spawn(self._connect(upstream))
-
-    def pool_failed(self, url: PoolURL, reason: str) -> float:
-        """The pool failed us (refused, hung up, broke the handshake): back it off; returns the backoff."""
-        self.metrics.upstream_up.labels(url.label).set(0)
-        return self.upstreams.failed(url, reason)
 
     async def _connect(self, upstream: FarmUpstream) -> None:
         loop = asyncio.get_running_loop()
@@ -303,7 +297,7 @@ class FarmProxy:
                         url.port,
                     )
             except (TimeoutError, OSError) as exc:
-                backoff = self.pool_failed(url, str(exc) or "timeout")
+                backoff = self.upstreams.failed(url, str(exc) or "timeout")
                 self.metrics.upstream_connects.labels(url.label, "failed").inc()
                 log.warning("pool %s unreachable (%s); backing off %.1fs", url.label, exc or "timeout", backoff)
                 continue

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy.upstream import PoolURL
+
 # Latency buckets in seconds: the proxy adds tens of microseconds, pools answer in milliseconds.
 _LATENCY_BUCKETS = (
     0.00005,
@@ -136,6 +138,10 @@ class ProxyMetrics:
         self.ledger_flush_errors = Counter(
             "ih_ledger_flush_errors", "Batches that ClickHouse did not take (then spooled)", registry=r
         )
+
+    def pool_health(self, url: PoolURL, healthy: bool) -> None:
+        """`Upstreams.on_health`: `ih_upstream_up` follows each URL's health."""
+        self.upstream_up.labels(url.label).set(1 if healthy else 0)
 
     def count_share(self, outcome: str, reason: str) -> None:
         key = (outcome, reason)

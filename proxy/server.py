@@ -110,13 +110,11 @@ class ServerState:
     def pool_spoke(self, url: PoolURL) -> None:
         """The pool sent its first bytes on a connection: healthy (a TCP connect alone is not)."""
         self.upstreams.succeeded(url)
-        self.metrics.upstream_up.labels(url.label).set(1)
 
     def pool_failed(self, url: PoolURL, reason: str) -> None:
         """A connection attempt the pool did not take."""
         self.upstreams.failed(url, reason)
         self.metrics.upstream_connects.labels(url.label, "failed").inc()
-        self.metrics.upstream_up.labels(url.label).set(0)
 
     def pool_closed(self, url: PoolURL, reason: str | None, *, spoke: bool) -> None:
         """A live pool connection ended; `reason` set when the pool (not we) ended it. Ended by the
@@ -124,13 +122,11 @@ class ServerState:
         pool is backed off like an unreachable one, so new sessions go to the next pool."""
         if reason is not None and not spoke:
             self.upstreams.failed(url, f"closed before it answered ({reason})")
-            self.metrics.upstream_up.labels(url.label).set(0)
         self.live_pools[url] -= 1
         if self.live_pools[url] <= 0:
             del self.live_pools[url]
             if reason is not None:  # the last live connection died: the pool is down until one succeeds
                 self.upstreams.lost(url, reason)
-                self.metrics.upstream_up.labels(url.label).set(0)
 
 
 class Rig:
@@ -495,7 +491,8 @@ class Server:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self.state = ServerState(config, rules, sink, metrics, Upstreams.from_strings(config.upstream))
+        upstreams = Upstreams.from_strings(config.upstream, metrics.pool_health)
+        self.state = ServerState(config, rules, sink, metrics, upstreams)
         self._ledger_refusal = ledger_refusal
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None

@@ -2,7 +2,8 @@
 
 Each new ASIC session asks for the best pool: the first URL not in backoff. A failed connection puts
 its URL in backoff (exponential, with jitter, capped); a success clears it. So when the primary comes
-back, the next sessions use it again while running sessions stay where they are.
+back, the next sessions use it again while running sessions stay where they are. `on_health` hears
+every change of a URL's health (the proxy's `ih_upstream_up` gauge follows it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -61,6 +63,7 @@ class Upstreams:
     urls: list[PoolURL]
     base_backoff: float = 1.0
     max_backoff: float = 60.0
+    on_health: Callable[[PoolURL, bool], None] = lambda url, healthy: None
     _health: list[_Health] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -69,8 +72,13 @@ class Upstreams:
         self._health = [_Health(url) for url in self.urls]
 
     @classmethod
-    def from_strings(cls, urls: tuple[str, ...] | list[str]) -> Upstreams:
-        return cls([parse_pool_url(u) for u in urls])
+    def from_strings(
+        cls, urls: tuple[str, ...] | list[str], on_health: Callable[[PoolURL, bool], None] | None = None
+    ) -> Upstreams:
+        upstreams = cls([parse_pool_url(u) for u in urls])
+        if on_health is not None:
+            upstreams.on_health = on_health
+        return upstreams
 
     def candidates(self, now: float | None = None) -> list[PoolURL]:
         """URLs to try, best first: healthy ones in priority order, then those in backoff (soonest
@@ -92,6 +100,7 @@ class Upstreams:
         health.down = False
         health.failures = 0
         health.retry_at = 0.0
+        self.on_health(url, True)
 
     def failed(self, url: PoolURL, reason: str = "unreachable", now: float | None = None) -> float:
         """Record a failed connection attempt; returns the backoff applied (seconds)."""
@@ -101,6 +110,7 @@ class Upstreams:
         backoff: float = min(self.max_backoff, self.base_backoff * 2.0 ** (health.failures - 1))
         backoff *= random.uniform(0.5, 1.0)  # full jitter's milder cousin: spread, but keep the order
         health.retry_at = now + backoff
+        self.on_health(url, False)
         if not health.down:
             health.down = True
             log.warning("pool %s is down: %s (retrying with backoff)", url.label, reason)
@@ -111,6 +121,7 @@ class Upstreams:
     def lost(self, url: PoolURL, reason: str) -> None:
         """Every live connection to the pool died: it is down until a connection succeeds."""
         health = self._find(url)
+        self.on_health(url, False)
         if not health.down:
             health.down = True
             log.warning("pool %s is down: its last connection was lost (%s)", url.label, reason)
