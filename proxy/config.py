@@ -67,6 +67,9 @@ class Limits:
     close_grace: float = 2.0  # seconds a closed miner has to take its last bytes before it is aborted
     max_queued_before_pool: int = 64  # requests a miner may send before its pool connection is up
     max_jobs: int = 16  # live jobs kept per session; a clean_jobs notify drops all earlier ones
+    # Workers one session may authorize: an IHP carries a farm's workers in one session, but without a
+    # bound a miner authorizing name after name grows the session's memory (and the log) for ever.
+    max_workers: int = 1_000
     jobs_remembered: int = 4096  # job keys the proxy remembers having ledgered (one job row per content)
     max_text: int = 128  # characters kept of a user agent or a worker name in a log line
     max_error_text: int = 200  # characters of a decoder's message sent back to a miner
@@ -213,6 +216,7 @@ _HELP: dict[str, str] = {
     "close_grace": "seconds a closed miner has to read its last bytes before the socket is aborted",
     "max_queued_before_pool": "requests a miner may send before its pool connection is up",
     "max_jobs": "live jobs kept per session",
+    "max_workers": "distinct workers one session may authorize; more are refused (error 24)",
     "jobs_remembered": "job keys remembered as ledgered (one job row per distinct content)",
     "max_text": "characters kept of a user agent or worker name",
     "max_error_text": "characters of a decoder error sent back to a miner",

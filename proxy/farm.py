@@ -269,6 +269,7 @@ class FarmASIC:
         self.group: str | None = None
         self.upstream: FarmUpstream | None = None
         self.workers: dict[str, WorkerName | None] = {}  # name as sent → worker (None: a health check)
+        self.claimed: set[str] = set()  # full names authorized or waiting for the upstream (max_workers)
         self.jobs: dict[str, _AsicJob] = {}
         self.bad_lines = BadLines(now)
         self.misbehaved = False  # set by close(abuse=True)
@@ -486,6 +487,9 @@ class FarmHub:
                     if not registered.loaded:
                         raise WorkerRefused("the subnet registry is not loaded yet; try again shortly")
                     raise WorkerRefused(f"hotkey {worker.hotkey} is not registered on the subnet")
+                limit = ctx.limits.max_workers
+                if worker.full_name not in asic.claimed and len(asic.claimed) >= limit:
+                    raise WorkerRefused(f"at most {limit} workers on one connection")
             except WorkerRefused as refused:
                 ctx.metrics.authorize.labels("refused").inc()
                 asic.error(message.id, ErrorCode.UNAUTHORIZED, str(refused))
@@ -495,6 +499,8 @@ class FarmHub:
             ctx.metrics.authorize.labels("refused").inc()
             asic.error(message.id, ErrorCode.UNAUTHORIZED, "farm mode: one hotkey (and account) per connection")
             return
+        if worker is not None:
+            asic.claimed.add(worker.full_name)
         if asic.upstream is None:
             asic.group = group
             upstream = self._upstream_for(group, name if account_hotkey is None else None)

@@ -342,6 +342,7 @@ class MinerSession:
         self._forwarded = Forwarded()
         self._early_notifies: list[Notify] = []  # jobs that came before we knew extranonce1
         self.workers: dict[str, Worker] = {}  # name as the miner sends it → authorized worker
+        self._claimed: set[str] = set()  # full names authorized or being authorized (max_workers)
         self.spoken = False  # a valid request arrived: only then is a pool connection worth opening
         self.submits_in_flight = 0
         self.shares_handled = 0  # submits judged plus pool verdicts relayed: the layer times bursts by it
@@ -559,10 +560,13 @@ class MinerSession:
                 if not registered.loaded:
                     raise WorkerRefused("the subnet registry is not loaded yet; try again shortly")
                 raise WorkerRefused(f"hotkey {worker.hotkey} is not registered on the subnet")
+            if worker.full_name not in self._claimed and len(self._claimed) >= self.limits.max_workers:
+                raise WorkerRefused(f"at most {self.limits.max_workers} workers on one connection")
         except WorkerRefused as refused:
             self.outbox.notes.append(AuthorizeOutcome("refused", shown, str(refused)))
             self._answer_error(message, ErrorCode.UNAUTHORIZED, str(refused))
             return
+        self._claimed.add(worker.full_name)
         pending = _Pending(message, now.mono, worker)
         pending.alias = name  # submits may use the name as the miner sent it
         self._forward(message, AUTHORIZE, [worker.full_name, *_password(message)], now, pending)
@@ -754,6 +758,8 @@ class MinerSession:
                 failure = reply.failure()
                 detail = failure.message if failure else "refused"
                 self.outbox.notes.append(AuthorizeOutcome("pool-refused", worker.full_name, detail))
+                if worker.full_name not in self.workers:
+                    self._claimed.discard(worker.full_name)
         elif method == "mining.subscribe":
             result = subscribe_result(reply.value())
             if result is not None:

@@ -42,10 +42,11 @@ NOTIFY_PARAMS: list[Any] = [
 
 
 class Harness:
-    def __init__(self, per_upstream: int = 256) -> None:
+    def __init__(self, per_upstream: int = 256, limits: Limits | None = None) -> None:
         self.rows: list[Row] = []
         self.ctx = FarmContext(
-            SessionRules(accounts=("infinite",), limits=Limits()), VerdictSink("unit", self.rows.append, ProxyMetrics())
+            SessionRules(accounts=("infinite",), limits=limits or Limits()),
+            VerdictSink("unit", self.rows.append, ProxyMetrics()),
         )
         self.hub = FarmHub(self.ctx, per_upstream)
 
@@ -397,3 +398,16 @@ def test_forwarded_memory_keeps_two_blocks_and_refuses_the_retired_ones_within_b
     assert len(forwarded.by_block) == Forwarded.keep
     assert len(forwarded._retired) == Forwarded.retired  # bounded: the oldest names are forgotten
     assert forwarded.take_block("a")[0]  # forgotten after `retired` blocks: a new block again
+
+
+def test_an_asic_authorizes_at_most_max_workers_and_is_refused_more_with_error_24() -> None:
+    h = Harness(limits=Limits(max_workers=2))
+    asic = h.asic(f"infinite.{HOTKEYS[0]}.rig0")
+    h.connect(h.wanted())
+    h.miner(asic, {"id": 5, "method": "mining.authorize", "params": [f"infinite.{HOTKEYS[0]}.rig1", "x"]})
+    h.miner(asic, {"id": 6, "method": "mining.authorize", "params": [f"infinite.{HOTKEYS[0]}.rig2", "x"]})
+    h.miner(asic, {"id": 7, "method": "mining.authorize", "params": [f"infinite.{HOTKEYS[0]}.rig0", "x"]})
+    answers = {m["id"]: m for m in sent(asic) if m.get("id") in (5, 6, 7)}
+    assert answers[5]["result"] is True and answers[7]["result"] is True  # a worker it has: as before
+    assert answers[6]["error"][0] == 24 and "at most 2 workers" in answers[6]["error"][1]
+    assert {w.worker_id for w in asic.workers.values() if w is not None} == {"rig0", "rig1"}

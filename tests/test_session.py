@@ -642,3 +642,24 @@ def test_while_the_ledger_is_full_submits_are_refused_with_a_clear_error_and_nev
     h.miner("mining.submit", [WORKER, "j1", en2, ntime, nonce], request_id=5)
     (forwarded,) = h.to_pool()
     assert forwarded["method"] == "mining.submit"
+
+
+def test_a_session_authorizes_at_most_max_workers_and_refuses_more_with_error_24() -> None:
+    h = Harness(Limits(max_workers=2))
+    h.handshake()  # the first worker
+    second = f"infinite.{HOTKEY}.rig2"
+    h.miner("mining.authorize", [second, "x"])
+    (auth,) = h.to_pool()
+    h.pool({"id": auth["id"], "result": False, "error": [24, "no", None]})  # the pool refuses it: no claim kept
+    h.to_miner()
+    h.miner("mining.authorize", [second, "x"])
+    (auth,) = h.to_pool()
+    h.pool({"id": auth["id"], "result": True, "error": None})
+    assert h.to_miner()[-1]["result"] is True
+    h.miner("mining.authorize", [f"infinite.{HOTKEY}.rig3", "x"], request_id=7)
+    assert h.to_pool() == []  # never reaches the pool
+    (refused,) = h.to_miner()
+    assert refused["id"] == 7 and refused["error"][0] == 24 and "at most 2 workers" in refused["error"][1]
+    h.miner("mining.authorize", [WORKER, "x"])  # one it has: authorized again, as before
+    assert [m["method"] for m in h.to_pool()] == ["mining.authorize"]
+    assert h.session.worker_names == sorted([WORKER, second])
