@@ -300,16 +300,17 @@ class FarmASIC:
         if request_id is not None:
             self.send(self.connection.refuse(request_id, StratumError(code, message)))
 
-    def take_token(self, now: float) -> bool:
+    def take_token(self, now: float, cost: float) -> bool:
+        """Charge `cost` (Limits.submit_cost or request_cost); False when the budget is spent."""
         limits = self.hub.ctx.limits
         # The passthrough session's budget as a bucket: refills at the sustained rate, up to the soft limit.
         self._tokens = min(
             limits.cost_soft_limit, self._tokens + (now - self._tokens_at) * limits.cost_decay_per_second
         )
         self._tokens_at = now
-        if self._tokens < limits.submit_cost:
+        if self._tokens < cost:
             return False
-        self._tokens -= limits.submit_cost
+        self._tokens -= cost
         return True
 
 
@@ -420,7 +421,14 @@ class FarmHub:
         kind = type(message)
         if kind is Submit:
             self._submit(asic, message, now)
-        elif kind is Subscribe:
+            return
+        # Every other request costs what it does in passthrough: an ASIC sends a handful per
+        # connection, a loop of them (answered here, each one free before) is closed for abuse.
+        if not asic.take_token(now, self.ctx.limits.request_cost):
+            asic.error(message.id, ErrorCode.OTHER, "rate limit exceeded")
+            asic.close("request rate limit exceeded", abuse=True)
+            return
+        if kind is Subscribe:
             self._subscribe(asic, message)
         elif kind is Authorize:
             self._authorize(asic, message)
@@ -578,7 +586,7 @@ class FarmHub:
         p = message.params
         ctx = self.ctx
         asic.shares_handled += 1
-        if not asic.take_token(now):
+        if not asic.take_token(now, ctx.limits.submit_cost):
             asic.error(message.id, ErrorCode.OTHER, "rate limit exceeded")
             asic.close("submit rate limit exceeded", abuse=True)
             return

@@ -411,3 +411,18 @@ def test_an_asic_authorizes_at_most_max_workers_and_is_refused_more_with_error_2
     assert answers[5]["result"] is True and answers[7]["result"] is True  # a worker it has: as before
     assert answers[6]["error"][0] == 24 and "at most 2 workers" in answers[6]["error"][1]
     assert {w.worker_id for w in asic.workers.values() if w is not None} == {"rig0", "rig1"}
+
+
+def test_a_loop_of_requests_costs_as_in_passthrough_and_closes_the_asic_for_abuse() -> None:
+    h = Harness()
+    asic = h.asic(f"infinite.{HOTKEYS[0]}.rig0")
+    h.connect(h.wanted())
+    sent(asic)
+    limits = h.ctx.limits
+    flood = [{"id": 100 + i, "method": "mining.suggest_difficulty", "params": [1.0]} for i in range(1_000)]
+    h.miner(asic, *flood)  # one read, all at once (at the same instant: nothing refills)
+    answered = [m for m in sent(asic) if (m.get("id") or 0) >= 100]
+    budget = int(limits.cost_soft_limit // limits.request_cost)  # 400 requests' worth, the handshake included
+    assert budget - 10 <= len(answered) < budget
+    assert answered[-1]["error"][1] == "rate limit exceeded"
+    assert asic.close_reason == "request rate limit exceeded" and asic.misbehaved
