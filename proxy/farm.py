@@ -83,7 +83,16 @@ from protocol.state import State
 from protocol.work import BIP320_MASK, Job, Share, ShareRejected
 from proxy.admission import session_limit
 from proxy.metrics import ProxyMetrics
-from proxy.session import BadLines, Forwarded, JobSeen, SessionRules, check_credit, credit_for, retired_block_note
+from proxy.session import (
+    BadLines,
+    Forwarded,
+    JobSeen,
+    SessionRules,
+    WorkerClaims,
+    check_credit,
+    credit_for,
+    retired_block_note,
+)
 from proxy.verdicts import VerdictSink, metric_labels, uint32
 
 log = logging.getLogger("proxy.farm")
@@ -269,7 +278,7 @@ class FarmASIC:
         self.group: str | None = None
         self.upstream: FarmUpstream | None = None
         self.workers: dict[str, WorkerName | None] = {}  # name as sent → worker (None: a health check)
-        self.claimed: set[str] = set()  # full names authorized or waiting for the upstream (max_workers)
+        self.claims = WorkerClaims(hub.ctx.limits.max_workers)
         self.jobs: dict[str, _AsicJob] = {}
         self.bad_lines = BadLines(now)
         self.misbehaved = False  # set by close(abuse=True)
@@ -495,9 +504,7 @@ class FarmHub:
                     if not registered.loaded:
                         raise WorkerRefused("the subnet registry is not loaded yet; try again shortly")
                     raise WorkerRefused(f"hotkey {worker.hotkey} is not registered on the subnet")
-                limit = ctx.limits.max_workers
-                if worker.full_name not in asic.claimed and len(asic.claimed) >= limit:
-                    raise WorkerRefused(f"at most {limit} workers on one connection")
+                asic.claims.check(worker.full_name)
             except WorkerRefused as refused:
                 ctx.metrics.authorize.labels("refused").inc()
                 asic.error(message.id, ErrorCode.UNAUTHORIZED, str(refused))
@@ -508,7 +515,7 @@ class FarmHub:
             asic.error(message.id, ErrorCode.UNAUTHORIZED, "farm mode: one hotkey (and account) per connection")
             return
         if worker is not None:
-            asic.claimed.add(worker.full_name)
+            asic.claims.add(worker.full_name)
         if asic.upstream is None:
             asic.group = group
             upstream = self._upstream_for(group, name if account_hotkey is None else None)

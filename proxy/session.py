@@ -146,6 +146,29 @@ class BadLines:
         return self.count
 
 
+class WorkerClaims:
+    """The workers one connection authorized or is authorizing, at most `limit` (Limits.max_workers):
+    without a bound a miner authorizing name after name grows the session for ever. Passthrough and
+    farm mode share it."""
+
+    __slots__ = ("_names", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._names: set[str] = set()
+
+    def check(self, full_name: str) -> None:
+        """Raises WorkerRefused when `full_name` would be one worker too many."""
+        if full_name not in self._names and len(self._names) >= self.limit:
+            raise WorkerRefused(f"at most {self.limit} workers on one connection")
+
+    def add(self, full_name: str) -> None:
+        self._names.add(full_name)
+
+    def discard(self, full_name: str) -> None:
+        self._names.discard(full_name)
+
+
 def retired_block_note(upstream: str, job_id: str) -> str:
     return f"pool {upstream} sent job {job_id[:64]!r} on a block it had moved on from; its shares are refused as stale"
 
@@ -342,7 +365,7 @@ class MinerSession:
         self._forwarded = Forwarded()
         self._early_notifies: list[Notify] = []  # jobs that came before we knew extranonce1
         self.workers: dict[str, Worker] = {}  # name as the miner sends it → authorized worker
-        self._claimed: set[str] = set()  # full names authorized or being authorized (max_workers)
+        self._claims = WorkerClaims(limits.max_workers)
         self.spoken = False  # a valid request arrived: only then is a pool connection worth opening
         self.submits_in_flight = 0
         self.shares_handled = 0  # submits judged plus pool verdicts relayed: the layer times bursts by it
@@ -560,13 +583,12 @@ class MinerSession:
                 if not registered.loaded:
                     raise WorkerRefused("the subnet registry is not loaded yet; try again shortly")
                 raise WorkerRefused(f"hotkey {worker.hotkey} is not registered on the subnet")
-            if worker.full_name not in self._claimed and len(self._claimed) >= self.limits.max_workers:
-                raise WorkerRefused(f"at most {self.limits.max_workers} workers on one connection")
+            self._claims.check(worker.full_name)
         except WorkerRefused as refused:
             self.outbox.notes.append(AuthorizeOutcome("refused", shown, str(refused)))
             self._answer_error(message, ErrorCode.UNAUTHORIZED, str(refused))
             return
-        self._claimed.add(worker.full_name)
+        self._claims.add(worker.full_name)
         pending = _Pending(message, now.mono, worker)
         pending.alias = name  # submits may use the name as the miner sent it
         self._forward(message, AUTHORIZE, [worker.full_name, *_password(message)], now, pending)
@@ -759,7 +781,7 @@ class MinerSession:
                 detail = failure.message if failure else "refused"
                 self.outbox.notes.append(AuthorizeOutcome("pool-refused", worker.full_name, detail))
                 if worker.full_name not in self.workers:
-                    self._claimed.discard(worker.full_name)
+                    self._claims.discard(worker.full_name)
         elif method == "mining.subscribe":
             result = subscribe_result(reply.value())
             if result is not None:

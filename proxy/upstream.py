@@ -63,7 +63,7 @@ class Upstreams:
     urls: list[PoolURL]
     base_backoff: float = 1.0
     max_backoff: float = 60.0
-    on_health: Callable[[PoolURL, bool], None] = lambda url, healthy: None
+    on_health: Callable[[PoolURL, bool], None] = lambda url, healthy: None  # hears each change of health
     _health: list[_Health] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,13 +72,8 @@ class Upstreams:
         self._health = [_Health(url) for url in self.urls]
 
     @classmethod
-    def from_strings(
-        cls, urls: tuple[str, ...] | list[str], on_health: Callable[[PoolURL, bool], None] | None = None
-    ) -> Upstreams:
-        upstreams = cls([parse_pool_url(u) for u in urls])
-        if on_health is not None:
-            upstreams.on_health = on_health
-        return upstreams
+    def from_strings(cls, urls: tuple[str, ...] | list[str], on_health: Callable[[PoolURL, bool], None]) -> Upstreams:
+        return cls([parse_pool_url(u) for u in urls], on_health=on_health)
 
     def candidates(self, now: float | None = None) -> list[PoolURL]:
         """URLs to try, best first: healthy ones in priority order, then those in backoff (soonest
