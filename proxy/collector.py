@@ -1,19 +1,22 @@
 """What the cyclic garbage collector walks: only what is new, not every session again.
 
 A full collection walks every tracked object that is not frozen. Left alone it walks the sessions'
-objects (~45 per session: 45,000 at 1,000 sessions, ~20 ms on this machine) every time enough new
-objects reach the oldest generation, which each pool job does (a Job and its entries per session).
-So, on the event loop:
+objects (~45 per session: 45,000 at 1,000 sessions, 10-40 ms on this machine) every time enough new
+objects reach the oldest generation, which each pool job does (a Job and its entries per session),
+every few seconds at thousands of shares a second. So, on the event loop:
 
 - at start-up, everything start-up built (modules, config, the ledger engine) is frozen;
-- every `interval` seconds, `gc.freeze()` again: what survived until then (the sessions, their
-  jobs) joins the permanent generation, and the next full collection walks only what came after;
-- every `thaw_every` freezes, `gc.unfreeze()` instead: the next full collection walks everything
-  once and reclaims any reference cycle that formed among frozen objects (a closed session forms
-  none, it is freed by reference counting: tests/test_collector.py; the ledger client's insert
-  contexts do, a few dozen objects an insert).
+- after every full collection, `gc.freeze()`: what survived one full pass (the sessions connected
+  since, their jobs) is long-lived by then, and the next full pass walks only what came after it.
+  Each object is walked by at most one full pass, so sessions that connect in a crowd cost one pause,
+  not one every few seconds until the next interval;
+- every `interval` seconds, `gc.freeze()` again, for whatever no full pass reached meanwhile;
+- every `thaw_every` interval freezes, `gc.unfreeze()` instead: the next full collection walks
+  everything once and reclaims any reference cycle that formed among frozen objects (a closed
+  session forms none, it is freed by reference counting: tests/test_collector.py; the ledger
+  client's insert contexts do, a few dozen objects an insert), and what survives it is frozen again.
 
-Freezing moves list heads (no walk), so a sweep costs microseconds.
+Freezing moves list heads (no walk), so a freeze costs microseconds.
 """
 
 from __future__ import annotations
@@ -21,26 +24,52 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-THAW_EVERY = 360  # freezes between two thaws: six hours at the default interval of 60 s
+THAW_EVERY = 360  # interval freezes between two thaws: six hours at the default interval of 60 s
 
 
 class CollectorPolicy:
     def __init__(self, interval: float, thaw_every: int = THAW_EVERY) -> None:
         self.interval = interval
         self.thaw_every = thaw_every
-        self.freezes = 0
+        self.freezes = 0  # by the interval
+        self.survivor_freezes = 0  # after a full collection
         self.thaws = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._freeze_due = False
 
     def start(self) -> None:
-        """Freeze what start-up built; then, with an interval, keep freezing what survives."""
+        """Freeze what start-up built; from then on, what survives a full collection, and with an
+        interval, what survives until the next tick."""
         gc.collect()
         gc.freeze()
+        self._loop = asyncio.get_running_loop()
+        if self._after_collection not in gc.callbacks:
+            gc.callbacks.append(self._after_collection)
         if self.interval > 0 and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.interval, self._sweep)
+            self._timer = self._loop.call_later(self.interval, self._sweep)
+
+    def _after_collection(self, phase: str, info: dict[str, Any]) -> None:
+        # Runs in whichever thread allocated (the ledger's too), inside the collector: the freeze
+        # itself waits for the loop.
+        if phase != "stop" or info.get("generation") != 2 or self._freeze_due or self._loop is None:
+            return
+        self._freeze_due = True
+        try:
+            self._loop.call_soon_threadsafe(self._freeze_survivors)
+        except RuntimeError:  # the loop is closed: the proxy is gone
+            self._freeze_due = False
+
+    def _freeze_survivors(self) -> None:
+        self._freeze_due = False
+        if self._loop is None:
+            return  # stopped meanwhile
+        gc.freeze()
+        self.survivor_freezes += 1
 
     def _sweep(self) -> None:
         if (self.freezes + self.thaws + 1) % self.thaw_every == 0:
@@ -50,9 +79,13 @@ class CollectorPolicy:
         else:
             gc.freeze()
             self.freezes += 1
-        self._timer = asyncio.get_running_loop().call_later(self.interval, self._sweep)
+        assert self._loop is not None
+        self._timer = self._loop.call_later(self.interval, self._sweep)
 
     def stop(self) -> None:
+        if self._after_collection in gc.callbacks:
+            gc.callbacks.remove(self._after_collection)
+        self._loop = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

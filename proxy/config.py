@@ -184,8 +184,8 @@ _HELP: dict[str, str] = {
     "port>+k, for k = 0..N-1; more than 1 needs a ClickHouse server (an http(s):// --clickhouse-url)",
     "background_nice": "CPU priority (nice, 0-19) of every proxy thread but the event loop's: the ledger's insert "
     "thread and the embedded engine's pools yield the core to the share path (0: leave them alone)",
-    "gc_freeze_interval": "seconds between two gc.freeze() of the objects that survived (the sessions): full "
-    "collections then walk only newer ones (0: freeze once, after start-up)",
+    "gc_freeze_interval": "seconds between two gc.freeze() of the objects that survived (the sessions), besides "
+    "the one after every full collection: full collections then walk only newer ones (0: no interval)",
     "max_line": "longest line a miner may send, in bytes",
     "handshake_timeout": "seconds a miner has to subscribe and authorize",
     "idle_timeout": "seconds a miner may stay silent",
@@ -335,7 +335,7 @@ def validate(config: ProxyConfig) -> None:
     if not 0 <= config.background_nice <= 19:
         raise ConfigError("background_nice must be 0 (leave the threads alone) to 19")
     if config.gc_freeze_interval < 0:
-        raise ConfigError("gc_freeze_interval must be 0 (only after start-up) or more seconds")
+        raise ConfigError("gc_freeze_interval must be 0 (no interval) or more seconds")
     if config.api_token is not None and (
         len(config.api_token) < 16 or not config.api_token.isprintable() or " " in config.api_token
     ):

@@ -1,6 +1,6 @@
-"""proxy/collector.py: what survives is frozen every interval, thawed every few, and freezing the
-sessions is safe: a closed session leaves no reference cycle behind (reference counting frees it,
-frozen or not), in passthrough and in farm mode."""
+"""proxy/collector.py: what survives a full collection is frozen, so is what survives an interval,
+thawed every few, and freezing the sessions is safe: a closed session leaves no reference cycle
+behind (reference counting frees it, frozen or not), in passthrough and in farm mode."""
 
 from __future__ import annotations
 
@@ -22,9 +22,14 @@ HOST = "127.0.0.1"
 
 @pytest.fixture
 def thawed() -> Iterator[None]:
-    """Whatever a test freezes is thawed again: other tests' garbage must stay collectable."""
-    yield
-    gc.unfreeze()
+    """Whatever a test freezes is thawed again: other tests' garbage must stay collectable. No
+    automatic collection meanwhile: the tests start the full passes they count on themselves."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 class Survivor:
@@ -59,6 +64,35 @@ def test_what_survives_is_frozen_every_interval_and_thawed_every_few(thawed: Non
 
     asyncio.run(scenario())
     assert seen == {"walked before the sweep": True, "walked after a sweep": False, "walked after the thaw": True}
+
+
+def test_what_survives_a_full_collection_is_frozen_whichever_thread_ran_it(thawed: None) -> None:
+    async def scenario() -> None:
+        policy = CollectorPolicy(0.0)  # no interval: only the full passes freeze
+        policy.start()
+        survivors = [Survivor() for _ in range(1000)]
+        gc.collect(1)  # a younger generation's pass freezes nothing
+        await asyncio.sleep(0.01)
+        assert policy.survivor_freezes == 0
+        assert all(id(s) in _walked() for s in survivors)
+        # A full pass in another thread (the ledger's insert thread allocates too).
+        await asyncio.to_thread(gc.collect)
+        for _ in range(200):  # bounded: the freeze is one loop callback away
+            if policy.survivor_freezes:
+                break
+            await asyncio.sleep(0.005)
+        assert policy.survivor_freezes == 1
+        walked = _walked()
+        assert not any(id(s) in walked for s in survivors)
+        newer = [Survivor() for _ in range(10)]
+        assert all(id(s) in _walked() for s in newer)  # walked until a full pass has seen them
+        policy.stop()
+        gc.collect()
+        await asyncio.sleep(0.01)
+        assert policy.survivor_freezes == 1  # stopped: the collector's passes are its own again
+        assert all(id(s) in _walked() for s in newer)
+
+    asyncio.run(scenario())
 
 
 def test_no_interval_freezes_only_after_start_up(thawed: None) -> None:
