@@ -94,7 +94,7 @@ class ProxyApp:
             self.metrics, self.ledger.query, target.database, api_token=config.api_token, readiness=self.readiness
         )
         self.http = HTTPServer(app, host, port)
-        self.priority = BackgroundPriority(config.background_nice)
+        self.priority = BackgroundPriority(config.background_nice, config.gil_switch_interval)
 
     def ledger_refusal(self) -> str | None:
         """Why miners' shares are refused right now: the ledger cannot persist what they would earn.

@@ -125,6 +125,7 @@ class ProxyConfig:
     clickhouse_cluster: str | None = None  # None: one ClickHouse server (or chdb), plain MergeTree tables
     workers: int = 1  # Stratum processes on one port (proxy/supervisor.py); >1 needs a ClickHouse server
     background_nice: int = 10  # every thread but the event loop's (proxy/priority.py); 0: leave them alone
+    gil_switch_interval: float = 0.001  # sys.setswitchinterval (proxy/priority.py); 0: Python's own 5 ms
     gc_freeze_interval: float = 60.0  # seconds between two gc.freeze() of what survived (proxy/collector.py)
 
     @property
@@ -184,6 +185,8 @@ _HELP: dict[str, str] = {
     "port>+k, for k = 0..N-1; more than 1 needs a ClickHouse server (an http(s):// --clickhouse-url)",
     "background_nice": "CPU priority (nice, 0-19) of every proxy thread but the event loop's: the ledger's insert "
     "thread and the embedded engine's pools yield the core to the share path (0: leave them alone)",
+    "gil_switch_interval": "seconds a background Python thread (the ledger's) may keep the GIL once the event "
+    "loop asks for it (sys.setswitchinterval; 0: Python's own 0.005)",
     "gc_freeze_interval": "seconds between two gc.freeze() of the objects that survived (the sessions), besides "
     "the one after every full collection: full collections then walk only newer ones (0: no interval)",
     "max_line": "longest line a miner may send, in bytes",
@@ -334,6 +337,8 @@ def validate(config: ProxyConfig) -> None:
         raise ConfigError("ttl_days must be at least 1")
     if not 0 <= config.background_nice <= 19:
         raise ConfigError("background_nice must be 0 (leave the threads alone) to 19")
+    if not 0 <= config.gil_switch_interval <= 0.1:
+        raise ConfigError("gil_switch_interval must be 0 (Python's own) to 0.1 seconds")
     if config.gc_freeze_interval < 0:
         raise ConfigError("gc_freeze_interval must be 0 (no interval) or more seconds")
     if config.api_token is not None and (

@@ -1,10 +1,12 @@
-"""proxy/priority.py: every thread but the event loop's runs at a lower CPU priority (Linux).
+"""proxy/priority.py: every thread but the event loop's runs at a lower CPU priority (Linux), and
+background threads keep the GIL for at most the configured switch interval.
 
 Checked in a child process: the sweep lowers every thread of the process it runs in, and the test
 runner's own threads are not the test's to lower."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,6 +15,7 @@ import sys
 import pytest
 
 from proxy.config import ConfigError, load_config
+from proxy.priority import BackgroundPriority
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread nice is Linux")
 
@@ -70,3 +73,33 @@ def test_the_nice_is_bounded_by_the_config() -> None:
     assert load_config(["--background-nice", "0"]).background_nice == 0
     with pytest.raises(ConfigError, match="background_nice"):
         load_config(["--background-nice", "20"])
+
+
+def test_the_gil_switch_interval_is_set_while_started_and_restored_after() -> None:
+    before = sys.getswitchinterval()
+    seen: dict[str, float] = {}
+
+    async def scenario() -> None:
+        policy = BackgroundPriority(0, 0.0007)  # nice 0: only the interval
+        policy.start()
+        seen["started"] = sys.getswitchinterval()
+        policy.stop()
+        seen["stopped"] = sys.getswitchinterval()
+        untouched = BackgroundPriority(0, 0.0)
+        untouched.start()
+        seen["zero"] = sys.getswitchinterval()
+        untouched.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sys.setswitchinterval(before)
+    assert seen["started"] == pytest.approx(0.0007)
+    assert seen["stopped"] == pytest.approx(before) and seen["zero"] == pytest.approx(before)
+
+
+def test_the_gil_switch_interval_defaults_to_a_millisecond_and_is_bounded() -> None:
+    assert load_config([]).gil_switch_interval == pytest.approx(0.001)
+    assert load_config(["--gil-switch-interval", "0"]).gil_switch_interval == 0
+    with pytest.raises(ConfigError, match="gil_switch_interval"):
+        load_config(["--gil-switch-interval", "0.5"])
