@@ -992,15 +992,19 @@ class FarmHub:
 
     # --- time ---------------------------------------------------------------------------------------
 
-    def expire(self, now: float) -> None:
-        """Timeouts: the pool's verdicts, the ASICs' handshakes and silences."""
+    def expire_upstreams(self, now: float) -> None:
+        """The pool's verdicts (and handshake answers) that are overdue, on every upstream."""
         limits = self.ctx.limits
         for slots in list(self.groups.values()):
             for upstream in slots:
                 self._expire_upstream(upstream, now - limits.submit_timeout, now - limits.late_verdict_timeout)
         for upstream in list(self.closed_upstreams):
             self._expire_upstream(upstream, now - limits.submit_timeout, now - limits.late_verdict_timeout)
-        for asic in list(self.asics):
+
+    def expire_asics(self, asics: Iterable[FarmASIC], now: float) -> None:
+        """Handshakes and silences that are overdue among `asics` (the farm's sweep passes a slice)."""
+        limits = self.ctx.limits
+        for asic in asics:
             if asic.close_reason is not None:
                 continue
             if not asic.workers and now - asic.connected_at > limits.handshake_timeout:

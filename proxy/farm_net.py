@@ -16,6 +16,7 @@ import secrets
 import time
 from typing import Any, cast
 
+from proxy import rounds
 from proxy.admission import Admission
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.farm import FarmASIC, FarmContext, FarmHub, FarmUpstream
@@ -24,8 +25,6 @@ from proxy.sockets import reset, watch_peer
 from proxy.upstream import PoolURL, Upstreams
 
 log = logging.getLogger("proxy.farm")
-
-_SWEEP_INTERVAL = 1.0
 
 
 class _ASICLink(asyncio.Protocol):
@@ -168,6 +167,8 @@ class FarmProxy:
         self.pools: dict[FarmUpstream, _PoolLink] = {}
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._rounds: rounds.Rounds[FarmASIC] = rounds.Rounds()
+        self._round_states: collections.Counter[str] = collections.Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._session_ids = itertools.count(1)
         self._session_prefix = secrets.token_hex(3)
@@ -318,17 +319,33 @@ class FarmProxy:
 
     async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(_SWEEP_INTERVAL)
+            await asyncio.sleep(rounds.INTERVAL / rounds.SLICES)
             try:
-                self.sweep()
+                self.sweep_slice()
             except Exception:  # the sweep must go on: one bad state must not stop every timeout
                 log.exception("farm sweep failed")
 
-    def sweep(self) -> None:
+    def sweep_slice(self) -> None:
+        """One slice of the once-a-second sweep (proxy/rounds.py): the first also looks at every
+        upstream (tens of them, not thousands), each looks at its share of the ASICs, the last sets
+        the sessions gauge."""
         hub = self.hub
         at = time.monotonic()
-        self.admission.strikes.sweep(at)
-        hub.expire(at)
+        part = self._rounds.take(lambda: list(hub.asics))
+        if part.first:
+            self.admission.strikes.sweep(at)
+            hub.expire_upstreams(at)
+            self._sweep_pools(at)
+            self._round_states.clear()
+        hub.expire_asics(part.members, at)
+        self._round_states.update(asic.state for asic in part.members if asic.close_reason is None)
+        if part.last:
+            for state in ("handshake", "subscribed", "mining"):
+                self.metrics.sessions.labels(state).set(self._round_states[state])
+        self.flush()
+
+    def _sweep_pools(self, at: float) -> None:
+        hub = self.hub
         stall = self.config.limits.max_write_stall
         for upstream, pool in list(self.pools.items()):
             if upstream.closed and not upstream.pending_submits:
@@ -340,10 +357,6 @@ class FarmProxy:
                 hub.pool_lost(
                     upstream, f"pool is not reading (writes stalled over {stall:.0f} s)", close=True, fault=True
                 )
-        states: collections.Counter[str] = collections.Counter(asic.state for asic in hub.asics)
-        for state in ("handshake", "subscribed", "mining"):
-            self.metrics.sessions.labels(state).set(states[state])
-        self.flush()
 
     def in_flight(self) -> int:
         return self.hub.in_flight()

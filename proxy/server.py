@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from proxy import rounds
 from proxy.admission import Admission
 from proxy.config import ProxyConfig, parse_host_port
 from proxy.metrics import ProxyMetrics, reason_label
@@ -34,10 +35,6 @@ from proxy.verdicts import VerdictSink
 
 log = logging.getLogger("proxy.server")
 
-_SWEEP_INTERVAL = 1.0  # every session's timeouts are looked at once a second...
-# ...a slice of the sessions at a time: one pass over all of them costs ~3.7 µs a session (3.7 ms at
-# 1,000, ~33 ms at 9,000 sessions), which in one callback is a loop stall every second.
-_SWEEP_SLICES = 10
 # Errors of this machine, not of the pool: no backoff for the pool, a clear reason for the miner.
 _LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
 
@@ -499,9 +496,8 @@ class Server:
         self._ledger_refusal = ledger_refusal
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._round: list[Rig] = []  # the rigs of this second's sweep, in slices
+        self._rounds: rounds.Rounds[Rig] = rounds.Rounds()
         self._round_states: collections.Counter[str] = collections.Counter()
-        self._slice = 0
 
     @property
     def upstreams(self) -> Upstreams:
@@ -547,25 +543,22 @@ class Server:
 
     async def _main_loop(self) -> None:
         while True:
-            await asyncio.sleep(_SWEEP_INTERVAL / _SWEEP_SLICES)
+            await asyncio.sleep(rounds.INTERVAL / rounds.SLICES)
             self.sweep_slice()
 
     def sweep_slice(self) -> None:
-        """One of the `_SWEEP_SLICES` slices of a sweep: the first also runs the proxy-wide checks
-        and takes the rigs of the round (a rig that arrives meanwhile waits for the next round),
-        the last sets the sessions gauge."""
+        """One slice of the once-a-second sweep (proxy/rounds.py): the first also runs the
+        proxy-wide checks, the last sets the sessions gauge."""
         at = now()
         state = self.state
-        k, self._slice = self._slice, (self._slice + 1) % _SWEEP_SLICES
-        if k == 0:
+        part = self._rounds.take(lambda: [*state.rigs, *state.draining])
+        if part.first:
             state.admission.strikes.sweep(at.mono)
             refusal = self._ledger_refusal()
             if refusal != state.rules.shares_refused:
                 state.rules.shares_refused = refusal
-            self._round = [*state.rigs, *state.draining]
             self._round_states.clear()
-        n = len(self._round)
-        for rig in self._round[k * n // _SWEEP_SLICES : (k + 1) * n // _SWEEP_SLICES]:
+        for rig in part.members:
             if rig not in state.rigs and rig not in state.draining:
                 continue  # done with since the round began
             try:
@@ -575,8 +568,7 @@ class Server:
                 rig.close("internal error")
             if rig.session is not None and rig in state.rigs:
                 self._round_states[rig.session.state] += 1
-        if k == _SWEEP_SLICES - 1:
-            self._round = []
+        if part.last:
             for name in ("handshake", "subscribed", "mining"):
                 self.metrics.sessions.labels(name).set(self._round_states[name])
 

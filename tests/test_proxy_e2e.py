@@ -28,6 +28,8 @@ from ledger.audit import audit_clickhouse
 from ledger.target import LedgerTarget
 from proxy.app import ProxyApp
 from proxy.config import Limits, ProxyConfig
+from proxy.farm import FarmHub
+from proxy.farm_net import FarmProxy
 from proxy.server import Rig, Server
 from simulation import BrokenPool, Fleet, HandshakeError, SimulatedASIC, SimulatedPool, run
 from simulation.hotkeys import bad_checksum, hotkeys, worker_name
@@ -447,39 +449,53 @@ def test_a_flood_of_junk_and_a_slow_socket_cost_only_their_own_sessions(tmp_path
     assert read_ledger(tmp_path, ledger_by_hotkey) == result["pool"]
 
 
-def test_the_sweep_ticks_every_session_once_a_round_a_slice_per_callback(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("mode", ["passthrough", "aggregate"])
+def test_the_sweep_looks_at_every_session_once_a_round_a_slice_per_callback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    """One callback never walks every session (at 9,000 that is a ~33 ms stall each second): each
-    of the round's slices ticks its tenth, and every session is ticked once a round."""
-    calls: list[list[int]] = []  # per sweep callback, the rigs it ticked; call i is slice i % 10
-    sweep_slice, tick = Server.sweep_slice, Rig.tick
+    """One callback never walks every session (at 9,000 that was a ~33 ms stall each second in
+    passthrough): each of the round's slices looks at its tenth, and at every session once a round."""
+    calls: list[list[int]] = []  # per sweep callback, the sessions it looked at; call i is slice i % 10
+    if mode == "passthrough":
+        sweep_slice, tick = Server.sweep_slice, Rig.tick
 
-    def recording_slice(self: Server) -> None:
+        def recording_tick(self: Rig, at: Any) -> None:
+            calls[-1].append(id(self))
+            tick(self, at)
+
+        monkeypatch.setattr(Rig, "tick", recording_tick)
+    else:
+        sweep_slice, expire = FarmProxy.sweep_slice, FarmHub.expire_asics  # type: ignore[assignment]
+
+        def recording_expire(self: FarmHub, asics: Any, now: float) -> None:
+            asics = list(asics)
+            calls[-1].extend(id(a) for a in asics)
+            expire(self, asics, now)
+
+        monkeypatch.setattr(FarmHub, "expire_asics", recording_expire)
+
+    def recording_slice(self: Any) -> None:
         calls.append([])
         sweep_slice(self)
 
-    def recording_tick(self: Rig, at: Any) -> None:
-        calls[-1].append(id(self))
-        tick(self, at)
-
-    monkeypatch.setattr(Server, "sweep_slice", recording_slice)
-    monkeypatch.setattr(Rig, "tick", recording_tick)
+    monkeypatch.setattr(FarmProxy if mode == "aggregate" else Server, "sweep_slice", recording_slice)
     sessions = 40
 
     async def scenario() -> None:
-        async with SimulatedPool(difficulty=DIFFICULTY) as pool:
-            app = ProxyApp(proxy_config([pool], tmp_path))
+        async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8) as pool:
+            app = ProxyApp(dataclasses.replace(proxy_config([pool], tmp_path), mode=mode))
             await app.start()
             try:
                 silent = [await asyncio.open_connection(HOST, app.port) for _ in range(sessions)]
                 await until(lambda: app.stratum.sessions == sessions, "every session admitted")
                 first = -(-len(calls) // 10) * 10  # the first round that starts with all of them
                 await until(lambda: len(calls) >= first + 10, "a whole round", steps=500)
-                rigs = {id(r) for r in app.stratum.state.rigs}
+                stratum = app.stratum
+                members = stratum.state.rigs if isinstance(stratum, Server) else stratum.hub.asics
                 one_round = calls[first : first + 10]
                 assert max(len(c) for c in one_round) <= -(-sessions // 10)
-                assert sorted(i for c in one_round for i in c) == sorted(rigs)  # each once
+                assert sorted(i for c in one_round for i in c) == sorted(id(m) for m in members)  # each once
+                assert len(members) == sessions
                 for _, writer in silent:
                     writer.close()
             finally:
