@@ -198,7 +198,7 @@ async def serve(
     await app.start()
     # What start-up built lives as long as the process, the sessions nearly so: frozen, the
     # collector's full passes never walk them again (issue 11: GC pauses on the loop).
-    collector = CollectorPolicy(config.gc_freeze_interval)
+    collector = CollectorPolicy(config.gc_freeze_interval, population=lambda: app.stratum.sessions)
     collector.start()
     watch = None if parent_pid is None else asyncio.create_task(_parent_gone(parent_pid, stop), name="parent-watch")
     try:

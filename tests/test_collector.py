@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import proxy.collector as collector
 from proxy.app import ProxyApp
-from proxy.collector import CollectorPolicy
+from proxy.collector import CROWD_MIN, CollectorPolicy
 from proxy.config import ProxyConfig
 from simulation import Fleet, SimulatedPool, run
 from simulation.hotkeys import hotkeys
@@ -34,6 +36,13 @@ def thawed() -> Iterator[None]:
 
 class Survivor:
     """A tracked object, as a session's are."""
+
+
+class Cycle:
+    """Garbage only the cyclic collector frees."""
+
+    def __init__(self) -> None:
+        self.me: object = self
 
 
 def _walked() -> set[int]:
@@ -74,7 +83,8 @@ def test_what_survives_a_full_collection_is_frozen_whichever_thread_ran_it(thawe
         gc.collect(1)  # a younger generation's pass freezes nothing
         await asyncio.sleep(0.01)
         assert policy.survivor_freezes == 0
-        assert all(id(s) in _walked() for s in survivors)
+        walked = _walked()
+        assert all(id(s) in walked for s in survivors)
         # A full pass in another thread (the ledger's insert thread allocates too).
         await asyncio.to_thread(gc.collect)
         for _ in range(200):  # bounded: the freeze is one loop callback away
@@ -91,6 +101,70 @@ def test_what_survives_a_full_collection_is_frozen_whichever_thread_ran_it(thawe
         await asyncio.sleep(0.01)
         assert policy.survivor_freezes == 1  # stopped: the collector's passes are its own again
         assert all(id(s) in _walked() for s in newer)
+
+    asyncio.run(scenario())
+
+
+async def _until(predicate: Callable[[], bool]) -> bool:
+    for _ in range(200):  # bounded: each look is one short timer away
+        if predicate():
+            return True
+        await asyncio.sleep(0.005)
+    return predicate()
+
+
+def test_a_crowd_of_new_sessions_is_frozen_at_the_next_look_young_cycles_collected_first(
+    thawed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collector, "CROWD_CHECK", 0.01)
+    sessions = [0]
+
+    async def scenario() -> None:
+        policy = CollectorPolicy(0.0, population=lambda: sessions[0])
+        policy.start()
+        survivors = [Survivor() for _ in range(1000)]
+        sessions[0] = CROWD_MIN // 2  # a few sessions are not a crowd
+        await asyncio.sleep(0.05)
+        assert policy.crowd_freezes == 0
+        walked = _walked()
+        assert all(id(s) in walked for s in survivors)
+        cycle = Cycle()
+        gone = weakref.ref(cycle)
+        del cycle
+        sessions[0] += CROWD_MIN
+        assert await _until(lambda: policy.crowd_freezes == 1)
+        walked = _walked()
+        assert not any(id(s) in walked for s in survivors)
+        assert gone() is None  # collected before the freeze, not frozen with the crowd
+        # They all leave and come back: a crowd again, against the population that was left.
+        sessions[0] = 0
+        await asyncio.sleep(0.05)
+        sessions[0] = CROWD_MIN
+        assert await _until(lambda: policy.crowd_freezes == 2)
+        policy.stop()
+
+    asyncio.run(scenario())
+
+
+def test_after_a_thaw_nothing_freezes_until_a_full_collection(thawed: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector, "CROWD_CHECK", 0.01)
+    sessions = [0]
+
+    async def scenario() -> None:
+        policy = CollectorPolicy(0.01, thaw_every=2, population=lambda: sessions[0])  # freeze, thaw, ...
+        policy.start()
+        assert await _until(lambda: policy.thaws == 1)
+        survivors = [Survivor() for _ in range(1000)]
+        sessions[0] = 10 * CROWD_MIN
+        await asyncio.sleep(0.1)  # several ticks and looks
+        assert (policy.freezes, policy.crowd_freezes) == (1, 0)
+        walked = _walked()
+        assert all(id(s) in walked for s in survivors)  # the thaw's full pass must see everything
+        await asyncio.to_thread(gc.collect)
+        assert await _until(lambda: policy.survivor_freezes == 1)
+        walked = _walked()
+        assert not any(id(s) in walked for s in survivors)
+        policy.stop()
 
     asyncio.run(scenario())
 
