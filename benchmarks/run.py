@@ -85,6 +85,12 @@ def busy_seconds() -> float:
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor ran other guests on this VM's cores (all cores; 0 on bare metal).
+    Part of the busy time above: a neighbour's load, which slows every process here alike."""
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of the event-loop thread (user, system) and of all other threads (the ledger's
     insert workers and, embedded, the engine's own threads)."""
@@ -430,13 +436,13 @@ class Bench:
         for generator in self.generators:
             generator.receive(120)  # started
         wall_start = time.time()
-        cpu_before, busy_before = cpu_seconds(self.pids()), busy_seconds()
+        cpu_before, busy_before, steal_before = cpu_seconds(self.pids()), busy_seconds(), steal_seconds()
         core_before = core_busy(self.proxy_cpus)
         threads_before = thread_cpu(proxy.pid) if proxy is not None else {}
         io_before = write_bytes(proxy.pid) if proxy is not None else 0
         spy = self._py_spy(duration) if proxy is not None and mode == "closed" and self.args.py_spy else None
         answers = [g.receive(duration + 90) for g in self.generators]
-        cpu_after, busy_after = cpu_seconds(self.pids()), busy_seconds()
+        cpu_after, busy_after, steal_after = cpu_seconds(self.pids()), busy_seconds(), steal_seconds()
         core_after = core_busy(self.proxy_cpus)
         threads_after = thread_cpu(proxy.pid) if proxy is not None else {}
         io_after = write_bytes(proxy.pid) if proxy is not None else 0
@@ -484,6 +490,8 @@ class Bench:
             # Busy CPU of the whole machine not spent by the benchmark's processes (other work on the
             # box): it shares the cores and shows up in every tail.
             "foreign_cpu_percent": max(0.0, (busy_after - busy_before) - ours) / max(1e-9, wall_end - wall_start) * 100,
+            # Of it, the hypervisor's other guests (steal): a noisy neighbour, the usual cause here.
+            "steal_percent": (steal_after - steal_before) / max(1e-9, wall_end - wall_start) * 100,
             # How busy the proxy's own core was (softirq included: the kernel's loopback work for the
             # proxy's sends runs there and is not charged to the process). Pinned, it should track
             # the proxy's CPU %; far above it, something else runs on that core. The kernel samples
@@ -762,7 +770,7 @@ def _latency(r: dict[str, Any]) -> str:
     return (
         f"{r['shares_per_s']:,.0f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms "
         f"(generator late p99 {r.get('generator_lateness_p99_ms') or 0:.2f} ms, "
-        f"other CPU {r['foreign_cpu_percent']:.0f} %)"
+        f"other CPU {r['foreign_cpu_percent']:.0f} %, of it steal {r.get('steal_percent', 0.0):.0f} %)"
     )
 
 
