@@ -93,7 +93,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
                     "gen. late p99 ms": _fmt(r.get("generator_lateness_p99_ms"), ".2f") if mode == "rate" else "",
                     "pool conns": _fmt(phase.get("pool_connections"), ",") if proxy else "",
                     "other CPU %": _fmt(r.get("foreign_cpu_percent"), ".0f"),
-                    "of it steal %": _fmt(r.get("steal_percent"), ".0f"),
+                    "steal %": _fmt(r.get("steal_percent"), ".0f"),
                 }
             )
     return out

@@ -86,8 +86,9 @@ def busy_seconds() -> float:
 
 
 def steal_seconds() -> float:
-    """CPU seconds the hypervisor ran other guests on this VM's cores (all cores; 0 on bare metal).
-    Part of the busy time above: a neighbour's load, which slows every process here alike."""
+    """CPU seconds the hypervisor ran other guests on this VM's cores (all cores; 0 on bare metal):
+    a neighbour's load. Here at least part of it is also inside the processes' own CPU times (a
+    window's 'other CPU' can read below its steal): it slows every process and inflates CPU/share."""
     return float(getattr(psutil.cpu_times(), "steal", 0.0))
 
 
@@ -490,7 +491,7 @@ class Bench:
             # Busy CPU of the whole machine not spent by the benchmark's processes (other work on the
             # box): it shares the cores and shows up in every tail.
             "foreign_cpu_percent": max(0.0, (busy_after - busy_before) - ours) / max(1e-9, wall_end - wall_start) * 100,
-            # Of it, the hypervisor's other guests (steal): a noisy neighbour, the usual cause here.
+            # The hypervisor's other guests (steal): a noisy neighbour, the usual cause of a bad window here.
             "steal_percent": (steal_after - steal_before) / max(1e-9, wall_end - wall_start) * 100,
             # How busy the proxy's own core was (softirq included: the kernel's loopback work for the
             # proxy's sends runs there and is not charged to the process). Pinned, it should track
@@ -770,7 +771,7 @@ def _latency(r: dict[str, Any]) -> str:
     return (
         f"{r['shares_per_s']:,.0f}/s p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms "
         f"(generator late p99 {r.get('generator_lateness_p99_ms') or 0:.2f} ms, "
-        f"other CPU {r['foreign_cpu_percent']:.0f} %, of it steal {r.get('steal_percent', 0.0):.0f} %)"
+        f"other CPU {r['foreign_cpu_percent']:.0f} %, steal {r.get('steal_percent', 0.0):.0f} %)"
     )
 
 
