@@ -12,11 +12,12 @@ creator's, so threads the loop starts later (the executor's) are lowered by the 
 nice needs no privilege; nothing here ever lowers it. Elsewhere this does nothing.
 
 The GIL too: a Python thread at work (the ledger's, converting and serialising a batch twice a
-second) keeps it until the switch interval passes after the loop asks for it back, which the loop
-does after every call that released it (the poll, the journal's write). Python's 5 ms is then a
-5 ms stall, twice a second; 1 ms here (`--gil-switch-interval`). Measured, embedded, 5,000 shares/s,
-30 s, two alternated pairs: loop stalls over 5 ms 165/164 → 89/105, p99 13.8/15.3 → 8.0/12.0 ms,
-CPU per share unchanged (the interval only matters while a thread waits for the GIL).
+second) keeps it until the switch interval passes after the loop asks for it back, which uvloop
+does for every callback it runs (it polls and reads with the GIL released). Python's 5 ms is then a
+wait of up to 5 ms per callback while a batch is converted; 1 ms here (`--gil-switch-interval`).
+Measured, embedded, 5,000 shares/s, 30 s, two alternated pairs: loop stalls over 5 ms 165/164 →
+89/105, p99 13.8/15.3 → 8.0/12.0 ms, CPU per share unchanged (the interval only matters while a
+thread waits for the GIL).
 """
 
 from __future__ import annotations

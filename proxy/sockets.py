@@ -42,7 +42,7 @@ def watch_peer(transport: asyncio.BaseTransport, dead_after: float) -> None:
     # one per call: 14 → 5 µs per pool connection); detached, so the fd stays the transport's.
     try:
         sock = socket.socket(fileno=pseudo.fileno())
-    except OSError:
+    except (OSError, ValueError):  # closed meanwhile (fileno -1): nothing to watch
         return
     try:
         for level, option, value in options:

@@ -23,6 +23,7 @@ import pytest
 from proxy.app import REFUSED_WHILE_LEDGER_FULL, ProxyApp
 from proxy.config import Limits, ProxyConfig
 from proxy.farm_net import FarmProxy
+from proxy.sockets import watch_peer
 from simulation import Fleet, SimulatedPool
 from simulation.hotkeys import hotkeys, worker_name
 from tests.test_proxy_e2e import HOST, go, ledger_by_hotkey, ledger_counts, read_ledger, until
@@ -495,3 +496,25 @@ def test_pool_connections_are_dropped_by_the_kernel_soon_after_their_peer_vanish
 
     go(scenario)
     assert result["options"] == [(1, 6, 2, 3, 12_000)]
+
+
+def test_watching_a_pool_connection_that_closed_meanwhile_is_a_no_op() -> None:
+    """A pool that hangs up at once: its transport's socket is gone (fd -1) by the time it would be
+    watched; that must cost nothing, not raise in the connect path."""
+    outcome: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(lambda r, w: w.close(), HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await asyncio.get_running_loop().create_connection(asyncio.Protocol, HOST, port)
+        sock = transport.get_extra_info("socket")  # taken before, as anything reading its address does
+        transport.abort()
+        await asyncio.sleep(0)  # the loop lets go of the fd
+        outcome["fd"] = sock.fileno()
+        watch_peer(transport, 30.0)
+        outcome["watched"] = True
+        server.close()
+        await server.wait_closed()
+
+    go(scenario)
+    assert outcome == {"fd": -1, "watched": True}
