@@ -75,6 +75,14 @@ def test_what_survives_is_frozen_every_interval_and_thawed_every_few(thawed: Non
     assert seen == {"walked before the sweep": True, "walked after a sweep": False, "walked after the thaw": True}
 
 
+async def _until(predicate: Callable[[], bool]) -> bool:
+    for _ in range(200):  # bounded: each look is one short timer away
+        if predicate():
+            return True
+        await asyncio.sleep(0.005)
+    return predicate()
+
+
 def test_what_survives_a_full_collection_is_frozen_whichever_thread_ran_it(thawed: None) -> None:
     async def scenario() -> None:
         policy = CollectorPolicy(0.0)  # no interval: only the full passes freeze
@@ -87,11 +95,7 @@ def test_what_survives_a_full_collection_is_frozen_whichever_thread_ran_it(thawe
         assert all(id(s) in walked for s in survivors)
         # A full pass in another thread (the ledger's insert thread allocates too).
         await asyncio.to_thread(gc.collect)
-        for _ in range(200):  # bounded: the freeze is one loop callback away
-            if policy.survivor_freezes:
-                break
-            await asyncio.sleep(0.005)
-        assert policy.survivor_freezes == 1
+        assert await _until(lambda: policy.survivor_freezes == 1)  # one loop callback away
         walked = _walked()
         assert not any(id(s) in walked for s in survivors)
         newer = [Survivor() for _ in range(10)]
@@ -103,14 +107,6 @@ def test_what_survives_a_full_collection_is_frozen_whichever_thread_ran_it(thawe
         assert all(id(s) in _walked() for s in newer)
 
     asyncio.run(scenario())
-
-
-async def _until(predicate: Callable[[], bool]) -> bool:
-    for _ in range(200):  # bounded: each look is one short timer away
-        if predicate():
-            return True
-        await asyncio.sleep(0.005)
-    return predicate()
 
 
 def test_a_crowd_of_new_sessions_is_frozen_at_the_next_look_young_cycles_collected_first(
