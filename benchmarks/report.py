@@ -17,6 +17,7 @@ TARGET_CPU_US = 30.0
 TARGET_ADDED_P99_MS = 1.0
 TARGET_STALL_MS = 10.0
 SATURATED_PERCENT = 85.0  # proxy CPU % in the fixed-rate window above which its latency is mostly queueing
+NOISY_STEAL_PERCENT = 5.0  # steal (% of one core) in a window above which it measures a neighbour too
 TARGET_CONNECT_S = 2.0
 TARGET_CONNECT_SESSIONS = 9000
 TARGET_RSS_KIB = 20.0
@@ -184,6 +185,11 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _worst_steal(phase: dict[str, Any]) -> float:
+    """The highest steal of a phase's windows (runs before steal was recorded: 0)."""
+    return max((phase.get(w) or {}).get("steal_percent", 0.0) or 0.0 for w in ("closed", "rate"))
+
+
 def targets_text(results: dict[str, Any]) -> str:
     t = results.get("targets") or targets(results)
     phases = results["phases"]
@@ -232,6 +238,12 @@ def targets_text(results: dict[str, Any]) -> str:
                 f" SATURATED: the proxy used {busy:.0f} % of its core at {s['rate']:,.0f}/s: its tail and "
                 "stalls there are mostly shares queued behind a busy loop"
                 if not overloaded and busy >= SATURATED_PERCENT
+                else ""
+            )
+            + (
+                f" NOISY: the hypervisor's other guests took {steal:.0f} % of a core in its windows: they "
+                "slowed every process here, the proxy's CPU/share and tails included"
+                if (steal := _worst_steal(phases.get(key, {}))) >= NOISY_STEAL_PERCENT
                 else ""
             ),
             f"    proxy CPU/share   <= {TARGET_CPU_US:g} µs: {cpu:.1f} µs closed loop "

@@ -43,3 +43,23 @@ def test_added_latency_is_taken_against_the_quieter_direct_window() -> None:
     assert direct_rate({"direct": {"rate": quiet}, "direct_after": {"rate": noisy}}) is quiet
     assert direct_rate({"direct": {"rate": noisy}}) is noisy
     assert direct_rate({}) is None
+
+
+def test_a_phase_whose_windows_had_a_noisy_neighbour_is_flagged() -> None:
+    import copy
+    import json
+
+    from benchmarks.report import NOISY_STEAL_PERCENT, targets_text
+
+    committed = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "results.json").read_text())
+    for phase in ("embedded", "farm"):
+        for window in ("closed", "rate"):
+            committed["phases"][phase][window]["steal_percent"] = NOISY_STEAL_PERCENT / 2
+    committed.pop("targets", None)  # computed again from the phases
+    quiet = targets_text(committed)
+    noisy = copy.deepcopy(committed)
+    noisy["phases"]["farm"]["rate"]["steal_percent"] = NOISY_STEAL_PERCENT * 2
+    flagged = targets_text(noisy)
+    assert "NOISY" not in quiet
+    assert "[embedded, farm mode] NOISY: the hypervisor's other guests took 10 %" in flagged
+    assert "[embedded] NOISY" not in flagged
