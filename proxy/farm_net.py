@@ -340,8 +340,7 @@ class FarmProxy:
         hub.expire_asics(part.members, at)
         self._round_states.update(asic.state for asic in part.members if asic.close_reason is None)
         if part.last:
-            for state in ("handshake", "subscribed", "mining"):
-                self.metrics.sessions.labels(state).set(self._round_states[state])
+            self.metrics.count_sessions(self._round_states)
         self.flush()
 
     def _sweep_pools(self, at: float) -> None:

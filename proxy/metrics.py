@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from heapq import nlargest
 from importlib.metadata import PackageNotFoundError, version
 
@@ -138,6 +138,11 @@ class ProxyMetrics:
         self.ledger_flush_errors = Counter(
             "ih_ledger_flush_errors", "Batches that ClickHouse did not take (then spooled)", registry=r
         )
+
+    def count_sessions(self, states: Mapping[str, int]) -> None:
+        """`ih_sessions` from one sweep's count of sessions by state (both modes' sweeps)."""
+        for state in ("handshake", "subscribed", "mining"):
+            self.sessions.labels(state).set(states.get(state, 0))
 
     def pool_health(self, url: PoolURL, healthy: bool) -> None:
         """`Upstreams.on_health`: `ih_upstream_up` follows each URL's health."""

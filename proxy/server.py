@@ -569,8 +569,7 @@ class Server:
             if rig.session is not None and rig in state.rigs:
                 self._round_states[rig.session.state] += 1
         if part.last:
-            for name in ("handshake", "subscribed", "mining"):
-                self.metrics.sessions.labels(name).set(self._round_states[name])
+            self.metrics.count_sessions(self._round_states)
 
     def in_flight(self) -> int:
         state = self.state
