@@ -64,9 +64,16 @@ class ServerState:
         self.draining: set[Rig] = set()  # closed, shares still in flight to the pool
         self.live_pools: collections.Counter[PoolURL] = collections.Counter()
         self.tasks: set[asyncio.Task[Any]] = set()
-        # Rigs with bytes for their miner, written once this loop iteration's rows are journaled:
-        # one journal write per iteration for every share answered in it, not one per share.
+        # Rigs with bytes for their pool, and for their miner, written once this loop iteration's
+        # reads are handled. The pool's: each share's own send was the share path's costliest line
+        # (py-spy: 22 % of the loop), the kernel waking the pool's side once per share; sent
+        # together, one wake-up serves the iteration's shares. Closed loop, 1,000 sessions, seven
+        # alternated pairs: every pair cheaper, 110-153 → 100-122 µs per share, the loop's system
+        # time 35-41 → 27-31 µs. The miner's: after the iteration's rows are journaled, one journal
+        # write for every share answered in it, not one per share.
+        self._sending: list[Rig] = []
         self._answering: list[Rig] = []
+        self._writes_scheduled = False
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(3)
 
@@ -82,10 +89,27 @@ class ServerState:
     def accepting(self) -> bool:
         return self.admission.accepting
 
+    def send_later(self, rig: Rig) -> None:
+        self._sending.append(rig)
+        self._schedule_writes()
+
     def answer_later(self, rig: Rig) -> None:
-        if not self._answering:
-            asyncio.get_running_loop().call_soon(self.answer)
         self._answering.append(rig)
+        self._schedule_writes()
+
+    def _schedule_writes(self) -> None:
+        if not self._writes_scheduled:
+            self._writes_scheduled = True
+            asyncio.get_running_loop().call_soon(self.write_all)
+
+    def write_all(self) -> None:
+        """The iteration's writes: the pools' first (every share's round trip starts now), then the
+        miners' (see answer)."""
+        self._writes_scheduled = False
+        rigs, self._sending = self._sending, []
+        for rig in rigs:
+            rig.write_pool()
+        self.answer()
 
     def answer(self) -> None:
         """Journal every row recorded so far, then write what the rigs have for their miners: no
@@ -151,6 +175,7 @@ class Rig:
         self._stalled_since: float | None = None  # the miner's write buffer is full since
         self._unauthorized = True  # among Admission's never-authorized (a shedding candidate)
         self._for_miner: list[bytes] = []  # waiting for ServerState.answer
+        self._for_pool: list[bytes] = []  # waiting for ServerState.write_all
 
     # --- the miner side ----------------------------------------------------------------------------
 
@@ -292,6 +317,7 @@ class Rig:
 
     def pool_lost(self, exc: Exception | None) -> None:
         self.pool = None
+        self._for_pool.clear()  # for a connection that is gone: the session answers what was in flight
         url, self.pool_url = self.pool_url, None
         ours = self._pool_closing
         reason = str(exc) if exc else "closed by the pool"
@@ -317,6 +343,7 @@ class Rig:
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self.pool is not None and not self.pool.is_closing():
+            self.write_pool()  # a request of the same iteration (the pool closes after writing it)
             self._pool_closing = True
             self.pool.close()
 
@@ -336,14 +363,26 @@ class Rig:
             self._for_miner += outbox.to_miner
             outbox.to_miner.clear()
         if outbox.to_pool and self.pool is not None:
-            # (Until the pool connection is up they wait here; the session bounds how many.)
-            self.pool.write(b"".join(outbox.to_pool))
+            # (Until the pool connection is up they wait in the outbox; the session bounds how many.)
+            if not self._for_pool:
+                state.send_later(self)
+            self._for_pool += outbox.to_pool
             outbox.to_pool.clear()
         if self._unauthorized and session.workers:
             self._unauthorized = False
             state.admission.authorized(self)
         if outbox.close is not None:
             self.close(outbox.close)
+
+    def write_pool(self) -> None:
+        """Write what waits for the pool connection (ServerState.write_all, or before it closes)."""
+        if not self._for_pool:
+            return
+        data = b"".join(self._for_pool)
+        self._for_pool.clear()
+        pool = self.pool
+        if pool is not None and not pool.is_closing():
+            pool.write(data)
 
     def write_miner(self) -> None:
         """Write what waits for the miner (the journal already holds its rows: ServerState.answer)."""
