@@ -65,11 +65,14 @@ class ServerState:
         self.live_pools: collections.Counter[PoolURL] = collections.Counter()
         self.tasks: set[asyncio.Task[Any]] = set()
         # Rigs with bytes for their pool, and for their miner, written once this loop iteration's
-        # reads are handled. The pool's: each share's own send was the share path's costliest line
-        # (py-spy: 22 % of the loop), the kernel waking the pool's side once per share; sent
-        # together, one wake-up serves the iteration's shares. Closed loop, 1,000 sessions, seven
-        # alternated pairs: every pair cheaper, 110-153 → 100-122 µs per share, the loop's system
-        # time 35-41 → 27-31 µs. The miner's: after the iteration's rows are journaled, one journal
+        # reads are handled. The pool's: still one send per connection, but back to back instead of
+        # one between every two shares' Python work. Each share's own send was the share path's
+        # costliest line (py-spy: 22 % of the loop), most of it the kernel waking the receiver (in
+        # the benchmark the pool, a process on the other core, asleep again between two sends);
+        # back to back, the first wakes it and the rest find it awake. Closed loop, 1,000 sessions,
+        # ten alternated pairs in three sittings: nine cheaper, 110-153 → 100-122 µs per share (one
+        # 110 → 114), the loop's system time 35-41 → 27-31 µs. A remote pool has no such wake-up:
+        # expect less there. The miner's: after the iteration's rows are journaled, one journal
         # write for every share answered in it, not one per share.
         self._sending: list[Rig] = []
         self._answering: list[Rig] = []
