@@ -27,7 +27,16 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("metrics (prometheus_client)", ("prometheus_client", "metrics.py")),
     ("decode / encode (msgspec, protocol.messages)", ("messages.py", "decode", "encode")),
     ("framing (protocol.framing)", ("framing.py",)),
-    ("socket writes (transport.write in the flushes)", ("flush (proxy/server.py", ".write (", "writelines")),
+    (
+        "socket writes (transport.write in the flushes)",
+        (
+            "flush (proxy/server.py",
+            "write_pool (proxy/server.py",
+            "write_miner (proxy/server.py",
+            ".write (",
+            "writelines",
+        ),
+    ),
     ("session logic (proxy/session.py)", ("session.py",)),
     ("farm mode logic (proxy/farm.py, farm_net.py)", ("farm.py", "farm_net.py")),
     ("server glue (proxy/server.py)", ("server.py",)),
