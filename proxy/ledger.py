@@ -88,6 +88,13 @@ def _convert(kind: Kind, column: tuple[Any, ...]) -> list[Any]:
     return [_texts(tuple(v)) for v in column]  # texts: Array(String)
 
 
+# Per table, what an insert asks of ClickHouse beyond its deduplication token. `shares`: the
+# per-minute view's block is already grouped by its table's key, so the SummingMergeTree need not
+# sort and sum it again on insert (its merges and every reader sum anyway). Embedded, 2,500 rows on
+# one core, 20 alternated inserts: 27.7 → 24.2 ms median.
+_INSERT_SETTINGS: dict[str, dict[str, Any]] = {"shares": {"optimize_on_insert": 0}}
+
+
 def to_columns(table: str, rows: Sequence[Sequence[Any]]) -> _Columns:
     columns = COLUMNS_OF_TABLE[table]
     return [_convert(c.kind, values) for c, values in zip(columns, zip(*rows, strict=True), strict=True)]
@@ -503,7 +510,7 @@ class LedgerWriter:
             column_names=[c.name for c in columns],
             column_type_names=[c.type for c in columns],  # spares a DESCRIBE round trip per insert
             column_oriented=True,
-            settings={"insert_deduplication_token": batch.token},
+            settings={"insert_deduplication_token": batch.token, **_INSERT_SETTINGS.get(batch.table, {})},
         )
 
     async def _drop_client(self) -> None:
