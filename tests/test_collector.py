@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,6 +108,46 @@ def test_what_survives_a_full_collection_is_frozen_whichever_thread_ran_it(thawe
         assert all(id(s) in _walked() for s in newer)
 
     asyncio.run(scenario())
+
+
+def test_collections_run_on_the_loop_not_in_the_thread_that_crossed_the_threshold() -> None:
+    """The ledger's insert thread allocates a batch's columns: the collections that calls for run on
+    the loop's thread, as the collector would have run them (the middle generation every `middle`
+    young passes), and stop() gives the collector its thresholds back."""
+    before = gc.get_threshold()
+    young, middle, _ = before
+    started: list[tuple[int, int]] = []  # (thread, generation) of every collection
+
+    def record(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started.append((threading.get_ident(), info["generation"]))
+
+    def allocate() -> list[list[int]]:
+        # Tracked objects, kept: past the young threshold, until a pass.
+        return [[] for _ in range(2 * young)]
+
+    async def scenario() -> int:
+        policy = CollectorPolicy(0.0)
+        policy.start()
+        gc.callbacks.append(record)
+        kept = []
+        try:
+            for batch in range(middle + 2):  # enough young passes for a middle one
+                kept.append(await asyncio.to_thread(allocate))
+                assert await _until(lambda: gc.get_count()[0] <= young), f"batch {batch} never collected"
+            return threading.get_ident()
+        finally:
+            gc.callbacks.remove(record)
+            policy.stop()
+
+    try:
+        loop_thread = asyncio.run(scenario())
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+    assert {thread for thread, _ in started} == {loop_thread}, started
+    assert any(generation >= 1 for _, generation in started), "never the middle generation"
 
 
 def test_a_crowd_of_new_sessions_is_frozen_at_the_next_look_young_cycles_collected_first(
