@@ -33,10 +33,13 @@ the loop not look for long), and the loop looks at the counts every LOOK_BUSY or
 collects as the collector would have: the young generation past its threshold, the middle one every `middle` young
 passes, the oldest every `old` middle ones (CPython's rule, without its long-lived-objects ratio,
 which Python cannot read: here a full pass walks only what came since the last freeze anyway).
-Three alternated pairs of 30 s at 5,000/s (the passes over 2 ms, summed): the same CPU (middle
-generation 456 against 420 ms, full 103 against 120), the loop held up less (middle 797 → 487 ms
-of wall time, full 257 → 113), the longest middle pass 31.7 → 20.9 ms; p99 30.6 / 67.5 / 53.2
-against 49.1 / 127.1 / 54.3 ms (a noisy hour: steal 2-9 % of a core).
+Three alternated pairs of 30 s at 5,000/s, looking every 10 ms (the passes over 2 ms, summed): the
+same CPU (middle generation 456 against 420 ms, full 103 against 120), the loop held up less
+(middle 797 → 487 ms of wall time, full 257 → 113), the longest middle pass 31.7 → 20.9 ms; p99
+30.6 / 67.5 / 53.2 against 49.1 / 127.1 / 54.3 ms (a noisy hour: steal 2-9 % of a core). Two more
+with the looks as here (steal 11-13 %): left alone, 40 passes ran in the ledger's thread, 616 ms of
+wall time for 169 of work, the longest 39 (middle) and 61 ms (full); here none, the longest 19 and
+15 ms. An idle proxy: 0.8 % of a core either way (1.9 % with a look every 10 ms).
 """
 
 from __future__ import annotations
