@@ -697,6 +697,19 @@ def test_sigkill_loses_no_row_the_proxy_had_answered(tmp_path: Path) -> None:
     assert not list((spool / "journal").glob("*.journal"))
 
 
+def test_a_converted_batch_is_not_walked_by_the_collector_after_its_first_pass() -> None:
+    """A batch's columns live from their conversion to the insert's end, two or three batches at a
+    time: as lists every pass of their generation walked each value (most of the middle generation's
+    work); as tuples of strings and numbers the collector untracks them at its first look."""
+    rows = make_rows(50)
+    columns = to_columns("shares", rows)
+    gc.collect(0)
+    assert [c for c, column in zip(SHARES, columns, strict=True) if gc.is_tracked(column)] == []
+    by_name = {c.name: column for c, column in zip(SHARES, columns, strict=True)}
+    assert list(by_name["worker"]) == [r.worker for r in rows]  # the values as before, in row order
+    assert list(by_name["ts"]) == [round(r.ts * 1000) for r in rows]
+
+
 def test_a_journal_replays_in_the_batches_the_dead_run_cut(tmp_path: Path) -> None:
     """The run that died cut 64-row batches and had inserted the first one; the proxy restarts with
     another batch size. The replay must cut as the dead run did: a bigger batch under the first
