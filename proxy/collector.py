@@ -30,9 +30,10 @@ and the loop waits for all of it. Measured, embedded, 5,000/s, 30 s: 13 of 29 mi
 passes ran there, the longest 19.2 ms of wall time for 3.7 ms of work (in the loop's thread: 8.1 ms
 for 5.4). So the automatic collector's first threshold is raised a hundredfold (a safety net, should
 the loop not look for long), and the loop looks at the counts every LOOK_BUSY or LOOK_QUIET and
-collects as the collector would have: the young generation past its threshold, the middle one every `middle` young
-passes, the oldest every `old` middle ones (CPython's rule, without its long-lived-objects ratio,
-which Python cannot read: here a full pass walks only what came since the last freeze anyway).
+collects as the collector would have: the young generation past its threshold, the middle one
+every `middle` young passes, the oldest every `old` middle ones (CPython's rule, without its
+long-lived-objects ratio, which Python cannot read: here a full pass walks only what came since the
+last freeze anyway).
 Three alternated pairs of 30 s at 5,000/s, looking every 10 ms (the passes over 2 ms, summed): the
 same CPU (middle generation 456 against 420 ms, full 103 against 120), the loop held up less
 (middle 797 → 487 ms of wall time, full 257 → 113), the longest middle pass 31.7 → 20.9 ms; p99
