@@ -53,14 +53,21 @@ def test_a_phase_whose_windows_had_a_noisy_neighbour_is_flagged() -> None:
     from benchmarks.report import NOISY_STEAL_PERCENT, targets_text
 
     committed = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "results.json").read_text())
-    for phase in ("embedded", "farm"):
-        for window in ("closed", "rate"):
-            committed["phases"][phase][window]["steal_percent"] = NOISY_STEAL_PERCENT / 2
+    for phase in committed["phases"].values():  # every window just below the flag, whatever the run read
+        for window in phase.values() if isinstance(phase, dict) else ():
+            if isinstance(window, dict) and "steal_percent" in window:
+                window["steal_percent"] = NOISY_STEAL_PERCENT / 2
     committed.pop("targets", None)  # computed again from the phases
     quiet = targets_text(committed)
     noisy = copy.deepcopy(committed)
     noisy["phases"]["farm"]["rate"]["steal_percent"] = NOISY_STEAL_PERCENT * 2
     flagged = targets_text(noisy)
     assert "NOISY" not in quiet
-    assert "[embedded, farm mode] NOISY: the hypervisor's other guests took 10 %" in flagged
-    assert "[embedded] NOISY" not in flagged
+
+    def phase_line(text: str, label: str) -> str:
+        # The phase's heading line: [label], then its flags (SATURATED, from the committed run, may come first).
+        (line,) = [line for line in text.splitlines() if line.startswith(f"  [{label}]")]
+        return line
+
+    assert "NOISY: the hypervisor's other guests took 10 %" in phase_line(flagged, "embedded, farm mode")
+    assert "NOISY" not in phase_line(flagged, "embedded")
