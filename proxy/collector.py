@@ -75,7 +75,6 @@ class CollectorPolicy:
         self.survivor_freezes = 0  # after a full collection
         self.crowd_freezes = 0  # after the sessions grew by a crowd
         self.thaws = 0
-        self.collections = 0  # run by the loop
         self._thresholds: tuple[int, int, int] | None = None  # what the loop applies; restored by stop()
         self._look_timer: asyncio.TimerHandle | None = None
         self._young_after_look = 0
@@ -111,7 +110,6 @@ class CollectorPolicy:
         busy = counts[0] - self._young_after_look > young // 4
         if gc.isenabled() and counts[0] > young:
             gc.collect(2 if counts[2] > old else 1 if counts[1] > middle else 0)
-            self.collections += 1
         self._young_after_look = gc.get_count()[0]
         self._look_timer = self._loop.call_later(LOOK_BUSY if busy else LOOK_QUIET, self._look)
 
