@@ -165,6 +165,35 @@ def pin_pid(pid: int, cpus: str) -> None:
 # --- the proxy process -------------------------------------------------------------------------------
 
 
+def read_probe(path: Path, since: float, until: float) -> dict[str, Any]:
+    """The per-second lines of a lag probe (benchmarks/probe.py) that lie inside [since, until] (wall
+    time), summed."""
+    out: dict[str, Any] = {"seconds": 0, "max_lag_ms": 0.0, "over_1ms": 0, "over_5ms": 0, "over_10ms": 0}
+    per_second: list[float] = []
+    gcs: dict[str, list[float]] = {}
+    with contextlib.suppress(OSError), open(path) as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                r = json.loads(line)
+                # A line covers the second before it was written, and a stall before that:
+                # an overloaded loop writes late, so take every line that overlaps the window.
+                if r["t"] < since or r["t"] - 1.0 - r["max_lag_ms"] / 1e3 > until:
+                    continue
+                out["seconds"] += 1
+                per_second.append(r["max_lag_ms"])
+                out["max_lag_ms"] = max(out["max_lag_ms"], r["max_lag_ms"])
+                for k in ("over_1ms", "over_5ms", "over_10ms"):
+                    out[k] += r[k]
+                for g, (n, total, longest) in r["gc"].items():
+                    e = gcs.setdefault(g, [0, 0.0, 0.0])
+                    e[0] += n
+                    e[1] += total
+                    e[2] = max(e[2], longest)
+    out["per_second_max_lag_ms"] = per_second
+    out["gc"] = {g: {"collections": n, "total_ms": t, "max_ms": m} for g, (n, t, m) in sorted(gcs.items())}
+    return out
+
+
 class Proxy:
     """The proxy's own flags, as an operator passes them, run through benchmarks/probe.py; SIGTERM to stop."""
 
@@ -247,30 +276,7 @@ class Proxy:
 
     def probe(self, since: float, until: float) -> dict[str, Any]:
         """The lag probe's seconds that lie inside [since, until] (wall time), summed."""
-        out: dict[str, Any] = {"seconds": 0, "max_lag_ms": 0.0, "over_1ms": 0, "over_5ms": 0, "over_10ms": 0}
-        per_second: list[float] = []
-        gcs: dict[str, list[float]] = {}
-        with contextlib.suppress(OSError), open(self.probe_out) as f:
-            for line in f:
-                with contextlib.suppress(ValueError):
-                    r = json.loads(line)
-                    # A line covers the second before it was written, and a stall before that:
-                    # an overloaded loop writes late, so take every line that overlaps the window.
-                    if r["t"] < since or r["t"] - 1.0 - r["max_lag_ms"] / 1e3 > until:
-                        continue
-                    out["seconds"] += 1
-                    per_second.append(r["max_lag_ms"])
-                    out["max_lag_ms"] = max(out["max_lag_ms"], r["max_lag_ms"])
-                    for k in ("over_1ms", "over_5ms", "over_10ms"):
-                        out[k] += r[k]
-                    for g, (n, total, longest) in r["gc"].items():
-                        e = gcs.setdefault(g, [0, 0.0, 0.0])
-                        e[0] += n
-                        e[1] += total
-                        e[2] = max(e[2], longest)
-        out["per_second_max_lag_ms"] = per_second
-        out["gc"] = {g: {"collections": n, "total_ms": t, "max_ms": m} for g, (n, t, m) in sorted(gcs.items())}
-        return out
+        return read_probe(self.probe_out, since, until)
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -369,6 +375,8 @@ class Bench:
         for generator in self.generators:
             generator.receive(120)
         self.proxy: Proxy | None = None
+        self.floor_out: Path | None = None  # the bare lag probe's lines while the direct path runs
+        self.floor_pid: int | None = None
 
     def close(self) -> None:
         if self.proxy is not None and self.proxy.proc.poll() is None:
@@ -393,6 +401,8 @@ class Bench:
             pids[f"loadgen{i}"] = generator.pid
         if self.proxy is not None:
             pids["proxy"] = self.proxy.pid
+        if self.floor_pid is not None:
+            pids["floor probe"] = self.floor_pid
         return pids
 
     # -- sessions -------------------------------------------------------------------------------
@@ -511,6 +521,8 @@ class Bench:
             }
             result["proxy_write_bytes_per_share"] = (io_after - io_before) / replied if replied else None
             result["loop"] = proxy.probe(wall_start, wall_end)
+        elif self.floor_out is not None:
+            result["loop"] = read_probe(self.floor_out, wall_start, wall_end)
         return result
 
     def _py_spy(self, duration: float) -> subprocess.Popen[bytes] | None:
@@ -547,18 +559,44 @@ class Bench:
 
     # -- phases ---------------------------------------------------------------------------------
 
-    def direct(self, label: str, closed: bool = True, connect_many: int = 0) -> dict[str, Any]:
+    def direct(
+        self, label: str, closed: bool = True, connect_many: int = 0, rate_seconds: float = 0.0
+    ) -> dict[str, Any]:
+        """The sessions straight to the pool, with the stall floor: a bare lag probe (`benchmarks.probe
+        --bare`) on the proxy's core through the windows, whose figures are each window's "loop"."""
         args = self.args
-        connect = self.connect(self.pool_port, args.sessions)
-        out: dict[str, Any] = {"connect": connect}
-        if closed:
-            out["closed"] = self.run("closed", args.duration)
-        out["rate"] = self.run("rate", args.duration, args.rate)
-        self.disconnect()
+        self.floor_out = self.workdir / f"floor-{len(list(self.workdir.glob('floor-*.jsonl')))}.jsonl"
+        pin = ["--cpus", self.proxy_cpus] if self.proxy_cpus else []
+        floor = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.probe", "--bare", "--probe-out", str(self.floor_out), *pin],
+            cwd=REPO,
+            stderr=self.helper_log,
+        )
+        self.floor_pid = floor.pid  # its ~5 % of a core is the benchmark's, not "other CPU"
+        try:
+            connect = self.connect(self.pool_port, args.sessions)
+            out: dict[str, Any] = {"connect": connect}
+            if closed:
+                out["closed"] = self.run("closed", args.duration)
+            out["rate"] = self.run("rate", rate_seconds or args.duration, args.rate)
+            self.disconnect()
+        finally:
+            floor.send_signal(signal.SIGTERM)
+            try:
+                floor.wait(30)
+            except subprocess.TimeoutExpired:
+                floor.kill()
+            self.floor_out, self.floor_pid = None, None
+        floor_loop = out["rate"].get("loop", {})
         _say(
             f"  {label}: {connect['connected']} sessions; "
             + (f"closed {out['closed']['shares_per_s']:,.0f}/s; " if closed else "")
             + _latency(out["rate"])
+            + (
+                f"; stall floor (a bare loop on the proxy's core): longest {floor_loop['max_lag_ms']:.1f} ms"
+                if floor_loop.get("seconds")
+                else ""
+            )
         )
         if connect_many:
             # The same sessions without the proxy: the generators and the pool (one Python process
@@ -870,7 +908,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     clickhouse_url = f"http://{HOST}:{bench.clickhouse_port}/"
     try:
         _say("direct (generators → pool)")
-        phases["direct"] = bench.direct("direct", connect_many=args.connect_many)
+        # Its fixed-rate window is as long as the proxies' stall windows: the same span of the
+        # machine's own stalls (the floor) and of the direct path's tail.
+        phases["direct"] = bench.direct("direct", connect_many=args.connect_many, rate_seconds=args.stall_window)
         _say("proxy, embedded ledger")
         phases["embedded"] = bench.proxy_phase(
             "embedded", None, rate_seconds=args.stall_window, connect_many=args.connect_many

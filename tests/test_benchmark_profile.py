@@ -71,3 +71,30 @@ def test_a_phase_whose_windows_had_a_noisy_neighbour_is_flagged() -> None:
 
     assert "NOISY: the hypervisor's other guests took 10 %" in phase_line(flagged, "embedded, farm mode")
     assert "NOISY" not in phase_line(flagged, "embedded")
+
+
+def test_the_stall_target_is_printed_beside_the_machines_floor() -> None:
+    """The direct path's window carries a bare loop's stalls (benchmarks.probe --bare): the report
+    prints them as the floor in the table, the direct line and every phase's stall line."""
+    import copy
+    import json
+
+    from benchmarks.report import rows, targets_text
+
+    committed = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "results.json").read_text())
+    committed.pop("targets", None)
+    committed["phases"]["direct"]["rate"].pop("loop", None)
+    without = targets_text(committed)
+    floored = copy.deepcopy(committed)
+    floored["phases"]["direct"]["rate"]["loop"] = {
+        "seconds": 61, "max_lag_ms": 7.98, "over_1ms": 40, "over_5ms": 2, "over_10ms": 0,
+        "per_second_max_lag_ms": [1.2] * 61, "gc": {},
+    }  # fmt: skip
+    text = targets_text(floored)
+    assert "floor" not in without
+    (direct_line,) = [line for line in text.splitlines() if line.startswith("  direct path:")]
+    assert "stall floor" in direct_line and "longest 8.0 ms in 61 s, 0 over 10 ms" in direct_line
+    stall_lines = [line for line in text.splitlines() if line.strip().startswith("loop stall")]
+    assert stall_lines and all("the machine's floor 8.0 ms" in line for line in stall_lines)
+    (direct_rate_row,) = [r for r in rows(floored) if r["path"] == "direct" and r["load"] != "closed loop"]
+    assert direct_rate_row["longest loop stall ms"] == "8.0"
