@@ -174,6 +174,7 @@ class LedgerWriter:
 
         self._run_id = uuid.uuid4().hex  # tokens derive from it (journal.batch_token): unique across runs
         self._journal: Journal | None = None  # opened by start(): needs the running loop
+        self._settled_generations: list[int] = []  # journal files whose rows are all written or spooled
         self._journal_dir = spool_dir / "journal"
         self._open_batches: dict[int, int] = {}  # journal generation → its batches not yet written nor spooled
         self._unsynced: list[int | None] = []  # closed journal files to fsync before their batches go out
@@ -262,6 +263,7 @@ class LedgerWriter:
         # Opening never raises: a disk that refuses leaves the journal off (logged) until it can.
         self._journal = Journal(self._journal_dir, self._run_id, self._batch_rows, asyncio.get_running_loop().call_soon)
         self._journal.open(0)
+        await self._tend_journal()  # the first cut's file, ready before it
         if self._spool:
             log.info(
                 "ledger: %d batches (%d rows) spooled in %s by an earlier run; replaying them first",
@@ -403,7 +405,18 @@ class LedgerWriter:
             self._open_batches[generation] = left
             return
         self._open_batches.pop(generation, None)
-        self._journal.discard(generation)
+        self._settled_generations.append(generation)  # its file goes in _tend_journal, off the loop
+
+    async def _tend_journal(self) -> None:
+        """The journal's file-system work in a worker thread (Journal.prepare): remove the files of
+        settled generations, and open the one the next cut writes to."""
+        journal = self._journal
+        if journal is None:
+            return
+        settled, self._settled_generations = self._settled_generations, []
+        spare = None if self._stopping else journal.spare_wanted()
+        if settled or spare is not None:
+            journal.take_spare(spare, await asyncio.to_thread(journal.prepare, settled, spare))
 
     def _recover_journal(self) -> None:
         """Journal files of a run that died: spool their batches under the tokens they had.
@@ -446,6 +459,7 @@ class LedgerWriter:
             if not await self._write_spool(self._pending[0]):
                 break  # disk trouble: keep it (and everything after it) in memory, retry next cycle
             self._settled(self._pending.popleft())
+        await self._tend_journal()
 
     async def _replay(self, force: bool) -> None:
         while self._spool:

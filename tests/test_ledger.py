@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import gc
 import logging
+import os
 import shutil
 import signal
 import struct
@@ -885,4 +886,48 @@ def test_query_reads_the_ledger_while_it_is_written(tmp_path: Path, backend: str
     finally:
         if server is not None:
             server.close()
+    assert_ledger(tmp_path / "ch", rows)
+
+
+def test_the_journal_creates_and_removes_its_files_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creating or removing a file can wait hundreds of milliseconds for the file system's own
+    journal (in the benchmark every loop stall over 250 ms was the journal's unlink on the loop):
+    while the writer runs, the loop only writes to files already open."""
+    journal_dir = tmp_path / "spool" / "journal"
+    calls: list[tuple[str, str, bool]] = []  # (what, file, on the loop's thread)
+    loop_thread = threading.get_ident()  # asyncio.run runs the loop in this thread
+    real_open, real_unlink = os.open, os.unlink
+
+    def spy_open(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if Path(path).parent == journal_dir and flags & os.O_CREAT:
+            calls.append(("create", Path(path).name, threading.get_ident() == loop_thread))
+        return real_open(path, flags, *args, **kw)
+
+    def spy_unlink(path: Any, *args: Any, **kw: Any) -> None:
+        if Path(path).parent == journal_dir:
+            calls.append(("remove", Path(path).name, threading.get_ident() == loop_thread))
+        real_unlink(path, *args, **kw)
+
+    rows = make_rows(200)
+
+    async def scenario() -> None:
+        w = writer(chdb_connect(tmp_path / "ch"), tmp_path / "spool", batch_rows=100_000, flush_interval=3600.0)
+        await w.start()
+        monkeypatch.setattr(os, "open", spy_open)
+        monkeypatch.setattr(os, "unlink", spy_unlink)
+        for cycle in range(4):  # four cuts: four rotations, four generations settled
+            for row in rows[cycle * 50 : (cycle + 1) * 50]:
+                w.record(row)
+            await asyncio.sleep(0)  # the journal's commit, as after a loop iteration
+            await w.flush()
+        monkeypatch.undo()
+        await w.stop()
+        assert w.rows_written == 200
+
+    run(scenario())
+    assert [c for c in calls if c[2]] == []  # nothing created or removed on the loop
+    assert sum(c[0] == "create" for c in calls) >= 4 and sum(c[0] == "remove" for c in calls) >= 4
+    assert list(journal_dir.iterdir()) == []  # a clean stop leaves no journal file behind
     assert_ledger(tmp_path / "ch", rows)
