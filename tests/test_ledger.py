@@ -928,6 +928,8 @@ def test_the_journal_creates_and_removes_its_files_off_the_event_loop(
 
     run(scenario())
     assert [c for c in calls if c[2]] == []  # nothing created or removed on the loop
-    assert sum(c[0] == "create" for c in calls) >= 4 and sum(c[0] == "remove" for c in calls) >= 4
+    # Four cuts: each opened a file made ahead of it and settled one; the last cut's own file work
+    # may still be in flight when the spying ends.
+    assert sum(c[0] == "create" for c in calls) >= 3 and sum(c[0] == "remove" for c in calls) >= 3
     assert list(journal_dir.iterdir()) == []  # a clean stop leaves no journal file behind
     assert_ledger(tmp_path / "ch", rows)
