@@ -416,7 +416,8 @@ class LedgerWriter:
         """Start the journal's file-system work in a worker thread (Journal.prepare): remove the
         files of settled generations, open the one the next cut writes to. The writer's cycle does
         not wait for it (in a closed loop it took 24 ms, 71 at p90, the disk busy with the engine's
-        parts); the next cycle's starts once it is done. Returns the work in flight, if any."""
+        parts): the next cut waits only if it is still running (_spare_ready). Returns the work in
+        flight, if any."""
         journal = self._journal
         if journal is None or (self._tending is not None and not self._tending.done()):
             return self._tending
