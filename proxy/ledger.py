@@ -312,6 +312,7 @@ class LedgerWriter:
         self._cut()
         async with self._lock:
             await self._drain(force=True)
+            await self._tended()  # and the journal's files settled: nothing left running on the disk
 
     async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run a read query on the ledger (the proxy's HTTP API) in a worker thread.
