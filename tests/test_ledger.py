@@ -444,7 +444,7 @@ def test_writer_stopped_while_clickhouse_is_down_replays_in_a_new_writer(tmp_pat
 
         async def second_run() -> None:
             w = writer(target.connect, spool)
-            assert w.spooled_rows == 0
+            assert w.spooled_rows == len(rows)  # the dead run's rows go through the spool; the empty file adds none
             await w.start()
             await wait_until(lambda: w.rows_written == 677, "the replay of the previous run's spool")
             await w.stop()
@@ -933,3 +933,31 @@ def test_the_journal_creates_and_removes_its_files_off_the_event_loop(
     assert sum(c[0] == "create" for c in calls) >= 3 and sum(c[0] == "remove" for c in calls) >= 3
     assert list(journal_dir.iterdir()) == []  # a clean stop leaves no journal file behind
     assert_ledger(tmp_path / "ch", rows)
+
+
+def test_a_dead_runs_unused_spare_journal_file_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    """A proxy killed between opening the next generation's file (ahead of its cut) and that cut
+    leaves an empty file beside the one with its rows: the next start replays the rows once and
+    removes both, spooling nothing for the empty one."""
+    rows = make_rows(30)
+    spool = tmp_path / "spool"
+    dead = Journal(spool / "journal", "deadbeef", 100, lambda callback: None)
+    dead.open(5)
+    for row in rows:
+        dead.append(row)
+    dead.commit()
+    dead.take_spare(6, dead.prepare([], dead.spare_wanted()))  # generation 6's file, never written
+    files = sorted(p.name for p in (spool / "journal").iterdir())
+    assert len(files) == 2  # what a SIGKILL now leaves: no close(), both files on disk
+
+    async def scenario() -> None:
+        w = writer(chdb_connect(tmp_path / "ch"), spool)
+        await w.start()
+        assert not set(files) & {p.name for p in (spool / "journal").iterdir()}  # both gone
+        assert w.spooled_rows == len(rows)  # the dead run's rows go through the spool; the empty file adds none
+        await w.flush()  # the recovered batch replayed from the spool
+        await w.stop()
+
+    run(scenario())
+    assert_ledger(tmp_path / "ch", rows)
+    assert spool_files(spool) == []
