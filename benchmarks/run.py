@@ -165,6 +165,16 @@ def pin_pid(pid: int, cpus: str) -> None:
 # --- the proxy process -------------------------------------------------------------------------------
 
 
+def terminate(proc: subprocess.Popen[Any], grace: float) -> int:
+    """SIGTERM, up to `grace` seconds to exit, then SIGKILL; the exit code."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(10)
+
+
 def read_probe(path: Path, since: float, until: float) -> dict[str, Any]:
     """The per-second lines of a lag probe (benchmarks/probe.py) that lie inside [since, until] (wall
     time), summed."""
@@ -279,12 +289,7 @@ class Proxy:
         return read_probe(self.probe_out, since, until)
 
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait(10)
+        code = terminate(self.proc, 60)
         self._log.close()
         return code
 
@@ -384,11 +389,7 @@ class Bench:
         for child in [*self.generators, self.pool]:
             child.close()
         if self.clickhouse.proc.poll() is None:
-            self.clickhouse.proc.send_signal(signal.SIGTERM)
-            try:
-                self.clickhouse.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.clickhouse.proc.kill()
+            terminate(self.clickhouse.proc, 30)
         self.helper_log.close()
 
     def pool_stats(self, pool: Child | None = None) -> dict[str, Any]:
@@ -565,7 +566,7 @@ class Bench:
         """The sessions straight to the pool, with the stall floor: a bare lag probe (`benchmarks.probe
         --bare`) on the proxy's core through the windows, whose figures are each window's "loop"."""
         args = self.args
-        self.floor_out = self.workdir / f"floor-{len(list(self.workdir.glob('floor-*.jsonl')))}.jsonl"
+        self.floor_out = self.workdir / f"floor-{label.replace(' ', '-')}.jsonl"
         pin = ["--cpus", self.proxy_cpus] if self.proxy_cpus else []
         floor = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.probe", "--bare", "--probe-out", str(self.floor_out), *pin],
@@ -581,11 +582,7 @@ class Bench:
             out["rate"] = self.run("rate", rate_seconds or args.duration, args.rate)
             self.disconnect()
         finally:
-            floor.send_signal(signal.SIGTERM)
-            try:
-                floor.wait(30)
-            except subprocess.TimeoutExpired:
-                floor.kill()
+            terminate(floor, 30)
             self.floor_out, self.floor_pid = None, None
         floor_loop = out["rate"].get("loop", {})
         _say(
