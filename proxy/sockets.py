@@ -39,9 +39,10 @@ def watch_peer(transport: asyncio.BaseTransport, dead_after: float) -> None:
         (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(dead_after * 1000)),
     ]
     # One socket object over the transport's fd for the five options (uvloop's pseudo-socket builds
-    # one per call: 14 → 5 µs per pool connection); detached, so the fd stays the transport's.
+    # one per call: 14 → 5 µs per pool connection); detached, so the fd stays the transport's. Its
+    # type and protocol given, not asked of the kernel (two getsockopt calls fewer).
     try:
-        sock = socket.socket(fileno=pseudo.fileno())
+        sock = socket.socket(pseudo.family, pseudo.type, pseudo.proto, pseudo.fileno())
     except (OSError, ValueError):  # closed meanwhile (fileno -1): nothing to watch
         return
     try:
