@@ -10,12 +10,18 @@ WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --locked --no-dev --no-install-project
 
+COPY setup.py ./
 COPY protocol ./protocol
 COPY ledger ./ledger
 COPY proxy ./proxy
 COPY scorer ./scorer
 COPY simulation ./simulation
-RUN uv sync --locked --no-dev
+# The project itself, with protocol/_sha256d.c compiled (the share check's hashing); the compiler and the
+# headers go again in the same layer. Without them the build would skip the extension and hash in Python.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+    && uv sync --locked --no-dev \
+    && apt-get purge -y --auto-remove gcc libc6-dev libssl-dev && rm -rf /var/lib/apt/lists/* \
+    && .venv/bin/python -c "import protocol._sha256d"
 
 ENV PATH="/app/.venv/bin:$PATH" PYTHONUNBUFFERED=1
 RUN useradd --system --uid 10001 ih && mkdir -p /data && chown ih /data
