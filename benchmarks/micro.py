@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from protocol import work
 from protocol.connection import MinerConnection
 from protocol.messages import Notify, decode_client_message, encode_notify, encode_result, parse_notify
 from protocol.work import BIP320_MASK, Job
@@ -144,10 +145,18 @@ def share_checker(notify: Notify, *, fresh_extranonce2: bool) -> Runner:
 
 
 def sha256d_header(n: int, sha256: Any = hashlib.sha256) -> None:
-    """hashlib's (OpenSSL's) sha256d by default; the share path's constructor with `sha256=`."""
+    """hashlib's (OpenSSL's) sha256d by default; another constructor with `sha256=`."""
     header = os.urandom(80)
     for _ in range(n):
         sha256(sha256(header).digest()).digest()
+
+
+def share_path_sha256d_header(n: int) -> None:
+    """The sha256d the share check calls (protocol.work.sha256d: C where it was built)."""
+    header = os.urandom(80)
+    sha256d = work.sha256d
+    for _ in range(n):
+        sha256d(header)
 
 
 # --- memory and journal (the benchmark run prints these) ------------------------------------------------

@@ -408,7 +408,9 @@ def write(results: dict[str, Any], out: Path) -> None:
     refs = results["reference"]
     ref_line = (
         f"Reference (same run): sha256d of a header {refs['sha256d_header_ns']:.0f} ns (hashlib; "
-        f"{refs.get('sha256d_header_share_path_ns', float('nan')):.0f} ns with the share path's SHA-256); "
+        f"{refs.get('sha256d_header_share_path_ns', float('nan')):.0f} ns as the share check hashes "
+        f"({env.get('share_hashing', '?')}), {refs.get('sha256d_header_python_ns', float('nan')):.0f} ns in its "
+        "Python fallback); "
         f"the proxy's share check (12 branches, fresh extranonce2) {refs['share_check_fresh_en2_ns'] / 1000:.1f} µs; "
         f"a bare uvloop echo round trip {refs['uvloop_echo_round_trip_us']:.1f} µs in one process, "
         f"{refs['uvloop_echo_two_processes_us']:.1f} µs between two."

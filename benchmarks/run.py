@@ -49,6 +49,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks import failover, micro, reference, report
 from benchmarks.common import HOST, POOL_DIFFICULTY, REPO, Child, hist_quantile, merge, raise_fd_limit
 from benchmarks.probe import STALL_HEADER, stacks_path
+from protocol import work
 
 RESULTS = REPO / "benchmarks" / "results"
 UNLIMITED = "1000000000000"  # the per-session cost limits, raised for the benchmark
@@ -844,6 +845,7 @@ def environment() -> dict[str, Any]:
         "uvloop": getattr(uvloop, "__version__", "?"),
         "kernel": platform.release(),
         "fd_limit": raise_fd_limit(),
+        "share_hashing": "C, protocol._sha256d" if work.native is not None else "Python (protocol._sha256d not built)",
     }
 
 
