@@ -150,10 +150,48 @@ def test_collections_run_on_the_loop_not_in_the_thread_that_crossed_the_threshol
     assert any(generation >= 1 for _, generation in started), "never the middle generation"
 
 
-def test_a_crowd_of_new_sessions_is_frozen_at_the_next_look_young_cycles_collected_first(
+def test_sessions_arriving_fast_are_frozen_at_the_next_look_without_a_pass(
     thawed: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(collector, "CROWD_CHECK", 10.0)  # only the looks at the collector's counts
+    monkeypatch.setattr(collector, "LOOK_QUIET", 0.005)
+    monkeypatch.setattr(collector, "LOOK_BUSY", 0.005)
+    sessions = [3]
+
+    async def scenario() -> weakref.ref[Cycle]:
+        policy = CollectorPolicy(0.0, population=lambda: sessions[0])
+        policy.start()  # the sessions already there are no arrivals
+        try:
+            sessions[0] += collector.CROWD_PER_LOOK - 1  # fewer than a crowd between two looks
+            await asyncio.sleep(0.05)
+            assert policy.crowd_freezes == 0
+            survivors = [Survivor() for _ in range(1000)]
+            assert all(id(s) in _walked() for s in survivors)
+            cycle = Cycle()
+            gone = weakref.ref(cycle)
+            del cycle
+            sessions[0] += collector.CROWD_PER_LOOK
+            assert await _until(lambda: policy.crowd_freezes >= 1)
+            walked = _walked()
+            assert not any(id(s) in walked for s in survivors)
+            assert gone() is not None and id(gone()) not in walked  # garbage that formed meanwhile: frozen too
+            return gone
+        finally:
+            policy.stop()
+
+    gone = asyncio.run(scenario())
+    gc.unfreeze()
+    gc.collect()
+    assert gone() is None  # ... and freed by the first full pass after a thaw
+
+
+def test_a_crowd_of_new_sessions_is_frozen_at_the_next_check_young_cycles_collected_first(
+    thawed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sessions that come more slowly than CROWD_PER_LOOK a look, but add up: the once-a-second check.
     monkeypatch.setattr(collector, "CROWD_CHECK", 0.01)
+    monkeypatch.setattr(collector, "LOOK_QUIET", 10.0)  # no looks: only the check
+    monkeypatch.setattr(collector, "LOOK_BUSY", 10.0)
     sessions = [0]
 
     async def scenario() -> None:
