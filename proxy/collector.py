@@ -15,7 +15,8 @@ every few seconds at thousands of shares a second. So, on the event loop:
   of collecting. What they build (~45 objects a session) lives as long as they do; otherwise a young
   and then a middle pass walked all of it while they connected (middle passes of 10-16 ms every
   quarter second at 9,000 sessions; perf: the collector ~8 % of the proxy's CPU during the crowd,
-  gone with this). Garbage cycles formed meanwhile are frozen with it until the next thaw;
+  gone with this). Garbage cycles formed meanwhile are frozen with it until the next thaw (so only
+  with an interval: without one nothing thaws);
 - when the sessions grew by a crowd since the last freeze, but slowly (looked at every second), a
   young collection and a freeze: the crowd's objects are frozen before any full pass walks them. Each
   of those passes took 40-55 ms in a row while the crowd settled, measured;
@@ -119,7 +120,7 @@ class CollectorPolicy:
         sessions = self.population() if self.population is not None else 0
         arriving = sessions - self._sessions_at_look >= CROWD_PER_LOOK
         self._sessions_at_look = sessions
-        if arriving and not self._thawed:
+        if arriving and self.interval > 0 and not self._thawed:  # (no interval, no thaw to free what it froze)
             self._freeze()  # resets the young count: no pass walks what the arrivals built
             self.crowd_freezes += 1
         elif gc.isenabled() and counts[0] > young:

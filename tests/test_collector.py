@@ -159,7 +159,7 @@ def test_sessions_arriving_fast_are_frozen_at_the_next_look_without_a_pass(
     sessions = [3]
 
     async def scenario() -> weakref.ref[Cycle]:
-        policy = CollectorPolicy(0.0, population=lambda: sessions[0])
+        policy = CollectorPolicy(3600.0, population=lambda: sessions[0])  # thaws come, none in this test
         policy.start()  # the sessions already there are no arrivals
         try:
             sessions[0] += collector.CROWD_PER_LOOK - 1  # fewer than a crowd between two looks
@@ -183,6 +183,27 @@ def test_sessions_arriving_fast_are_frozen_at_the_next_look_without_a_pass(
     gc.unfreeze()
     gc.collect()
     assert gone() is None  # ... and freed by the first full pass after a thaw
+
+
+def test_without_an_interval_nothing_thaws_so_arrivals_are_not_frozen_unwalked(
+    thawed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(collector, "CROWD_CHECK", 10.0)
+    monkeypatch.setattr(collector, "LOOK_QUIET", 0.005)
+    monkeypatch.setattr(collector, "LOOK_BUSY", 0.005)
+    sessions = [0]
+
+    async def scenario() -> None:
+        policy = CollectorPolicy(0.0, population=lambda: sessions[0])
+        policy.start()
+        survivors = [Survivor() for _ in range(100)]
+        sessions[0] += 10 * collector.CROWD_PER_LOOK
+        await asyncio.sleep(0.05)  # several looks
+        policy.stop()
+        assert policy.crowd_freezes == 0
+        assert all(id(s) in _walked() for s in survivors)
+
+    asyncio.run(scenario())
 
 
 def test_a_crowd_of_new_sessions_is_frozen_at_the_next_check_young_cycles_collected_first(
