@@ -407,10 +407,9 @@ def write(results: dict[str, Any], out: Path) -> None:
     env = results["environment"]
     refs = results["reference"]
     ref_line = (
-        f"Reference (same run): sha256d of a header {refs['sha256d_header_ns']:.0f} ns (hashlib; "
-        f"{refs.get('sha256d_header_share_path_ns', float('nan')):.0f} ns as the share check hashes "
-        f"({env.get('share_hashing', '?')}), {refs.get('sha256d_header_python_ns', float('nan')):.0f} ns in its "
-        "Python fallback); "
+        f"Reference (same run): sha256d of a header: hashlib {refs['sha256d_header_ns']:.0f} ns, the share "
+        f"check's {refs.get('sha256d_header_share_path_ns', float('nan')):.0f} ns ({env.get('share_hashing', '?')}), "
+        f"its Python fallback {refs.get('sha256d_header_python_ns', float('nan')):.0f} ns; "
         f"the proxy's share check (12 branches, fresh extranonce2) {refs['share_check_fresh_en2_ns'] / 1000:.1f} µs; "
         f"a bare uvloop echo round trip {refs['uvloop_echo_round_trip_us']:.1f} µs in one process, "
         f"{refs['uvloop_echo_two_processes_us']:.1f} µs between two."
@@ -523,7 +522,7 @@ def plot(results: dict[str, Any], out: Path) -> None:
     ax.bar([x - 0.2 for x in at], closed, width=0.4, label="closed loop")
     ax.bar([x + 0.2 for x in at], paced, width=0.4, label=f"{rate:,.0f}/s")
     ax.axhline(TARGET_CPU_US, color="grey", ls="--", lw=1, label=f"target {TARGET_CPU_US:g} µs")
-    ax.set_xticks(at, names)
+    ax.set_xticks(at, [name.replace(", ", ",\n") for name in names])  # two lines: the long names overlap
     ax.set_ylabel("proxy CPU µs per share")
     ax.set_title("Proxy CPU per verified, ledgered share")
     ax.grid(alpha=0.3, axis="y")
