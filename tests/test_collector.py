@@ -150,12 +150,17 @@ def test_collections_run_on_the_loop_not_in_the_thread_that_crossed_the_threshol
     assert any(generation >= 1 for _, generation in started), "never the middle generation"
 
 
+def _timers(monkeypatch: pytest.MonkeyPatch, *, crowd_check: float, look: float) -> None:
+    """The crowd check's and the looks' periods, so that a test watches one of the two."""
+    monkeypatch.setattr(collector, "CROWD_CHECK", crowd_check)
+    monkeypatch.setattr(collector, "LOOK_QUIET", look)
+    monkeypatch.setattr(collector, "LOOK_BUSY", look)
+
+
 def test_sessions_arriving_fast_are_frozen_at_the_next_look_without_a_pass(
     thawed: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(collector, "CROWD_CHECK", 10.0)  # only the looks at the collector's counts
-    monkeypatch.setattr(collector, "LOOK_QUIET", 0.005)
-    monkeypatch.setattr(collector, "LOOK_BUSY", 0.005)
+    _timers(monkeypatch, crowd_check=10.0, look=0.005)  # only the looks at the collector's counts
     sessions = [3]
 
     async def scenario() -> weakref.ref[Cycle]:
@@ -188,9 +193,7 @@ def test_sessions_arriving_fast_are_frozen_at_the_next_look_without_a_pass(
 def test_without_an_interval_nothing_thaws_so_arrivals_are_not_frozen_unwalked(
     thawed: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(collector, "CROWD_CHECK", 10.0)
-    monkeypatch.setattr(collector, "LOOK_QUIET", 0.005)
-    monkeypatch.setattr(collector, "LOOK_BUSY", 0.005)
+    _timers(monkeypatch, crowd_check=10.0, look=0.005)
     sessions = [0]
 
     async def scenario() -> None:
@@ -210,9 +213,7 @@ def test_a_crowd_of_new_sessions_is_frozen_at_the_next_check_young_cycles_collec
     thawed: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Sessions that come more slowly than CROWD_PER_LOOK a look, but add up: the once-a-second check.
-    monkeypatch.setattr(collector, "CROWD_CHECK", 0.01)
-    monkeypatch.setattr(collector, "LOOK_QUIET", 10.0)  # no looks: only the check
-    monkeypatch.setattr(collector, "LOOK_BUSY", 10.0)
+    _timers(monkeypatch, crowd_check=0.01, look=10.0)  # no looks: only the check
     sessions = [0]
 
     async def scenario() -> None:
