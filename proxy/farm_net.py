@@ -281,7 +281,6 @@ class FarmProxy:
                 self.spawn(self._connect(upstream))
 
     async def _connect(self, upstream: FarmUpstream) -> None:
-        loop = asyncio.get_running_loop()
         wait = self.upstreams.wait()
         if wait > 0.0:  # every pool failed us lately: wait out the soonest backoff, never hammer one
             await asyncio.sleep(wait)
@@ -292,10 +291,9 @@ class FarmProxy:
             try:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow stop()'s cancellation.
                 async with asyncio.timeout(self.config.upstream_connect_timeout):
-                    _, pool = await loop.create_connection(
+                    _, pool = await self.upstreams.resolver.connect(
+                        url,
                         lambda url=url: _PoolLink(self, upstream, url),  # type: ignore[misc]
-                        url.host,
-                        url.port,
                     )
             except (TimeoutError, OSError) as exc:
                 backoff = self.upstreams.failed(url, str(exc) or "timeout")

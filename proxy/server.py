@@ -262,7 +262,6 @@ class Rig:
 
     async def _connect_pool(self) -> None:
         state = self.state
-        loop = asyncio.get_running_loop()
         for url in state.upstreams.candidates():
             if self.closed:
                 return
@@ -270,7 +269,7 @@ class Rig:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
                 # shutdown sends, and it would wait on this task forever.
                 async with asyncio.timeout(state.config.upstream_connect_timeout):
-                    transport, _ = await loop.create_connection(lambda: PoolProtocol(self), url.host, url.port)
+                    transport, _ = await state.upstreams.resolver.connect(url, lambda: PoolProtocol(self))
             except OSError as exc:
                 if exc.errno in _LOCAL_ERRNOS:
                     # This machine ran out of something (fds, buffers): not the pool's fault.
