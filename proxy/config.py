@@ -19,6 +19,7 @@ from typing import Any
 from ledger import options
 from ledger.options import ConfigError, Option, to_bool, to_float, to_int, to_strings
 from ledger.schema import DEFAULT_TTL_DAYS
+from proxy.upstream import DNS_TTL
 
 __all__ = ["ConfigError", "Limits", "ProxyConfig", "load_config"]
 
@@ -111,6 +112,7 @@ class ProxyConfig:
     network: str = "finney"
     metagraph_refresh: float = 300.0
     upstream_connect_timeout: float = 10.0
+    upstream_dns_ttl: float = DNS_TTL  # seconds a pool host's addresses serve every new connection
     shutdown_grace: float = 10.0  # seconds SIGTERM waits for in-flight submits
     ledger_batch_rows: int = LedgerBudget.batch_rows
     ledger_flush_interval: float = LedgerBudget.flush_interval
@@ -169,6 +171,8 @@ _HELP: dict[str, str] = {
     "network": "bittensor network for --require-registered: finney, test or a ws(s):// URL",
     "metagraph_refresh": "seconds between metagraph refreshes",
     "upstream_connect_timeout": "seconds to wait for a pool connection",
+    "upstream_dns_ttl": "seconds a pool host's looked-up addresses serve every new connection to it before "
+    "the next lookup (0: look up for every connection; a host that refused on every address is looked up again)",
     "shutdown_grace": "seconds SIGTERM waits for the pool's verdict on in-flight shares",
     "ledger_batch_rows": "rows per ledger insert at most",
     "ledger_flush_interval": "seconds between ledger inserts at most",
@@ -339,6 +343,8 @@ def validate(config: ProxyConfig) -> None:
         raise ConfigError("background_nice must be 0 (leave the threads alone) to 19")
     if not 0 <= config.gil_switch_interval <= 0.1:
         raise ConfigError("gil_switch_interval must be 0 (Python's own) to 0.1 seconds")
+    if config.upstream_dns_ttl < 0:
+        raise ConfigError("upstream_dns_ttl must be 0 (look up every time) or more seconds")
     if config.gc_freeze_interval < 0:
         raise ConfigError("gc_freeze_interval must be 0 (no interval) or more seconds")
     if config.api_token is not None and (

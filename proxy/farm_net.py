@@ -160,7 +160,7 @@ class FarmProxy:
         self.config = config
         self.ctx = ctx
         self.metrics = metrics
-        self.upstreams = Upstreams.from_strings(config.upstream, metrics.pool_health)
+        self.upstreams = Upstreams.from_strings(config.upstream, metrics.pool_health, dns_ttl=config.upstream_dns_ttl)
         self.hub = FarmHub(ctx, config.farm_asics_per_upstream)
         self.admission: Admission[_ASICLink] = Admission(config.limits, metrics)  # as passthrough's
         self.links: dict[FarmASIC, _ASICLink] = {}

@@ -532,7 +532,7 @@ class Server:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        upstreams = Upstreams.from_strings(config.upstream, metrics.pool_health)
+        upstreams = Upstreams.from_strings(config.upstream, metrics.pool_health, dns_ttl=config.upstream_dns_ttl)
         self.state = ServerState(config, rules, sink, metrics, upstreams)
         self._ledger_refusal = ledger_refusal
         self._server: asyncio.Server | None = None

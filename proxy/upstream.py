@@ -149,8 +149,10 @@ class Upstreams:
         self._health = [_Health(url) for url in self.urls]
 
     @classmethod
-    def from_strings(cls, urls: tuple[str, ...] | list[str], on_health: Callable[[PoolURL, bool], None]) -> Upstreams:
-        return cls([parse_pool_url(u) for u in urls], on_health=on_health)
+    def from_strings(
+        cls, urls: tuple[str, ...] | list[str], on_health: Callable[[PoolURL, bool], None], dns_ttl: float = DNS_TTL
+    ) -> Upstreams:
+        return cls([parse_pool_url(u) for u in urls], on_health=on_health, resolver=Resolver(dns_ttl))
 
     def candidates(self, now: float | None = None) -> list[PoolURL]:
         """URLs to try, best first: healthy ones in priority order, then those in backoff (soonest

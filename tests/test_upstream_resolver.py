@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from ledger.options import ConfigError
 from proxy.app import ProxyApp
-from proxy.config import ProxyConfig
+from proxy.config import ProxyConfig, load_config
 from proxy.upstream import PoolURL, Resolver
 from simulation import Fleet, SimulatedPool
 from simulation.hotkeys import hotkeys
@@ -159,3 +160,13 @@ def test_the_proxy_looks_its_pool_up_once_for_all_its_sessions(tmp_path: Path) -
     assert found["accepted"] > 0
     assert found["asics"] > 1 and found["pool connections"] == found["asics"]  # passthrough: one per ASIC...
     assert found["lookups"] == 1  # ...and one lookup for all of them
+
+
+def test_the_ttl_is_the_operators_to_set_and_never_negative(tmp_path: Path) -> None:
+    pool = ["--upstream", "stratum+tcp://localhost:3333", "--data-dir", str(tmp_path)]
+    config = load_config([*pool, "--upstream-dns-ttl", "5"])
+    assert config.upstream_dns_ttl == 5.0
+    assert ProxyApp(config).stratum.upstreams.resolver.ttl == 5.0
+    assert load_config(pool).upstream_dns_ttl == 60.0
+    with pytest.raises(ConfigError, match="upstream_dns_ttl"):
+        load_config(pool, environ={"IH_UPSTREAM_DNS_TTL": "-1"})
