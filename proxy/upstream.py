@@ -3,7 +3,8 @@
 Each new ASIC session asks for the best pool: the first URL not in backoff. A failed connection puts
 its URL in backoff (exponential, with jitter, capped); a success clears it. So when the primary comes
 back, the next sessions use it again while running sessions stay where they are. `on_health` hears
-every change of a URL's health (the proxy's `ih_upstream_up` gauge follows it).
+every change of a URL's health (the proxy's `ih_upstream_up` gauge follows it). `Resolver` opens
+the connections, each pool host looked up once a DNS_TTL for all of them.
 """
 
 from __future__ import annotations
