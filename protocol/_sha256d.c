@@ -1,6 +1,6 @@
 /* The share check's hashing in one call each, with OpenSSL's SHA-256 (SHA-NI or AVX2 where the CPU has
  * them). protocol/work.py uses this module when it was built and its own Python otherwise; both give
- * the same bytes (tests/test_protocol_work.py checks them against each other and against hashlib).
+ * the same bytes (tests/test_protocol_hashing.py checks both against hashlib and a mainnet share).
  *
  * Why in C: a share with a fresh extranonce2 costs 14 sha256d (the coinbase, 12 merkle branches at
  * today's block sizes, the header). In Python each is two hash objects and two calls, ~1 µs; here the
