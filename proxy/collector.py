@@ -52,6 +52,7 @@ wall time for 169 of work, the longest 39 (middle) and 61 ms (full); here none, 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 from collections.abc import Callable
@@ -67,6 +68,37 @@ CROWD_PER_LOOK = 5  # sessions more than at the last look: they arrive in a crow
 LOOK_BUSY = 0.02  # seconds to the next look at the collector's counts, when objects came fast...
 LOOK_QUIET = 0.1  # ...and when they did not (a look wakes an idle proxy: ~1 % of a core at 100/s)
 SAFETY_NET = 100  # the automatic collector's young threshold, times the one the loop applies
+
+
+def _untracker() -> Callable[[object], None] | None:
+    # PyObject_GC_UnTrack is CPython's stable C API; elsewhere nothing is untracked early.
+    function = getattr(getattr(ctypes, "pythonapi", None), "PyObject_GC_UnTrack", None)
+    if function is None:
+        return None
+    function.argtypes = [ctypes.py_object]
+    function.restype = None
+    untrack: Callable[[object], None] = function
+    return untrack
+
+
+_untrack = _untracker()
+
+
+def untrack_fresh(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`values`, no longer tracked by the collector: for a tuple just made, that only its maker holds.
+
+    No reference cycle can pass through such a tuple (nothing it holds refers back to it), so the
+    collector has nothing to find there; untracked, it is to the collector what an untracked dict
+    is, a root, and what it holds stays tracked on its own. Untracking is O(1): the item walk the
+    collector would make before untracking it is what this spares.
+
+    For the ledger's batch columns (tuples of thousands of values, made in the insert thread): the
+    loop's next young collection walked every item of every column twice before it untracked them.
+    Measured in a proxy at 9,000-11,000 shares/s (farm mode, embedded): young passes over 100,000-
+    200,000 such references, 6-20 ms each, ~5 % of the loop's CPU."""
+    if _untrack is not None:
+        _untrack(values)
+    return values
 
 
 class CollectorPolicy:

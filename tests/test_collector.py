@@ -347,3 +347,20 @@ def test_a_closed_session_leaves_no_reference_cycle(tmp_path: Path, mode: str) -
 
     run(asyncio.wait_for(scenario(), 90))
     assert leftovers == []
+
+
+def test_an_untracked_fresh_tuple_keeps_what_it_holds_alive_and_frees_it_with_itself() -> None:
+    """`untrack_fresh` spares the collector a tuple's items; it must not make the collector free what
+    the tuple holds (a garbage cycle inside it stays alive while the tuple does), nor leak it after."""
+    node = Cycle()
+    alive = weakref.ref(node)
+    values = (node, 1, "one")
+    assert gc.is_tracked(values)
+    assert collector.untrack_fresh(values) is values
+    assert not gc.is_tracked(values)
+    del node
+    gc.collect()
+    assert alive() is not None  # held by the untracked tuple: to the collector, a root
+    del values
+    gc.collect()
+    assert alive() is None
