@@ -24,7 +24,8 @@ every few seconds at thousands of shares a second. So, on the event loop:
 - every `thaw_every` interval freezes, `gc.unfreeze()` instead: the next full collection walks
   everything once and reclaims any reference cycle that formed among frozen objects (a closed
   session forms none, it is freed by reference counting: tests/test_collector.py; the ledger
-  client's insert contexts do, a few dozen objects an insert), and what survives it is frozen again.
+  client's insert contexts do, a few dozen objects an insert, emptied of the batch before they go:
+  `proxy.ledger.insert_batch`), and what survives it is frozen again.
   Until that pass, nothing freezes.
 
 Freezing moves list heads (no walk), so a freeze costs microseconds.

@@ -145,6 +145,28 @@ def insert_context(client: Client, into: str, table: str, token: str, columns: _
     return context
 
 
+def insert_batch(client: Client, into: str, table: str, token: str, columns: _Columns) -> tuple[int, int] | None:
+    """Inserts one batch (see insert_context); once it is written, empties `columns`. For shares,
+    returns the ts (ms) of its oldest and newest row.
+
+    The columns are let go here, in the insert thread, one at a time, and not by a collection on the
+    loop: the insert context refers to itself (clickhouse-connect keeps a bound method of it), so only
+    the collector frees it, with whatever it holds. It holds a list of ours, emptied before it is
+    dropped. Measured: full passes of 14-21 ms on the loop over 3,000-5,000 objects, nearly all of it
+    freeing a batch's 200,000 values."""
+    lent = list(columns)
+    try:
+        client.insert(context=insert_context(client, into, table, token, lent))
+    finally:
+        lent.clear()
+    ticks = columns[0] if table == "shares" else ()
+    span = (int(min(ticks)), int(max(ticks))) if ticks else None
+    del ticks
+    while columns:
+        columns.pop()  # a column freed per step: the loop can take the GIL back between two
+    return span
+
+
 @dataclass
 class _Batch:
     seq: int
@@ -572,7 +594,7 @@ class LedgerWriter:
         assert client is not None
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self._insert_sync, client, batch)
+            span = await asyncio.to_thread(self._insert_sync, client, batch)
         except Exception as exc:
             self._failed(f"insert of {batch.size} rows failed; spooling", exc)
             await self._drop_client()  # reconnect (and re-check the schema) before the next try
@@ -580,19 +602,20 @@ class LedgerWriter:
         if self._metrics is not None:
             self._metrics.ledger_flush_seconds.observe(time.perf_counter() - started)
             self._metrics.ledger_rows_written.inc(batch.size)
-            ticks = batch.columns()[0] if batch.table == "shares" else []  # ts in ms, converted by the insert
-            if ticks:
+            if span is not None:
                 now_ms = time.time() * 1000.0
-                self._lag_oldest.observe((now_ms - min(ticks)) / 1000.0)
-                self._lag_newest.observe((now_ms - max(ticks)) / 1000.0)
+                self._lag_oldest.observe((now_ms - span[0]) / 1000.0)
+                self._lag_newest.observe((now_ms - span[1]) / 1000.0)
         self._rows_written += batch.size
         self._back()
         self._retry_delay = self._min_retry_delay
         return True
 
-    def _insert_sync(self, client: Client, batch: _Batch) -> None:
+    def _insert_sync(self, client: Client, batch: _Batch) -> tuple[int, int] | None:
         into = f"{self._database}.{self._tables.get(batch.table, batch.table)}"
-        client.insert(context=insert_context(client, into, batch.table, batch.token, batch.columns()))
+        span = insert_batch(client, into, batch.table, batch.token, batch.columns())
+        batch.cols = None  # written, and emptied by insert_batch: nothing reads its columns again
+        return span
 
     async def _drop_client(self) -> None:
         client, self._client = self._client, None
