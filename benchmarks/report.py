@@ -39,6 +39,15 @@ def _fmt(value: float | None, spec: str = ",.0f") -> str:
     return format(value, spec)
 
 
+def _rss_kib(rss_bytes_per_session: float) -> float | None:
+    """KiB per session, or None when the reading is not one: RSS fell while sessions were added
+    because the allocator gave an earlier window's buffers back to the system in between."""
+    return rss_bytes_per_session / KIB if rss_bytes_per_session > 0 else None
+
+
+RSS_UNREADABLE = "RSS per session unreadable (the allocator returned the load window's buffers meanwhile)"
+
+
 def _lag_p99(r: dict[str, Any]) -> float | None:
     value: float | None = r.get("ingest_lag", {}).get("oldest", {}).get("p99_s")
     return value
@@ -150,7 +159,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "stall_window_s": rate["loop"]["seconds"],
             "stalls_over_10ms": rate["loop"]["over_10ms"],
             "gc_max_ms": max((g["max_ms"] for g in rate["loop"]["gc"].values()), default=0.0),
-            "rss_kib_per_session": p["rss_per_session"] / KIB,
+            "rss_kib_per_session": _rss_kib(p["rss_per_session"]),
             "ingest_lag_p99_s_closed": _lag_p99(closed),
             "ingest_lag_p99_s_rate": _lag_p99(rate),
             "write_bytes_per_share_rate": rate.get("proxy_write_bytes_per_share"),
@@ -164,7 +173,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
                 "sessions": many["sessions"],
                 "connected": many["connected"],
                 "seconds": many["seconds"],
-                "rss_kib_per_session": many["rss_per_session"] / KIB,
+                "rss_kib_per_session": _rss_kib(many["rss_per_session"]),
             }
         out[key] = entry
     base, farm = out.get(BASELINE), out.get("farm")
@@ -284,8 +293,12 @@ def targets_text(results: dict[str, Any]) -> str:
             f"    ingest lag p99    <= {TARGET_LAG_P99_S:g} s: {_fmt(lag, '.2f')} s at {s['rate']:,.0f}/s, "
             f"{_fmt(e['ingest_lag_p99_s_closed'], '.2f')} s closed loop — "
             f"{verdict(None if lag is None else lag <= TARGET_LAG_P99_S)}",
-            f"    RSS/session       <= {TARGET_RSS_KIB:g} KiB: {e['rss_kib_per_session']:.1f} KiB at {s['sessions']:,} "
-            f"sessions — {verdict(e['rss_kib_per_session'] <= TARGET_RSS_KIB)}",
+            f"    RSS/session       <= {TARGET_RSS_KIB:g} KiB: "
+            + (
+                f"{rss:.1f} KiB at {s['sessions']:,} sessions — {verdict(rss <= TARGET_RSS_KIB)}"
+                if (rss := e["rss_kib_per_session"]) is not None
+                else f"{RSS_UNREADABLE} — {verdict(None)}"
+            ),
             f"    pool connections: {_fmt(e['pool_connections'], ',')} for {e['sessions']:,} sessions",
             f"    disk writes: {_fmt(e['write_bytes_per_share_rate'], '.0f')} bytes per share (the process's "
             f"write() bytes: the journal, and the embedded engine's parts); RSS growth over the closed loop "
@@ -299,8 +312,8 @@ def targets_text(results: dict[str, Any]) -> str:
                 f"authorized in {many['seconds']:.2f} s, "
                 + (
                     f"{many['rss_kib_per_session']:.1f} KiB RSS each"
-                    if many["rss_kib_per_session"] > 0
-                    else "RSS per session unreadable (the allocator returned the load window's buffers meanwhile)"
+                    if many["rss_kib_per_session"] is not None
+                    else RSS_UNREADABLE
                 )
                 + f" — {verdict(ok)}"
             )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from benchmarks import report
 from benchmarks.profile import IDLE, summarize
 
 LOOP = "run (uvloop/__init__.py:92);Runner.run (asyncio/runners.py:118)"
@@ -98,3 +100,23 @@ def test_the_stall_target_is_printed_beside_the_machines_floor() -> None:
     assert stall_lines and all("the machine's floor 8.0 ms" in line for line in stall_lines)
     (direct_rate_row,) = [r for r in rows(floored) if r["path"] == "direct" and r["load"] != "closed loop"]
     assert direct_rate_row["longest loop stall ms"] == "8.0"
+
+
+def test_rss_per_session_that_fell_reads_unreadable_not_met() -> None:
+    """RSS that fell while sessions were added is the allocator returning memory, not a figure."""
+    results = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "results.json").read_text())
+    phase = next(iter(k for k, v in results["phases"].items() if "rss_per_session" in v))
+    results["phases"][phase]["rss_per_session"] = -5000.0
+    results["phases"][phase]["connect_many"] = {
+        "sessions": 9000,
+        "connected": 9000,
+        "seconds": 1.0,
+        "rss_per_session": 0.0,
+    }
+    results.pop("targets", None)
+    text = report.targets_text(results)
+    assert report.targets(results)[phase]["rss_kib_per_session"] is None
+    assert "-4.9 KiB" not in text and "KiB at" in text  # the other phases still print their figure
+    assert text.count("RSS per session unreadable") >= 2
+    results["phases"][phase]["rss_per_session"] = 4096.0
+    assert "4.0 KiB at" in report.targets_text(results)
