@@ -41,11 +41,11 @@ def _fmt(value: float | None, spec: str = ",.0f") -> str:
 
 def _rss_kib(rss_bytes_per_session: float) -> float | None:
     """KiB per session, or None when the reading is not one: RSS fell while sessions were added
-    because the allocator gave an earlier window's buffers back to the system in between."""
+    because the allocator (embedded: the engine too) gave an earlier window's memory back meanwhile."""
     return rss_bytes_per_session / KIB if rss_bytes_per_session > 0 else None
 
 
-RSS_UNREADABLE = "RSS per session unreadable (the allocator returned the load window's buffers meanwhile)"
+RSS_UNREADABLE = "RSS per session unreadable (the allocator returned an earlier window's memory meanwhile)"
 
 
 def _lag_p99(r: dict[str, Any]) -> float | None:

@@ -105,7 +105,7 @@ def test_the_stall_target_is_printed_beside_the_machines_floor() -> None:
 def test_rss_per_session_that_fell_reads_unreadable_not_met() -> None:
     """RSS that fell while sessions were added is the allocator returning memory, not a figure."""
     results = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "results.json").read_text())
-    phase = next(iter(k for k, v in results["phases"].items() if "rss_per_session" in v))
+    phase = next(k for k, v in results["phases"].items() if "rss_per_session" in v)
     results["phases"][phase]["rss_per_session"] = -5000.0
     results["phases"][phase]["connect_many"] = {
         "sessions": 9000,
