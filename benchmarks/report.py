@@ -39,7 +39,7 @@ def _fmt(value: float | None, spec: str = ",.0f") -> str:
     return format(value, spec)
 
 
-def _rss_kib(rss_bytes_per_session: float) -> float | None:
+def rss_kib(rss_bytes_per_session: float) -> float | None:
     """KiB per session, or None when the reading is not one: RSS fell while sessions were added
     because the allocator (embedded: the engine too) gave an earlier window's memory back meanwhile."""
     return rss_bytes_per_session / KIB if rss_bytes_per_session > 0 else None
@@ -159,7 +159,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "stall_window_s": rate["loop"]["seconds"],
             "stalls_over_10ms": rate["loop"]["over_10ms"],
             "gc_max_ms": max((g["max_ms"] for g in rate["loop"]["gc"].values()), default=0.0),
-            "rss_kib_per_session": _rss_kib(p["rss_per_session"]),
+            "rss_kib_per_session": rss_kib(p["rss_per_session"]),
             "ingest_lag_p99_s_closed": _lag_p99(closed),
             "ingest_lag_p99_s_rate": _lag_p99(rate),
             "write_bytes_per_share_rate": rate.get("proxy_write_bytes_per_share"),
@@ -173,7 +173,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
                 "sessions": many["sessions"],
                 "connected": many["connected"],
                 "seconds": many["seconds"],
-                "rss_kib_per_session": _rss_kib(many["rss_per_session"]),
+                "rss_kib_per_session": rss_kib(many["rss_per_session"]),
             }
         out[key] = entry
     base, farm = out.get(BASELINE), out.get("farm")

@@ -688,7 +688,12 @@ class Bench:
             out["connect_many"] = many
             _say(
                 f"  {name}: {many['connected']:,} of {connect_many:,} sessions connected and authorized in "
-                f"{many['seconds']:.2f} s; {many['rss_per_session'] / 1024:.1f} KiB RSS per session"
+                f"{many['seconds']:.2f} s; "
+                + (
+                    f"{kib:.1f} KiB RSS per session"
+                    if (kib := report.rss_kib(many["rss_per_session"])) is not None
+                    else report.RSS_UNREADABLE
+                )
             )
         out["exit_code"] = proxy.stop()
         self.proxy = None
