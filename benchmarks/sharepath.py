@@ -8,7 +8,9 @@ the verdict, re-address it, count it in the metrics, record the ledger row (an a
 itself is a background thread's job). Framing was outside this figure before the session took bytes.
 Compared with the proxy process's CPU per share in the full benchmark, the rest is the event loop,
 the transports and the kernel. Also timed: the share check alone, the metric updates one share
-makes (in the session and in server.py), and the LineFramer + write-join glue of the asyncio layer.
+makes (in the session and in server.py), the LineFramer + write-join glue of the asyncio layer, and
+farm mode's hub (`proxy.farm.FarmHub`, sans-I/O as well) doing the same for one ASIC on one pool
+connection: the submit re-addressed into the pool's extranonce2 space, the verdict back to the ASIC.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from protocol.framing import LineFramer
 from protocol.messages import encode_notify
 from protocol.work import Job
 from proxy.config import Limits
+from proxy.farm import FarmASIC, FarmContext, FarmHub, FarmUpstream
 from proxy.metrics import ProxyMetrics
 from proxy.session import Instant, MinerSession, SessionRules
 from proxy.verdicts import VerdictSink
@@ -101,6 +104,80 @@ def _per_share_ns(metrics_factory: Any, repeats: int = REPEATS) -> float:
     return best
 
 
+def _farm(rows: list[Row]) -> tuple[FarmHub, FarmASIC, FarmUpstream, str]:
+    """One ASIC (configure, subscribe, authorize) on one pool connection whose handshake is answered
+    and whose first job is out; every hash meets the pool's difficulty."""
+    limits = Limits(cost_hard_limit=1e18, cost_soft_limit=1e18)
+    hub = FarmHub(
+        FarmContext(
+            SessionRules(accounts=("infinite",), limits=limits), VerdictSink("bench", rows.append, ProxyMetrics())
+        ),
+        256,
+    )
+    asic = hub.new_asic("s-1", time.monotonic())
+    worker = f"infinite.{hotkey(0, 'benchmark')}.w0"
+    hub.miner_data(
+        asic,
+        b'{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"1fffe000"}]}\n'
+        b'{"id":2,"method":"mining.subscribe","params":["bmminer/2.0.0"]}\n'
+        b'{"id":3,"method":"mining.authorize","params":["' + worker.encode() + b'","x"]}\n',
+        time.monotonic(),
+    )
+    upstream = hub.want_connection.pop()
+    hub.pool_connected(upstream, "pool:3333", time.monotonic())
+    assert [b'"id":%d' % i in line for i, line in enumerate(upstream.to_pool, 1)] == [True] * 3, upstream.to_pool
+    upstream.to_pool.clear()
+    hub.pool_data(
+        upstream,
+        b'{"id":1,"result":{"version-rolling":true,"version-rolling.mask":"1fffe000"},"error":null}\n'
+        b'{"id":2,"result":[[["mining.notify","1"]],"' + EXTRANONCE1.encode() + b'",8],"error":null}\n'
+        b'{"id":3,"result":true,"error":null}\n'
+        b'{"id":null,"method":"mining.set_difficulty","params":[1e-10]}\n' + encode_notify(make_notify()),
+        time.monotonic(),
+    )
+    assert asic.jobs and asic.workers, "farm handshake failed"
+    asic.to_miner.clear()
+    hub.dirty_asics.clear()
+    hub.dirty_upstreams.clear()
+    return hub, asic, upstream, worker
+
+
+def _farm_per_share_ns(repeats: int = REPEATS) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        rows: list[Row] = []
+        hub, asic, upstream, worker = _farm(rows)
+        job_id = next(iter(asic.jobs))
+        submits = [
+            b'{"id":%d,"method":"mining.submit","params":["%s","%s","%08x","%s","%08x","%08x"]}\n'
+            % (
+                i + 10,
+                worker.encode(),
+                job_id.encode(),
+                i,
+                NTIME.encode(),
+                (i * 2654435761) & 0xFFFFFFFF,
+                (i << 13) & 0x1FFFE000,
+            )
+            for i in range(SHARES)
+        ]
+        replies = [b'{"id":%d,"result":true,"error":null}\n' % (4 + i) for i in range(SHARES)]
+        to_pool, to_miner = upstream.to_pool, asic.to_miner
+        gc.collect()
+        started = time.perf_counter_ns()
+        for submit, reply in zip(submits, replies, strict=True):
+            now = time.monotonic()
+            hub.miner_data(asic, submit, now)
+            to_pool.clear()
+            hub.pool_data(upstream, reply, now)
+            to_miner.clear()
+        elapsed = time.perf_counter_ns() - started
+        accepted = sum(1 for r in rows if isinstance(r, ShareRow) and r.accepted)
+        assert accepted == SHARES, f"only {accepted} of {SHARES} shares accepted: {rows[-1] if rows else None}"
+        best = min(best, elapsed / SHARES)
+    return best
+
+
 def _check_ns(repeats: int = REPEATS) -> float:
     notify = make_notify()
     best = float("inf")
@@ -150,12 +227,14 @@ def _metrics_ns() -> float:
 
 def measure() -> dict[str, float]:
     # Alternated, best of each: this kind of machine drifts by tens of percent within seconds.
-    session, check = float("inf"), float("inf")
+    session, farm, check = float("inf"), float("inf"), float("inf")
     for _ in range(REPEATS + 2):
         session = min(session, _per_share_ns(ProxyMetrics, 1))
+        farm = min(farm, _farm_per_share_ns(1))
         check = min(check, _check_ns(1))
     return {
         "session_share_ns": session,
+        "farm_share_ns": farm,
         "share_check_ns": check,
         "metrics_ns": _metrics_ns(),
         "framing_glue_ns": _glue_ns(),
@@ -164,12 +243,13 @@ def measure() -> dict[str, float]:
 
 def main() -> int:
     figures = measure()
-    s, check, metrics, glue = (
-        figures[k] for k in ("session_share_ns", "share_check_ns", "metrics_ns", "framing_glue_ns")
+    s, farm, check, metrics, glue = (
+        figures[k] for k in ("session_share_ns", "farm_share_ns", "share_check_ns", "metrics_ns", "framing_glue_ns")
     )
     print(f"sans-I/O session, per share (submit + verdict):  {s / 1000:6.1f} µs")
     print(f"  of which the share check (14 sha256d):          {check / 1000:6.1f} µs")
     print(f"  the rest (decode, encode, checks, ledger row):  {(s - check) / 1000:6.1f} µs")
+    print(f"sans-I/O farm hub, per share (submit + verdict): {farm / 1000:6.1f} µs")
     print(f"metric updates per share (3 session + 2 server):  {metrics / 1000:5.1f} µs")
     print(f"framing and write joins (server.py), per share:  {glue / 1000:6.1f} µs")
     return 0
