@@ -93,7 +93,7 @@ from proxy.session import (
     credit_for,
     retired_block_note,
 )
-from proxy.verdicts import VerdictSink, metric_labels, uint32
+from proxy.verdicts import VerdictSink, hashed_fields, metric_labels
 
 log = logging.getLogger("proxy.farm")
 
@@ -128,6 +128,7 @@ __all__ = [
 ]
 
 VERSION = "ih-proxy/0.1 farm"
+_new_row = tuple.__new__
 MAX_JOBS = 16  # live jobs per ASIC; a clean job drops all earlier ones
 # The extranonce2 size an ASIC is given before this proxy has seen any pool's (2..8 is what firmware takes).
 DEFAULT_ASIC_EXTRANONCE2_SIZE = 4
@@ -650,32 +651,38 @@ class FarmHub:
     ) -> None:
         """Count a judged share and ledger it (accepted when `reason` is empty), the coinbase as the
         POOL saw it: extranonce1 = E1 ‖ prefix, extranonce2 = the ASIC's ‖ filler (module doc)."""
-        self.ctx.metrics.count_share(*metric_labels(reason))
+        ctx = self.ctx
+        ctx.metrics.count_share(*metric_labels(reason))
         if worker is None:
             return
-        bits = submit.version_bits
-        self.ctx.record(
-            ShareRow(
-                received,
-                self.ctx.proxy_id,
-                worker.hotkey,
-                worker.full_name,
-                asic.session_id,
-                (work.pool_job.notify.job_id if work else submit.job_id)[:64],
-                credit,
-                share.difficulty if share else 0.0,
-                share.hex_hash if share else "",
-                0 if reason else 1,
-                reason,
-                upstream.label if upstream is not None else "",
-                1 if share is not None and share.is_block else 0,
-                work.pool_job.key if work else "",
-                work.pool_job.extranonce1 + work.prefix if work else "",
-                (submit.extranonce2[:64].lower() + work.filler) if work else submit.extranonce2[:64].lower(),
-                uint32(submit.ntime),
-                uint32(submit.nonce),
-                None if bits is None else uint32(bits),
-                asic.version_mask,
+        hash_hex, share_difficulty, block, ntime, nonce, bits = hashed_fields(share, submit)
+        extranonce2 = submit.extranonce2[:64].lower()
+        # tuple.__new__ skips NamedTuple's Python-level __new__, as proxy.verdicts does.
+        ctx.record(
+            _new_row(
+                ShareRow,
+                (
+                    received,
+                    ctx.proxy_id,
+                    worker.hotkey,
+                    worker.full_name,
+                    asic.session_id,
+                    (work.pool_job.notify.job_id if work else submit.job_id)[:64],
+                    credit,
+                    share_difficulty,
+                    hash_hex,
+                    0 if reason else 1,
+                    reason,
+                    upstream.label if upstream is not None else "",
+                    block,
+                    work.pool_job.key if work else "",
+                    work.pool_job.extranonce1 + work.prefix if work else "",
+                    extranonce2 + work.filler if work else extranonce2,
+                    ntime,
+                    nonce,
+                    bits,
+                    asic.version_mask,
+                ),
             )
         )
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from ledger.jobs import job_row
 from ledger.rows import Row, ShareRow
-from protocol.work import display_hash
+from protocol.messages import SubmitParams
+from protocol.work import Share, display_hash
 from proxy.metrics import ProxyMetrics
 from proxy.session import AuthorizeOutcome, JobSeen, Outbox, PoolTrouble, Verdict
 
@@ -87,15 +88,7 @@ class VerdictSink:
                 share.hex_hash,
                 not reason,
             )
-        if share is not None:
-            # The share hashed: its fields were checked, their numbers already read.
-            hash_hex = display_hash(share.hash)
-            ntime, nonce, bits = share.ntime, share.nonce, share.version_bits
-            share_difficulty, block = share.difficulty, 1 if share.is_block else 0
-        else:
-            hash_hex, share_difficulty, block = "", 0.0, 0
-            ntime, nonce = uint32(submit.ntime), uint32(submit.nonce)
-            bits = None if submit.version_bits is None else uint32(submit.version_bits)
+        hash_hex, share_difficulty, block, ntime, nonce, bits = hashed_fields(share, submit)
         # tuple.__new__ skips NamedTuple's Python-level __new__: a tenth of this function's time.
         self.record(
             _new_row(
@@ -136,6 +129,24 @@ class VerdictSink:
                 log.info("worker %r from %s %s: %s", note.worker, peer, note.outcome, note.detail)
         else:
             log.warning("%s", note.detail)
+
+
+def hashed_fields(share: Share | None, submit: SubmitParams) -> tuple[str, float, int, int, int, int | None]:
+    """A share row's hash, share_difficulty, block, ntime, nonce and version bits (both modes).
+
+    A share that hashed had its fields checked and their numbers read; one that did not is ledgered
+    with what could be read of what was submitted."""
+    if share is not None:
+        return (
+            display_hash(share.hash),
+            share.difficulty,
+            1 if share.is_block else 0,
+            share.ntime,
+            share.nonce,
+            share.version_bits,
+        )
+    bits = None if submit.version_bits is None else uint32(submit.version_bits)
+    return "", 0.0, 0, uint32(submit.ntime), uint32(submit.nonce), bits
 
 
 def uint32(text: str) -> int:

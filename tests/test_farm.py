@@ -306,7 +306,36 @@ def test_version_bits_are_what_the_asic_asked_for_and_the_pool_granted() -> None
     assert asic.version_mask == 0x00FFE000
 
 
-@settings(max_examples=60, deadline=None)
+def test_share_rows_carry_the_submitted_numbers_whether_the_share_hashed_or_not() -> None:
+    """ntime, nonce and version bits as numbers: read off the hashed share, or (a stale share, never
+    hashed) off what was submitted; an upper-case extranonce2 is ledgered in lower case."""
+    h = Harness()
+    worker = f"infinite.{HOTKEYS[0]}.rig0"
+    asic = h.asic(worker, configure="1fffe000")
+    upstream = h.wanted()
+    h.connect(upstream)
+    notify = last_notify(sent(asic))
+    share = submit_as(worker, mine(asic, notify, en2=0xAB))
+    params = share["params"]
+    params[2] = params[2].upper()
+    h.miner(asic, {**share, "params": [*params, "00002000"]})
+    h.miner(asic, {"id": 9, "method": "mining.submit", "params": [worker, "gone", "00" * 4, "6600000a", "0000beef"]})
+    (forwarded,) = [msgspec.json.decode(line) for line in upstream.to_pool]
+    h.pool(upstream, {"id": forwarded["id"], "result": True, "error": None})
+    stale, accepted = sorted((r for r in h.rows if isinstance(r, ShareRow)), key=lambda r: r.accepted)
+    assert (stale.reject_reason, stale.hash, stale.ntime, stale.nonce, stale.version_bits) == (
+        "stale",
+        "",
+        0x6600000A,
+        0xBEEF,
+        None,
+    )
+    assert accepted.accepted == 1 and accepted.hash and accepted.extranonce2.startswith(params[2].lower())
+    assert (accepted.ntime, accepted.nonce, accepted.version_bits) == (int(params[3], 16), int(params[4], 16), 0x2000)
+    report = audit_rows([accepted], {r.job_key: r for r in h.rows if isinstance(r, JobRow)})
+    assert report.checked == 1 and report.clean, report.examples  # and the row re-hashes
+
+
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 10_000)), min_size=1, max_size=300), st.integers(1, 2))
 def test_prefixes_never_collide(operations: list[tuple[bool, int]], size: int) -> None:
     allocator = PrefixAllocator(size)
