@@ -1,4 +1,5 @@
-"""The one compiled part: protocol/_sha256d.c, the share check's SHA-256 (see that file for why).
+"""The one compiled part: protocol/_sha256d.c, the share check's SHA-256 and hex fields (see that file
+for why).
 
 `optional=True`: where no C compiler or no OpenSSL headers are, the build goes on without it and
 protocol.work hashes in Python (same results; ~9 µs more per share with a fresh extranonce2).

@@ -31,21 +31,6 @@ _HEX8 = re.compile(r"[0-9a-fA-F]{8}")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
-def hex_bytes(value: str, digits: int) -> bytes | None:
-    """`value` decoded when it is exactly `digits` (even) hex digits in either case, else None.
-
-    The share path's check: cheaper than a regex. On ASCII, isalnum leaves only [0-9A-Za-z] (no
-    spaces, signs, underscores or "0x" that int() and fromhex() would forgive), and fromhex refuses
-    the letters past f.
-    """
-    if len(value) != digits or not value.isascii() or not value.isalnum():
-        return None
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        return None
-
-
 def is_hex(value: str, length: int | None = None) -> bool:
     """True when `value` is hex digits only (either case), of exactly `length` digits if given."""
     if length is not None and len(value) != length:
