@@ -415,6 +415,17 @@ def checks_text(results: dict[str, Any]) -> str:
 # --- files -----------------------------------------------------------------------------------------
 
 
+def _sans_io(refs: dict[str, Any]) -> str:
+    """The share path's Python without sockets (benchmarks.sharepath): the floor under the figures above."""
+    session, farm = refs.get("sans_io_session_share_ns"), refs.get("sans_io_farm_share_ns")
+    if session is None:
+        return ""
+    text = f"the share path without sockets (benchmarks.sharepath): a passthrough session {session / 1000:.1f} µs"
+    if farm is not None:
+        text += f", farm mode's hub {farm / 1000:.1f} µs"
+    return text + " per share; "
+
+
 def write(results: dict[str, Any], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
     env = results["environment"]
@@ -424,6 +435,7 @@ def write(results: dict[str, Any], out: Path) -> None:
         f"check's {refs.get('sha256d_header_share_path_ns', float('nan')):.0f} ns ({env.get('share_hashing', '?')}), "
         f"its Python fallback {refs.get('sha256d_header_python_ns', float('nan')):.0f} ns; "
         f"the proxy's share check (12 branches, fresh extranonce2) {refs['share_check_fresh_en2_ns'] / 1000:.1f} µs; "
+        f"{_sans_io(refs)}"
         f"a bare uvloop echo round trip {refs['uvloop_echo_round_trip_us']:.1f} µs in one process, "
         f"{refs['uvloop_echo_two_processes_us']:.1f} µs between two."
         if "sha256d_header_ns" in refs

@@ -120,3 +120,15 @@ def test_rss_per_session_that_fell_reads_unreadable_not_met() -> None:
     assert text.count("RSS per session unreadable") >= 2
     results["phases"][phase]["rss_per_session"] = 4096.0
     assert "4.0 KiB at" in report.targets_text(results)
+
+
+def test_the_reference_line_gives_the_share_path_without_sockets_where_the_run_measured_it(tmp_path: Path) -> None:
+    results = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "results.json").read_text())
+    refs = results["reference"]
+    refs["sans_io_session_share_ns"], refs["sans_io_farm_share_ns"] = 25_040.0, 22_310.0
+    report.write(results, tmp_path)
+    text = (tmp_path / "results.md").read_text()
+    assert "a passthrough session 25.0 µs, farm mode's hub 22.3 µs per share" in text
+    del refs["sans_io_farm_share_ns"]  # a run from before the farm figure
+    report.write(results, tmp_path)
+    assert "a passthrough session 25.0 µs per share" in (tmp_path / "results.md").read_text()
