@@ -123,17 +123,14 @@ static PyObject *py_hex_bytes(PyObject *Py_UNUSED(module), PyObject *const *args
     Py_ssize_t digits = PyLong_AsSsize_t(args[1]);
     if (digits == -1 && PyErr_Occurred())
         return NULL;
-    if (digits <= 0 || digits % 2 != 0) { /* no digits is no field (as the Python: "".isalnum() is false) */
-        if (!PyUnicode_Check(args[0]))
-            return PyErr_Format(PyExc_TypeError, "expected str, not %.100s", Py_TYPE(args[0])->tp_name);
-        Py_RETURN_NONE;
-    }
     const unsigned char *text = exact_ascii(args[0], digits, &failed);
     if (text == NULL) {
         if (failed)
             return NULL;
         Py_RETURN_NONE;
     }
+    if (digits <= 0 || digits % 2 != 0) /* no digits is no field (as the Python: "".isalnum() is false) */
+        Py_RETURN_NONE;
     PyObject *out = PyBytes_FromStringAndSize(NULL, digits / 2);
     if (out == NULL)
         return NULL;

@@ -93,7 +93,7 @@ from proxy.session import (
     credit_for,
     retired_block_note,
 )
-from proxy.verdicts import VerdictSink, hashed_fields, metric_labels
+from proxy.verdicts import VerdictSink, hashed_fields, metric_labels, new_row
 
 log = logging.getLogger("proxy.farm")
 
@@ -128,7 +128,6 @@ __all__ = [
 ]
 
 VERSION = "ih-proxy/0.1 farm"
-_new_row = tuple.__new__
 MAX_JOBS = 16  # live jobs per ASIC; a clean job drops all earlier ones
 # The extranonce2 size an ASIC is given before this proxy has seen any pool's (2..8 is what firmware takes).
 DEFAULT_ASIC_EXTRANONCE2_SIZE = 4
@@ -657,9 +656,8 @@ class FarmHub:
             return
         hash_hex, share_difficulty, block, ntime, nonce, bits = hashed_fields(share, submit)
         extranonce2 = submit.extranonce2[:64].lower()
-        # tuple.__new__ skips NamedTuple's Python-level __new__, as proxy.verdicts does.
         ctx.record(
-            _new_row(
+            new_row(
                 ShareRow,
                 (
                     received,

@@ -18,7 +18,8 @@ from proxy.metrics import ProxyMetrics
 from proxy.session import AuthorizeOutcome, JobSeen, Outbox, PoolTrouble, Verdict
 
 log = logging.getLogger("proxy.session")
-_new_row = tuple.__new__
+# A row built with tuple.__new__ skips NamedTuple's Python-level __new__ (both modes' share rows).
+new_row = tuple.__new__
 
 
 class VerdictSink:
@@ -91,7 +92,7 @@ class VerdictSink:
         hash_hex, share_difficulty, block, ntime, nonce, bits = hashed_fields(share, submit)
         # tuple.__new__ skips NamedTuple's Python-level __new__: a tenth of this function's time.
         self.record(
-            _new_row(
+            new_row(
                 ShareRow,
                 (
                     v.received,
