@@ -96,13 +96,11 @@ static int hex_digit(unsigned char c) {
     return -1;
 }
 
-/* The ASCII text of `value` when it is a str of exactly `digits` characters, else NULL (no error set);
- * a value that is not a str sets TypeError. */
-static const unsigned char *exact_ascii(PyObject *value, Py_ssize_t digits, int *failed) {
-    *failed = 0;
+/* The ASCII text of `value` when it is a str of exactly `digits` characters, else NULL: with
+ * TypeError set when it is not a str at all, with no error (the caller answers None) otherwise. */
+static const unsigned char *exact_ascii(PyObject *value, Py_ssize_t digits) {
     if (!PyUnicode_Check(value)) {
         PyErr_Format(PyExc_TypeError, "expected str, not %.100s", Py_TYPE(value)->tp_name);
-        *failed = 1;
         return NULL;
     }
     if (!PyUnicode_IS_ASCII(value) || PyUnicode_GET_LENGTH(value) != digits)
@@ -110,12 +108,18 @@ static const unsigned char *exact_ascii(PyObject *value, Py_ssize_t digits, int 
     return (const unsigned char *)PyUnicode_DATA(value);
 }
 
+/* What a caller of exact_ascii returns when it gave NULL: the error, or None. */
+static PyObject *not_a_field(void) {
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(hex_bytes_doc,
              "hex_bytes(value, digits, /) -> bytes | None\n\n"
              "value decoded when it is exactly `digits` (even) hex digits in either case, else None.");
 
 static PyObject *py_hex_bytes(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
-    int failed;
     if (nargs != 2) {
         PyErr_Format(PyExc_TypeError, "hex_bytes() takes 2 arguments (%zd given)", nargs);
         return NULL;
@@ -123,12 +127,9 @@ static PyObject *py_hex_bytes(PyObject *Py_UNUSED(module), PyObject *const *args
     Py_ssize_t digits = PyLong_AsSsize_t(args[1]);
     if (digits == -1 && PyErr_Occurred())
         return NULL;
-    const unsigned char *text = exact_ascii(args[0], digits, &failed);
-    if (text == NULL) {
-        if (failed)
-            return NULL;
-        Py_RETURN_NONE;
-    }
+    const unsigned char *text = exact_ascii(args[0], digits);
+    if (text == NULL)
+        return not_a_field();
     if (digits <= 0 || digits % 2 != 0) /* no digits is no field (as the Python: "".isalnum() is false) */
         Py_RETURN_NONE;
     PyObject *out = PyBytes_FromStringAndSize(NULL, digits / 2);
@@ -151,13 +152,9 @@ PyDoc_STRVAR(hex_uint32_doc,
              "value read as a big-endian number when it is exactly 8 hex digits in either case, else None.");
 
 static PyObject *py_hex_uint32(PyObject *Py_UNUSED(module), PyObject *arg) {
-    int failed;
-    const unsigned char *text = exact_ascii(arg, 8, &failed);
-    if (text == NULL) {
-        if (failed)
-            return NULL;
-        Py_RETURN_NONE;
-    }
+    const unsigned char *text = exact_ascii(arg, 8);
+    if (text == NULL)
+        return not_a_field();
     unsigned long number = 0;
     for (int i = 0; i < 8; i++) {
         int digit = hex_digit(text[i]);
