@@ -45,6 +45,30 @@ def rss_kib(rss_bytes_per_session: float) -> float | None:
     return rss_bytes_per_session / KIB if rss_bytes_per_session > 0 else None
 
 
+def connect_cpu(many: dict[str, Any]) -> dict[str, float] | None:
+    """CPU µs per session over a connect, the proxy's apart from the load side's (generators and
+    pool, on the other core): which of them bounds the time to connect."""
+    cpu, connected = many.get("cpu_seconds"), many.get("connected")
+    if not cpu or not connected:
+        return None
+    load = sum(v for k, v in cpu.items() if k == "pool" or k.startswith("loadgen"))
+    out = {"load": load / connected * 1e6}
+    if "proxy" in cpu:
+        out["proxy"] = cpu["proxy"] / connected * 1e6
+    return out
+
+
+def _calls(per_share: dict[str, float] | None) -> str:
+    return f"{per_share['read']:.2f} + {per_share['write']:.2f}" if per_share else "–"
+
+
+def _connect_cpu_text(per_session: dict[str, float] | None) -> str:
+    if not per_session:
+        return ""
+    proxy = f"proxy {per_session['proxy']:.0f} µs, " if "proxy" in per_session else ""
+    return f" (CPU per session: {proxy}generators and pool {per_session['load']:.0f} µs)"
+
+
 RSS_UNREADABLE = "RSS per session unreadable (the allocator returned an earlier window's memory meanwhile)"
 
 
@@ -163,6 +187,8 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "ingest_lag_p99_s_closed": _lag_p99(closed),
             "ingest_lag_p99_s_rate": _lag_p99(rate),
             "write_bytes_per_share_rate": rate.get("proxy_write_bytes_per_share"),
+            "syscalls_per_share_closed": closed.get("proxy_syscalls_per_share"),
+            "syscalls_per_share_rate": rate.get("proxy_syscalls_per_share"),
             "rss_growth_bytes_per_share": p.get("rss_growth_per_closed_loop_share"),
             "sessions": p["connect"]["connected"],
             "pool_connections": p.get("pool_connections"),
@@ -174,6 +200,7 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
                 "connected": many["connected"],
                 "seconds": many["seconds"],
                 "rss_kib_per_session": rss_kib(many["rss_per_session"]),
+                "cpu_us_per_session": connect_cpu(many),
             }
         out[key] = entry
     base, farm = out.get(BASELINE), out.get("farm")
@@ -240,7 +267,7 @@ def targets_text(results: dict[str, Any]) -> str:
             )
             + (
                 f"; {direct['connect_many']['connected']:,} sessions connected straight to the pool in "
-                f"{direct['connect_many']['seconds']:.2f} s"
+                f"{direct['connect_many']['seconds']:.2f} s" + _connect_cpu_text(connect_cpu(direct["connect_many"]))
                 if direct.get("connect_many")
                 else ""
             )
@@ -304,6 +331,12 @@ def targets_text(results: dict[str, Any]) -> str:
             f"write() bytes: the journal, and the embedded engine's parts); RSS growth over the closed loop "
             f"{_fmt(e['rss_growth_bytes_per_share'], '.0f')} bytes per accepted share",
         ]
+        if e.get("syscalls_per_share_closed") or e.get("syscalls_per_share_rate"):
+            lines.append(
+                "    read()/write() calls per share (sockets, the journal, the engine's files): "
+                f"{_calls(e.get('syscalls_per_share_closed'))} closed loop, "
+                f"{_calls(e.get('syscalls_per_share_rate'))} at {s['rate']:,.0f}/s"
+            )
         many = e.get("connect_many")
         if many:
             ok = many["connected"] == many["sessions"] and many["seconds"] <= TARGET_CONNECT_S
@@ -316,6 +349,7 @@ def targets_text(results: dict[str, Any]) -> str:
                     else RSS_UNREADABLE
                 )
                 + f" — {verdict(ok)}"
+                + _connect_cpu_text(many.get("cpu_us_per_session"))
             )
         vs = e.get("vs_passthrough")
         if vs:

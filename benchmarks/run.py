@@ -110,11 +110,14 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-def write_bytes(pid: int) -> int:
+def io_counts(pid: int) -> tuple[int, int, int]:
+    """The process's write() bytes, read() calls and write() calls so far (sockets and files alike:
+    /proc/<pid>/io's wchar, syscr, syscw); zeros where the platform does not tell."""
     try:
-        return int(psutil.Process(pid).io_counters().write_chars)
+        io = psutil.Process(pid).io_counters()
+        return int(io.write_chars), int(io.read_count), int(io.write_count)
     except (psutil.Error, AttributeError):
-        return 0
+        return 0, 0, 0
 
 
 def rss(pid: int) -> int:
@@ -424,7 +427,9 @@ class Bench:
                 }
             )
             offset += 1_000_000  # worker indexes never collide between generators
+        cpu_before = cpu_seconds(self.pids())
         answers = [g.receive(self.args.connect_timeout + 60) for g in self.generators]
+        cpu_after = cpu_seconds(self.pids())
         errors = [e for a in answers for e in a["errors"]]
         return {
             "sessions": sessions,
@@ -432,6 +437,8 @@ class Bench:
             "failed": sum(a["failed"] for a in answers),
             "seconds": max(a["seconds"] for a in answers),
             "errors": errors[:3],
+            # Who spent the connect's time: the proxy alone on its core, or the load side.
+            "cpu_seconds": {name: cpu_after[name] - cpu_before[name] for name in cpu_after if name in cpu_before},
         }
 
     def disconnect(self) -> float:
@@ -452,13 +459,13 @@ class Bench:
         cpu_before, busy_before, steal_before = cpu_seconds(self.pids()), busy_seconds(), steal_seconds()
         core_before = core_busy(self.proxy_cpus)
         threads_before = thread_cpu(proxy.pid) if proxy is not None else {}
-        io_before = write_bytes(proxy.pid) if proxy is not None else 0
+        io_before = io_counts(proxy.pid) if proxy is not None else (0, 0, 0)
         spy = self._py_spy(duration) if proxy is not None and mode == "closed" and self.args.py_spy else None
         answers = [g.receive(duration + 90) for g in self.generators]
         cpu_after, busy_after, steal_after = cpu_seconds(self.pids()), busy_seconds(), steal_seconds()
         core_after = core_busy(self.proxy_cpus)
         threads_after = thread_cpu(proxy.pid) if proxy is not None else {}
-        io_after = write_bytes(proxy.pid) if proxy is not None else 0
+        io_after = io_counts(proxy.pid) if proxy is not None else (0, 0, 0)
         wall_end = time.time()
         if spy is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -521,7 +528,14 @@ class Bench:
             result["proxy_cpu_split_us_per_share"] = {
                 k: (threads_after[k] - threads_before[k]) / replied * 1e6 for k in threads_after if replied
             }
-            result["proxy_write_bytes_per_share"] = (io_after - io_before) / replied if replied else None
+            result["proxy_write_bytes_per_share"] = (io_after[0] - io_before[0]) / replied if replied else None
+            # What a share costs the kernel: the socket reads and writes (and the journal's writes),
+            # fewer per share where one loop iteration carries many shares.
+            result["proxy_syscalls_per_share"] = (
+                {"read": (io_after[1] - io_before[1]) / replied, "write": (io_after[2] - io_before[2]) / replied}
+                if replied and io_after[1]
+                else None
+            )
             result["loop"] = proxy.probe(wall_start, wall_end)
         elif self.floor_out is not None:
             result["loop"] = read_probe(self.floor_out, wall_start, wall_end)

@@ -132,3 +132,32 @@ def test_the_reference_line_gives_the_share_path_without_sockets_where_the_run_m
     del refs["sans_io_farm_share_ns"]  # a run from before the farm figure
     report.write(results, tmp_path)
     assert "a passthrough session 25.0 µs per share" in (tmp_path / "results.md").read_text()
+
+
+def test_a_connect_phase_says_who_spent_its_time_and_a_window_its_calls_per_share() -> None:
+    """9,000 at once is bounded by whichever core is full: the proxy's CPU per session beside the
+    load side's (generators and pool); each window's read()/write() calls per share. Results from
+    before these figures print neither."""
+    results = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "results.json").read_text())
+    results.pop("targets", None)
+    for phase in results["phases"].values():
+        for window in ("closed", "rate"):
+            if isinstance(phase, dict) and isinstance(phase.get(window), dict):
+                phase[window].pop("proxy_syscalls_per_share", None)
+        if isinstance(phase, dict) and "connect_many" in phase:
+            phase["connect_many"].pop("cpu_seconds", None)
+    before = report.targets_text(results)
+    assert "CPU per session" not in before and "calls per share" not in before
+    proxied = next(k for k, v in results["phases"].items() if "connect_many" in v and k != "direct")
+    results["phases"][proxied]["connect_many"].update(
+        connected=9000, cpu_seconds={"proxy": 3.6, "pool": 1.8, "loadgen0": 0.9, "loadgen1": 0.9, "clickhouse": 0.5}
+    )
+    results["phases"][proxied]["closed"]["proxy_syscalls_per_share"] = {"read": 0.5, "write": 0.75}
+    results["phases"][proxied]["rate"]["proxy_syscalls_per_share"] = {"read": 1.93, "write": 2.43}
+    results["phases"]["direct"]["connect_many"].update(connected=9000, cpu_seconds={"pool": 1.8, "loadgen0": 0.9})
+    entry = report.targets(results)[proxied]["connect_many"]
+    assert entry["cpu_us_per_session"] == {"proxy": 400.0, "load": 400.0}  # the engine is neither side
+    text = report.targets_text(results)
+    assert "(CPU per session: proxy 400 µs, generators and pool 400 µs)" in text
+    assert "connected straight to the pool in" in text and "(CPU per session: generators and pool 300 µs)" in text
+    assert "0.50 + 0.75 closed loop, 1.93 + 2.43 at 5,000/s" in text
