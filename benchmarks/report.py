@@ -53,8 +53,9 @@ def connect_cpu(many: dict[str, Any]) -> dict[str, float] | None:
         return None
     load = sum(v for k, v in cpu.items() if k == "pool" or k.startswith("loadgen"))
     out = {"load": load / connected * 1e6}
-    if "proxy" in cpu:
-        out["proxy"] = cpu["proxy"] / connected * 1e6
+    between = cpu.get("proxy", cpu.get("relay"))  # what sat between them, on the proxy's core
+    if between is not None:
+        out["proxy"] = between / connected * 1e6
     return out
 
 
@@ -62,11 +63,23 @@ def _calls(per_share: dict[str, float] | None) -> str:
     return f"{per_share['read']:.2f} + {per_share['write']:.2f}" if per_share else "–"
 
 
-def _connect_cpu_text(per_session: dict[str, float] | None) -> str:
+def _connect_cpu_text(per_session: dict[str, float] | None, between: str = "proxy") -> str:
     if not per_session:
         return ""
-    proxy = f"proxy {per_session['proxy']:.0f} µs, " if "proxy" in per_session else ""
+    proxy = f"{between} {per_session['proxy']:.0f} µs, " if "proxy" in per_session else ""
     return f" (CPU per session: {proxy}generators and pool {per_session['load']:.0f} µs)"
+
+
+def _relay_text(direct: dict[str, Any]) -> str:
+    relayed = direct.get("connect_many_relay")
+    if not relayed:
+        return ""
+    return (
+        f"; through a bare byte relay on the proxy's core (a pool connection per session, nothing parsed: "
+        f"passthrough's floor) in {relayed['seconds']:.2f} s"
+        + ("" if relayed["connected"] == relayed["sessions"] else f", {relayed['connected']:,} connected")
+        + _connect_cpu_text(connect_cpu(relayed), "relay")
+    )
 
 
 RSS_UNREADABLE = "RSS per session unreadable (the allocator returned an earlier window's memory meanwhile)"
@@ -267,7 +280,9 @@ def targets_text(results: dict[str, Any]) -> str:
             )
             + (
                 f"; {direct['connect_many']['connected']:,} sessions connected straight to the pool in "
-                f"{direct['connect_many']['seconds']:.2f} s" + _connect_cpu_text(connect_cpu(direct["connect_many"]))
+                f"{direct['connect_many']['seconds']:.2f} s"
+                + _connect_cpu_text(connect_cpu(direct["connect_many"]))
+                + _relay_text(direct)
                 if direct.get("connect_many")
                 else ""
             )

@@ -386,6 +386,7 @@ class Bench:
         self.proxy: Proxy | None = None
         self.floor_out: Path | None = None  # the bare lag probe's lines while the direct path runs
         self.floor_pid: int | None = None
+        self.relay_pid: int | None = None  # benchmarks.relay while the direct phase connects through it
 
     def close(self) -> None:
         if self.proxy is not None and self.proxy.proc.poll() is None:
@@ -408,6 +409,8 @@ class Bench:
             pids["proxy"] = self.proxy.pid
         if self.floor_pid is not None:
             pids["floor probe"] = self.floor_pid
+        if self.relay_pid is not None:
+            pids["relay"] = self.relay_pid
         return pids
 
     # -- sessions -------------------------------------------------------------------------------
@@ -617,7 +620,32 @@ class Bench:
             out["connect_many"] = many = self.connect(self.pool_port, connect_many)
             self.disconnect()
             _say(f"  {label}: {many['connected']:,} of {connect_many:,} sessions connected in {many['seconds']:.2f} s")
+            out["connect_many_relay"] = relayed = self.connect_through_relay(connect_many)
+            _say(
+                f"  {label}: through a bare byte relay on the proxy's core (a pool connection per session), "
+                f"{relayed['connected']:,} connected in {relayed['seconds']:.2f} s"
+            )
         return out
+
+    def connect_through_relay(self, sessions: int) -> dict[str, Any]:
+        """`sessions` connected through `benchmarks.relay` on the proxy's core: what connecting costs a
+        proxy that opens a pool connection per session and does nothing else (passthrough's floor)."""
+        pin = ["--cpus", self.proxy_cpus] if self.proxy_cpus else []
+        relay = Child(
+            "relay",
+            [sys.executable, "-m", "benchmarks.relay", "--upstream-port", str(self.pool_port), *pin],
+            stderr=self.helper_log,
+        )
+        self.relay_pid = relay.pid
+        try:
+            port = int(relay.receive(60)["port"])
+            time.sleep(0.5)
+            many = self.connect(port, sessions)
+            self.disconnect()
+        finally:
+            self.relay_pid = None
+            relay.close()
+        return many
 
     def proxy_phase(
         self,

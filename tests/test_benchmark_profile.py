@@ -160,4 +160,11 @@ def test_a_connect_phase_says_who_spent_its_time_and_a_window_its_calls_per_shar
     text = report.targets_text(results)
     assert "(CPU per session: proxy 400 µs, generators and pool 400 µs)" in text
     assert "connected straight to the pool in" in text and "(CPU per session: generators and pool 300 µs)" in text
+    assert "bare byte relay" not in text  # a run from before the relay
+    relay_cpu = {"relay": 1.8, "pool": 1.8, "loadgen0": 1.8}
+    results["phases"]["direct"]["connect_many_relay"] = {
+        "sessions": 9000, "connected": 9000, "seconds": 2.61, "cpu_seconds": relay_cpu,
+    }  # fmt: skip
+    text = report.targets_text(results)
+    assert "in 2.61 s (CPU per session: relay 200 µs, generators and pool 400 µs)" in text
     assert "0.50 + 0.75 closed loop, 1.93 + 2.43 at 5,000/s" in text
