@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import queue
 import resource
 import subprocess
@@ -23,6 +24,12 @@ from typing import Any
 HOST = "127.0.0.1"  # benchmarks never leave loopback
 REPO = Path(__file__).resolve().parent.parent
 POOL_DIFFICULTY = 2.0**-33  # below the worst possible hash's difficulty (~2**-32): every share is valid
+
+
+def pin_self(cpus: str) -> None:
+    """Pin this process to the given CPUs ("0", "0,1", as `--cpus` takes them); ignored where unsupported."""
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",") if c.strip()})
 
 
 def raise_fd_limit() -> int:

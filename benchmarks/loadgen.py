@@ -43,13 +43,12 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
-import os
 import time
 from typing import Any, cast
 
 import msgspec
 
-from benchmarks.common import HOST, bucket_of, commands, raise_fd_limit, reply
+from benchmarks.common import HOST, bucket_of, commands, pin_self, raise_fd_limit, reply
 from simulation.hotkeys import hotkeys
 
 CONNECT_TIMEOUT = 20.0  # per session handshake
@@ -397,19 +396,13 @@ async def serve(args: argparse.Namespace) -> None:
         await generator.close()
 
 
-def pin(cpus: str) -> None:
-    """Pin this process to the given CPUs ("0", "0,1"); ignored where unsupported."""
-    if cpus and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",") if c.strip()})
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__)
     parser.add_argument("--hotkeys", type=int, default=64, help="distinct hotkeys the workers use")
     parser.add_argument("--en2", choices=("fresh", "reused"), default="fresh")
     parser.add_argument("--cpus", default="", help="CPUs to pin to, comma-separated (default: not pinned)")
     args = parser.parse_args()
-    pin(args.cpus)
+    pin_self(args.cpus)
     raise_fd_limit()
     import uvloop
 

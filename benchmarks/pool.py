@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from typing import Any, cast
 
-from benchmarks.common import HOST, POOL_DIFFICULTY, commands, raise_fd_limit, reply
+from benchmarks.common import HOST, POOL_DIFFICULTY, commands, pin_self, raise_fd_limit, reply
 from simulation import SimulatedPool, run
 from simulation.pool import VerifyMode
 
@@ -70,8 +69,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=89, help="the pool's jobs and extranonce1s are drawn from it")
     parser.add_argument("--cpus", default="", help="CPUs to pin to, comma-separated (default: not pinned)")
     args = parser.parse_args()
-    if args.cpus and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",") if c.strip()})
+    pin_self(args.cpus)
     raise_fd_limit()
     run(serve(args))
     return 0

@@ -42,7 +42,6 @@ import faulthandler
 import gc
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -50,6 +49,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from benchmarks.common import pin_self
 
 PERIOD = 0.001  # seconds between two probe callbacks (libuv timers have 1 ms resolution)
 
@@ -208,8 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(ours)
     if args.bare and proxy_argv:
         parser.error("--bare runs no proxy: no flags after --")
-    if args.cpus and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",") if c.strip()})
+    pin_self(args.cpus)
     if args.gc_threshold:
         a, b, c = (int(x) for x in args.gc_threshold.split(","))
         gc.set_threshold(a, b, c)

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from typing import cast
 
 import uvloop
 
-from benchmarks.common import HOST, commands, raise_fd_limit, reply
+from benchmarks.common import HOST, commands, pin_self, raise_fd_limit, reply
 
 
 class _ToPool(asyncio.Protocol):
@@ -93,8 +92,7 @@ def main() -> int:
     parser.add_argument("--upstream-port", type=int, required=True, help="the pool's port on the loopback")
     parser.add_argument("--cpus", default="", help="CPUs to pin to, comma-separated (default: not pinned)")
     args = parser.parse_args()
-    if args.cpus and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",") if c.strip()})
+    pin_self(args.cpus)
     raise_fd_limit()
     uvloop.run(serve(args.upstream_port))
     return 0
