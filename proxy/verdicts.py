@@ -13,7 +13,7 @@ from collections.abc import Callable
 from ledger.jobs import job_row
 from ledger.rows import Row, ShareRow
 from protocol.messages import SubmitParams
-from protocol.work import Share, display_hash
+from protocol.work import Share, display_hash, hex_uint32
 from proxy.metrics import ProxyMetrics
 from proxy.session import AuthorizeOutcome, JobSeen, Outbox, PoolTrouble, Verdict
 
@@ -151,11 +151,9 @@ def hashed_fields(share: Share | None, submit: SubmitParams) -> tuple[str, float
 
 
 def uint32(text: str) -> int:
-    """A submitted 8-hex-digit field as a number; 0 when it is not one (the share never hashed)."""
-    try:
-        return int(text, 16) & 0xFFFFFFFF if len(text) <= 8 else 0
-    except ValueError:
-        return 0
+    """A submitted 8-hex-digit field as a number; 0 when it is not one (the share never hashed).
+    The same hex rule as a share that hashes: "-1", "0x1f", " 1f" or "1f" are not fields."""
+    return hex_uint32(text) or 0
 
 
 def metric_labels(reason: str) -> tuple[str, str]:

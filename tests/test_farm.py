@@ -336,6 +336,22 @@ def test_share_rows_carry_the_submitted_numbers_whether_the_share_hashed_or_not(
     assert report.checked == 1 and report.clean, report.examples  # and the row re-hashes
 
 
+def test_a_share_that_never_hashed_is_ledgered_with_only_what_is_8_hex_digits() -> None:
+    """The hex rule of a share that hashes, for one that did not: a stale share's "-1", "0x1f",
+    " 1f" or short field is ledgered as 0, never as a wrapped or padded number."""
+    h = Harness()
+    worker = f"infinite.{HOTKEYS[0]}.rig0"
+    asic = h.asic(worker, configure="1fffe000")
+    h.connect(h.wanted())
+    fields = [("-1", "0x1f", "1f"), (" 1f", "0000001f ", "-0000001"), ("6600000a", "0000BEEF", "0x002000")]
+    for n, (ntime, nonce, bits) in enumerate(fields):
+        params = [worker, "gone", "00" * 4, ntime, nonce, bits]
+        h.miner(asic, {"id": 10 + n, "method": "mining.submit", "params": params})
+    stale = [r for r in h.rows if isinstance(r, ShareRow)]
+    assert [r.reject_reason for r in stale] == ["stale"] * 3
+    assert [(r.ntime, r.nonce, r.version_bits) for r in stale] == [(0, 0, 0), (0, 0, 0), (0x6600000A, 0xBEEF, 0)]
+
+
 @given(st.lists(st.tuples(st.booleans(), st.integers(0, 10_000)), min_size=1, max_size=300), st.integers(1, 2))
 def test_prefixes_never_collide(operations: list[tuple[bool, int]], size: int) -> None:
     allocator = PrefixAllocator(size)
