@@ -44,7 +44,6 @@ from typing import Any
 import msgspec
 
 from ledger.jobs import job_key
-from ledger.rows import ShareRow
 from ledger.workers import WorkerName, WorkerRefused
 from protocol.connection import (
     BadLine,
@@ -93,7 +92,7 @@ from proxy.session import (
     credit_for,
     retired_block_note,
 )
-from proxy.verdicts import VerdictSink, hashed_fields, metric_labels, new_row
+from proxy.verdicts import VerdictSink, metric_labels, share_row
 
 log = logging.getLogger("proxy.farm")
 
@@ -654,33 +653,23 @@ class FarmHub:
         ctx.metrics.count_share(*metric_labels(reason))
         if worker is None:
             return
-        hash_hex, share_difficulty, block, ntime, nonce, bits = hashed_fields(share, submit)
         extranonce2 = submit.extranonce2[:64].lower()
         ctx.record(
-            new_row(
-                ShareRow,
-                (
-                    received,
-                    ctx.proxy_id,
-                    worker.hotkey,
-                    worker.full_name,
-                    asic.session_id,
-                    (work.pool_job.notify.job_id if work else submit.job_id)[:64],
-                    credit,
-                    share_difficulty,
-                    hash_hex,
-                    0 if reason else 1,
-                    reason,
-                    upstream.label if upstream is not None else "",
-                    block,
-                    work.pool_job.key if work else "",
-                    work.pool_job.extranonce1 + work.prefix if work else "",
-                    extranonce2 + work.filler if work else extranonce2,
-                    ntime,
-                    nonce,
-                    bits,
-                    asic.version_mask,
-                ),
+            share_row(
+                received,
+                ctx.proxy_id,
+                worker,
+                asic.session_id,
+                work.pool_job.notify.job_id if work else submit.job_id,
+                credit,
+                share,
+                submit,
+                reason,
+                upstream.label if upstream is not None else "",
+                work.pool_job.key if work else "",
+                work.pool_job.extranonce1 + work.prefix if work else "",
+                extranonce2 + work.filler if work else extranonce2,
+                asic.version_mask,
             )
         )
 

@@ -12,14 +12,14 @@ from collections.abc import Callable
 
 from ledger.jobs import job_row
 from ledger.rows import Row, ShareRow
+from ledger.workers import WorkerName
 from protocol.messages import SubmitParams
 from protocol.work import Share, display_hash, hex_uint32
 from proxy.metrics import ProxyMetrics
 from proxy.session import AuthorizeOutcome, JobSeen, Outbox, PoolTrouble, Verdict
 
 log = logging.getLogger("proxy.session")
-# A row built with tuple.__new__ skips NamedTuple's Python-level __new__ (both modes' share rows).
-new_row = tuple.__new__
+_new_row = tuple.__new__  # see share_row
 
 
 class VerdictSink:
@@ -89,33 +89,22 @@ class VerdictSink:
                 share.hex_hash,
                 not reason,
             )
-        hash_hex, share_difficulty, block, ntime, nonce, bits = hashed_fields(share, submit)
-        # tuple.__new__ skips NamedTuple's Python-level __new__: a tenth of this function's time.
         self.record(
-            new_row(
-                ShareRow,
-                (
-                    v.received,
-                    self.proxy_id,
-                    worker.hotkey,
-                    worker.full_name,
-                    v.session,
-                    submit.job_id[:64],
-                    v.credit,
-                    share_difficulty,
-                    hash_hex,
-                    0 if reason else 1,
-                    reason,
-                    v.upstream,
-                    block,
-                    work.key if work else "",
-                    work.extranonce1 if work else "",
-                    submit.extranonce2[:64].lower(),
-                    ntime,
-                    nonce,
-                    bits,
-                    v.version_mask,
-                ),
+            share_row(
+                v.received,
+                self.proxy_id,
+                worker,
+                v.session,
+                submit.job_id,
+                v.credit,
+                share,
+                submit,
+                reason,
+                v.upstream,
+                work.key if work else "",
+                work.extranonce1 if work else "",
+                submit.extranonce2[:64].lower(),
+                v.version_mask,
             )
         )
 
@@ -132,22 +121,59 @@ class VerdictSink:
             log.warning("%s", note.detail)
 
 
-def hashed_fields(share: Share | None, submit: SubmitParams) -> tuple[str, float, int, int, int, int | None]:
-    """A share row's hash, share_difficulty, block, ntime, nonce and version bits (both modes).
+def share_row(
+    received: float,
+    proxy_id: str,
+    worker: WorkerName,
+    session: str,
+    job_id: str,
+    credit: float,
+    share: Share | None,
+    submit: SubmitParams,
+    reason: str,
+    upstream: str,
+    job_key: str,
+    extranonce1: str,
+    extranonce2: str,
+    version_mask: int,
+) -> ShareRow:
+    """A judged share's ledger row, in both modes: accepted when `reason` is empty, credited `credit`.
 
     A share that hashed had its fields checked and their numbers read; one that did not is ledgered
-    with what could be read of what was submitted."""
+    with what could be read of what was submitted. Built with tuple.__new__, which skips
+    NamedTuple's Python-level __new__ (a tenth of a verdict's time)."""
     if share is not None:
-        return (
-            display_hash(share.hash),
-            share.difficulty,
-            1 if share.is_block else 0,
-            share.ntime,
-            share.nonce,
-            share.version_bits,
-        )
-    bits = None if submit.version_bits is None else uint32(submit.version_bits)
-    return "", 0.0, 0, uint32(submit.ntime), uint32(submit.nonce), bits
+        hash_hex, share_difficulty, block = display_hash(share.hash), share.difficulty, 1 if share.is_block else 0
+        ntime, nonce, bits = share.ntime, share.nonce, share.version_bits
+    else:
+        hash_hex, share_difficulty, block = "", 0.0, 0
+        ntime, nonce = uint32(submit.ntime), uint32(submit.nonce)
+        bits = None if submit.version_bits is None else uint32(submit.version_bits)
+    return _new_row(
+        ShareRow,
+        (
+            received,
+            proxy_id,
+            worker.hotkey,
+            worker.full_name,
+            session,
+            job_id[:64],
+            credit,
+            share_difficulty,
+            hash_hex,
+            0 if reason else 1,
+            reason,
+            upstream,
+            block,
+            job_key,
+            extranonce1,
+            extranonce2,
+            ntime,
+            nonce,
+            bits,
+            version_mask,
+        ),
+    )
 
 
 def uint32(text: str) -> int:
