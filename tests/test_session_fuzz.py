@@ -10,6 +10,7 @@ pool did not give. Hypothesis writes the sequences; the invariants are the ledge
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import msgspec
@@ -205,16 +206,24 @@ action = weighted(
     *((1, s) for s in (wild_submit, authorize, configure, miner_request, miner_raw, pool_notify)),
     *((1, s) for s in (pool_difficulty, pool_other, pool_raw, tick, pool_lost)),
 )
-HANDSHAKE: list[Any] = [
-    ("miner", {"method": "mining.configure", "params": [["version-rolling"], {"version-rolling.mask": "ffffffff"}]}),
-    ("answer", 0, {"result": {"version-rolling": True, "version-rolling.mask": "1fffe000"}, "error": None}),
-    ("miner", {"method": "mining.subscribe", "params": ["fuzz/1.0"]}),
-    ("answer", 0, {"result": [[["mining.notify", "x"]], EN1, 4], "error": None}),
-    ("miner", {"method": "mining.authorize", "params": [WORKERS[0], "x"]}),
-    ("answer", 0, {"result": True, "error": None}),
-    ("pool", {"id": None, "method": "mining.set_difficulty", "params": [TINY]}),
-    ("pool", {"id": None, "method": "mining.notify", "params": notify_params("j1", True)}),
-]
+TRUE: dict[str, Any] = {"result": True, "error": None}
+
+
+def handshake(authorize_answer: dict[str, Any] = TRUE) -> list[Any]:
+    """A miner's opening, the pool answering each request in turn; its authorize answer as given."""
+    return [
+        (
+            "miner",
+            {"method": "mining.configure", "params": [["version-rolling"], {"version-rolling.mask": "ffffffff"}]},
+        ),
+        ("answer", 0, {"result": {"version-rolling": True, "version-rolling.mask": "1fffe000"}, "error": None}),
+        ("miner", {"method": "mining.subscribe", "params": ["fuzz/1.0"]}),
+        ("answer", 0, {"result": [[["mining.notify", "x"]], EN1, 4], "error": None}),
+        ("miner", {"method": "mining.authorize", "params": [WORKERS[0], "x"]}),
+        ("answer", 0, authorize_answer),
+        ("pool", {"id": None, "method": "mining.set_difficulty", "params": [TINY]}),
+        ("pool", {"id": None, "method": "mining.notify", "params": notify_params("j1", True)}),
+    ]
 
 
 class Ledger:
@@ -251,6 +260,35 @@ class Ledger:
         assert all(r.difficulty <= self.pool_difficulty for r in accepted)  # never above the pool's
 
 
+class Replies:
+    """Every answer a miner gets is to a request it made, at most once per request: a repeated id
+    (cpuminer-style) is as many requests, and no id is invented or answered twice."""
+
+    def __init__(self) -> None:
+        self.asked: collections.Counter[bytes] = collections.Counter()
+        self.answered: collections.Counter[bytes] = collections.Counter()
+
+    def request(self, line: bytes) -> None:
+        """What the miner sent; each line that is a JSON object with an id may be answered by it."""
+        for part in line.splitlines():
+            try:
+                message = msgspec.json.decode(part)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(message, dict):
+                self.asked[msgspec.json.encode(message.get("id"))] += 1
+
+    def to_miner(self, lines: list[bytes]) -> None:
+        for line in lines:
+            message = msgspec.json.decode(line)
+            assert isinstance(message, dict), message
+            if "method" in message or message.get("id") is None:
+                continue  # a notification, or the answer to a line with no usable id
+            key = msgspec.json.encode(message["id"])
+            self.answered[key] += 1
+            assert self.answered[key] <= self.asked[key], (message, self.asked)
+
+
 def coverage(shares: list[ShareRow]) -> str:
     """How deep a sequence went, for --hypothesis-show-statistics."""
     accepted = sum(r.accepted for r in shares)
@@ -283,7 +321,7 @@ def pool_reply(pending: list[dict[str, Any]], index: int, shape: dict[str, Any],
     st.lists(request_id, min_size=1, max_size=4),
 )
 def test_no_passthrough_sequence_raises_or_credits_what_the_pool_did_not(
-    handshake: bool, authorize_answer: dict[str, Any], actions: list[Any], ids: list[Any]
+    with_handshake: bool, authorize_answer: dict[str, Any], actions: list[Any], ids: list[Any]
 ) -> None:
     """The handshake, when there is one, is a miner's; the pool's answer to its authorize is drawn
     (a refusal, in any of the shapes pools use, leaves the worker unable to ledger a share)."""
@@ -293,22 +331,26 @@ def test_no_passthrough_sequence_raises_or_credits_what_the_pool_did_not(
     mono = 1000.0
     session = MinerSession(rules, "s1", "pool:3333", Instant(mono, WALL + mono))
     pending: list[dict[str, Any]] = []
-    opening = [*HANDSHAKE[:5], ("answer", 0, authorize_answer), *HANDSHAKE[6:]]
-    steps = (opening if handshake else []) + actions
+    replies = Replies()
+    opening = handshake(authorize_answer) if with_handshake else []
+    steps = opening + actions
     for n, step in enumerate(steps):
-        handshake_done = n >= (len(HANDSHAKE) if handshake else 0)
+        handshake_done = n >= len(opening)
         now = Instant(mono, WALL + mono)
         kind = step[0]
         if kind == "miner":
             message = step[1]
             rid = ids[n % len(ids)] if handshake_done and n % 3 == 0 else n + 1  # cpuminer-style repeated ids, odd ones
-            session.receive_miner(with_ids(message, rid), now)
+            request = with_ids(message, rid)
+            replies.request(request)
+            session.receive_miner(request, now)
         elif kind == "miner-raw":
+            replies.request(step[1])
             session.receive_miner(step[1] + b"\n", now)
         elif kind == "answer":
-            line = pool_reply(pending, step[1], step[2], ledger)
-            if line is not None:
-                session.receive_pool(line, now)
+            answer = pool_reply(pending, step[1], step[2], ledger)
+            if answer is not None:
+                session.receive_pool(answer, now)
         elif kind == "pool":
             session.receive_pool(ledger.pool_sends(step[1]), now)
         elif kind == "pool-raw":
@@ -325,6 +367,7 @@ def test_no_passthrough_sequence_raises_or_credits_what_the_pool_did_not(
             assert isinstance(sent, dict) and "id" in sent and "method" in sent, sent
             pending.append(sent)
         outbox.to_pool.clear()
+        replies.to_miner(outbox.to_miner)
         outbox.to_miner.clear()
         if session.close_reason is not None:
             break
@@ -387,6 +430,7 @@ class FarmDriver:
         self.now = 1.0
         self.asics = [self.hub.new_asic(f"s{n}", self.now) for n in range(2)]
         self.jobs: dict[FarmASIC, list[tuple[str, str]]] = {asic: [] for asic in self.asics}  # (job id, ntime) sent
+        self.replies = {asic: Replies() for asic in self.asics}
         self.wanted: list[FarmUpstream] = []
         self.slots: list[FarmUpstream] = []  # slots with a live pool connection
         self.pending: dict[FarmUpstream, list[dict[str, Any]]] = {}
@@ -395,6 +439,7 @@ class FarmDriver:
         hub = self.hub
         dirty, hub.dirty_asics = hub.dirty_asics, set()
         for asic in dirty:
+            self.replies[asic].to_miner(asic.to_miner)
             for line in asic.to_miner:
                 message = msgspec.json.decode(line)
                 if isinstance(message, dict) and message.get("method") == "mining.notify":
@@ -424,14 +469,12 @@ class FarmDriver:
 
     def step(self, step: Any) -> None:
         kind, hub, now = step[0], self.hub, self.now
-        if kind == "miner":  # the handshake, for the first ASIC
-            self.miner(0, step[1])
-        elif kind == "asic":
+        if kind == "asic":
             self.miner(step[1], step[2])
         elif kind == "asic-raw":
             asic = self.asic_live(step[1])
             if asic is not None:
-                hub.miner_data(asic, step[2] + b"\n", now)
+                self.send(asic, step[2] + b"\n")
         elif kind == "asic-submit":
             self.submit(*step[1:])
         elif kind == "connect" and self.wanted:
@@ -440,16 +483,12 @@ class FarmDriver:
             hub.pool_connected(upstream, f"pool-{upstream.index}:3333", now)
             if upstream not in self.slots:
                 self.slots.append(upstream)
-        elif kind == "answer":  # the handshake: the last slot connected
-            self.answer(len(self.slots) - 1, step[1], step[2])
         elif kind == "farm-answer":
             self.answer(step[1], step[2], step[3])
-        elif kind in ("pool", "farm-pool"):
-            slot, message = (len(self.slots) - 1, step[1]) if kind == "pool" else (step[1], step[2])
-            if self.slots:
-                upstream = self.slots[slot % len(self.slots)]
-                line = message[1] + b"\n" if isinstance(message, tuple) else self.ledger.pool_sends(message)
-                hub.pool_data(upstream, line, now)
+        elif kind == "farm-pool" and self.slots:
+            upstream, message = self.slots[step[1] % len(self.slots)], step[2]
+            line = message[1] + b"\n" if isinstance(message, tuple) else self.ledger.pool_sends(message)
+            hub.pool_data(upstream, line, now)
         elif kind == "farm-lost" and self.slots:
             upstream = self.slots.pop(step[1] % len(self.slots))
             hub.pool_lost(upstream, "fuzz")
@@ -467,7 +506,11 @@ class FarmDriver:
     def miner(self, index: int, message: dict[str, Any]) -> None:
         asic = self.asic_live(index)
         if asic is not None:
-            self.hub.miner_data(asic, with_ids(message, 7), self.now)
+            self.send(asic, with_ids(message, 7))
+
+    def send(self, asic: FarmASIC, line: bytes) -> None:
+        self.replies[asic].request(line)
+        self.hub.miner_data(asic, line, self.now)
 
     def submit(self, index: int, worker: int, job: str, en2: int, nonce: int, bits: str | None) -> None:
         asic = self.asic_live(index)
@@ -478,9 +521,7 @@ class FarmDriver:
         size = max(asic.extranonce2_size, 1)
         en2_hex = (en2 % 256**size).to_bytes(size, "big").hex()
         name = WORKERS[worker] if worker >= 0 else FARM_WORKERS[index]
-        self.hub.miner_data(
-            asic, with_ids(submit_message(name, job_id, en2_hex, ntime, f"{nonce:08x}", bits)[1], 9), self.now
-        )
+        self.send(asic, with_ids(submit_message(name, job_id, en2_hex, ntime, f"{nonce:08x}", bits)[1], 9))
 
     def answer(self, slot: int, index: int, shape: dict[str, Any]) -> None:
         if not self.slots:
@@ -520,11 +561,12 @@ FARM_HANDSHAKE: list[Any] = [
     st.sampled_from([1, 2, 256]),
 )
 def test_no_farm_sequence_raises_or_credits_what_the_pool_did_not(
-    handshake: bool, actions: list[Any], per_upstream: int
+    with_handshake: bool, actions: list[Any], per_upstream: int
 ) -> None:
+    """Also: every answer an ASIC gets is to a request it made, at most once per request."""
     ledger = Ledger()
     driver = FarmDriver(ledger, per_upstream)
-    steps = ([*FARM_HANDSHAKE] if handshake else []) + actions
+    steps = ([*FARM_HANDSHAKE] if with_handshake else []) + actions
     for step in steps:
         driver.step(step)
     shares = ledger.shares()
