@@ -431,6 +431,7 @@ class FarmDriver:
         self.asics = [self.hub.new_asic(f"s{n}", self.now) for n in range(2)]
         self.jobs: dict[FarmASIC, list[tuple[str, str]]] = {asic: [] for asic in self.asics}  # (job id, ntime) sent
         self.replies = {asic: Replies() for asic in self.asics}
+        self.difficulty: dict[FarmASIC, float] = {}  # the last set_difficulty each ASIC was sent
         self.wanted: list[FarmUpstream] = []
         self.slots: list[FarmUpstream] = []  # slots with a live pool connection
         self.pending: dict[FarmUpstream, list[dict[str, Any]]] = {}
@@ -442,8 +443,17 @@ class FarmDriver:
             self.replies[asic].to_miner(asic.to_miner)
             for line in asic.to_miner:
                 message = msgspec.json.decode(line)
-                if isinstance(message, dict) and message.get("method") == "mining.notify":
+                method = message.get("method") if isinstance(message, dict) else None
+                if method == "mining.set_difficulty":
+                    self.difficulty[asic] = message["params"][0]
+                elif method == "mining.notify":
                     self.jobs[asic].append((message["params"][0], message["params"][7]))
+                    # A job is mined at the difficulty last set: never below the pool's (farm rule).
+                    upstream = asic.upstream
+                    assert upstream is not None and self.difficulty.get(asic, 1.0) >= upstream.difficulty, (
+                        self.difficulty.get(asic),
+                        upstream and upstream.difficulty,
+                    )
             asic.to_miner.clear()
             if asic.close_reason is not None and not asic.gone:
                 asic.gone = True
