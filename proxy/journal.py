@@ -12,9 +12,12 @@ replay after a crash re-inserts the same batches under the same tokens: exactly 
 first insert committed and the crash came before its file was deleted. A file is deleted once its
 batches are written to ClickHouse or spooled (the spool then owns them).
 
-Format: records of a 4-byte length and msgpack `[[table, row], ...]` (the rows of one commit; files
-of earlier versions hold one `[table, row]` per record, and still replay); a torn tail (power cut) is
-dropped.
+Format (`<generation>-<run>-<rows per batch>-crc.journal`): records of a 4-byte length, the CRC-32
+of the payload and msgpack `[[table, row], ...]` (the rows of one commit). A torn tail is dropped: a
+record cut short, or one whose bytes are not what was written, as when a power cut leaves the file's
+new size with zeros or stale blocks where its data never landed, which msgpack alone would often
+read as a row with other values. Files of earlier versions (no `-crc` in the name) hold records of a
+length and msgpack, one `[table, row]` or the rows of a commit each, and still replay.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import os
 import re
 import struct
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +38,11 @@ from ledger.rows import TABLE_OF, Row
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^(\d{12})-([0-9a-f]+)-(\d+)\.journal$")  # <generation>-<run>-<rows per batch>
+# <generation>-<run>-<rows per batch>, and "-crc" since records carry a checksum
+_NAME = re.compile(r"^(\d{12})-([0-9a-f]+)-(\d+)(-crc)?\.journal$")
 _encode = msgspec.msgpack.Encoder().encode
-_LENGTH = struct.Struct("<I")  # each record: its length, then msgpack [[table, row], ...]
+_HEADER = struct.Struct("<II")  # each record: its length and CRC-32, then msgpack [[table, row], ...]
+_LENGTH = struct.Struct("<I")  # the records of files without "-crc": no checksum
 
 
 def batch_token(run: str, generation: int, table: str, chunk: int) -> str:
@@ -132,7 +138,7 @@ class Journal:
             )
 
     def _path(self, generation: int) -> Path:
-        return self.directory / f"{generation:012d}-{self.run}-{self.batch_rows}.journal"
+        return self.directory / f"{generation:012d}-{self.run}-{self.batch_rows}-crc.journal"
 
     def append(self, row: Row) -> None:
         self._rows.append((TABLE_OF[type(row)], row))
@@ -152,7 +158,7 @@ class Journal:
             record = _encode(rows)
         except UnicodeEncodeError:  # a lone surrogate: stored replaced, as the batch stores it
             record = _encode([(table, [_utf8(v) for v in row]) for table, row in rows])
-        data = _LENGTH.pack(len(record)) + record
+        data = _HEADER.pack(len(record), zlib.crc32(record)) + record
         view = memoryview(data)
         try:
             while view:
@@ -229,15 +235,19 @@ def leftovers(directory: Path) -> list[Leftover]:
         if match is None:
             continue
         data = path.read_bytes()
+        header = _HEADER if match[4] else _LENGTH
         rows: dict[str, list[list[Any]]] = {}
         offset = 0
         while offset < len(data):
-            end = offset + _LENGTH.size
-            size = _LENGTH.unpack_from(data, offset)[0] if end <= len(data) else -1
+            end = offset + header.size
             try:
-                if size < 0 or end + size > len(data):
+                if end > len(data):
                     raise ValueError("cut short")
-                record = decode(data[end : end + size])
+                size, *checksum = header.unpack_from(data, offset)
+                payload = data[end : end + size]
+                if len(payload) < size or (checksum and zlib.crc32(payload) != checksum[0]):
+                    raise ValueError("cut short, or not what was written")
+                record = decode(payload)
                 pairs = [record] if record and isinstance(record[0], str) else record  # one row: older files
                 whole = [(str(table), list(row)) for table, row in pairs]
             except (ValueError, TypeError, msgspec.MsgspecError):

@@ -838,6 +838,41 @@ def test_a_journal_keeps_every_committed_row_and_drops_only_a_torn_tail(tmp_path
     assert [tuple(r) for r in found.rows["shares"]] == [tuple(r) for r in rows[20:]]
 
 
+def test_a_journal_cut_at_any_byte_gives_back_exactly_the_commits_written_whole(tmp_path: Path) -> None:
+    """A SIGKILL or power cut can stop the file anywhere, and a power cut may leave zeros or stale
+    bytes after the cut (the file's new size on disk before its data): every cut replays, in order,
+    the rows of each record whose bytes are what was written, and never a row of one it tore."""
+    rows = make_rows(9)
+    directory = tmp_path / "journal"
+    journal = Journal(directory, "0badc0de", 64, lambda callback: None)
+    journal.open(1)
+    path = next(directory.glob("*.journal"))
+    ends = [0]  # where each record ends, and the rows whole by then
+    committed = 0
+    for size in (1, 3, 1, 4):
+        for row in rows[committed : committed + size]:
+            journal.append(row)
+        journal.commit()
+        committed += size
+        ends.append(path.stat().st_size)
+    whole = path.read_bytes()
+    journal.close()
+    counts = [0, 1, 4, 5, 9]
+    for cut in range(len(whole) + 1):
+        for tail in (b"", b"\0" * 16, whole[:16]):  # nothing, zeros, stale bytes
+            data = whole[:cut] + tail
+            records = 0  # the leading records whose bytes are what was written (a zero may be one)
+            while (
+                records + 1 < len(ends)
+                and data[ends[records] : ends[records + 1]] == whole[ends[records] : ends[records + 1]]
+            ):
+                records += 1
+            path.write_bytes(data)
+            (found,) = leftovers(directory)
+            kept = rows[: counts[records]]
+            assert [tuple(r) for r in found.rows.get("shares", [])] == [tuple(r) for r in kept], (cut, tail)
+
+
 def test_spool_is_bounded_in_memory(tmp_path: Path) -> None:
     """While ClickHouse is down, rows go to disk every cycle instead of piling up in RAM."""
     spool = tmp_path / "spool"
