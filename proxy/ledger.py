@@ -24,8 +24,10 @@ import operator
 import os
 import random
 import re
+import struct
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -71,7 +73,28 @@ class _SpoolFile(msgspec.Struct, array_like=True):
 
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(_SpoolFile).decode
+_decode_body = msgspec.msgpack.Decoder(_SpoolFile).decode
+# A spool file: this mark, the CRC-32 of the msgpack body, the body. The mark is never how a file
+# of earlier versions (the body alone, a msgpack array) begins. The checksum is what tells a temp
+# file that a power cut left full-sized but with zeros or stale blocks from a whole one: it decodes.
+_SPOOL_MARK = b"IHS\x01"
+_SPOOL_CRC = struct.Struct("<I")
+
+
+def _spool_bytes(spooled: _SpoolFile) -> bytes:
+    body = _encode(spooled)
+    return _SPOOL_MARK + _SPOOL_CRC.pack(zlib.crc32(body)) + body
+
+
+def _decode(data: bytes) -> _SpoolFile:
+    """A spool file's batch; ValueError when its bytes are not what was written."""
+    if not data.startswith(_SPOOL_MARK):
+        return _decode_body(data)  # spooled by an earlier version: no checksum
+    start = len(_SPOOL_MARK) + _SPOOL_CRC.size
+    body = data[start:]
+    if len(data) < start or zlib.crc32(body) != _SPOOL_CRC.unpack_from(data, len(_SPOOL_MARK))[0]:
+        raise ValueError("checksum mismatch: not the bytes that were spooled")
+    return _decode_body(body)
 
 
 def _texts(column: Sequence[str]) -> tuple[str, ...]:
@@ -655,11 +678,12 @@ class LedgerWriter:
         """Index the spool directory left by earlier runs (names only; files are read on replay)."""
         self._spool_dir.mkdir(parents=True, exist_ok=True)
         for tmp in self._spool_dir.glob("*.batch.tmp"):
-            # A crash between fsync and rename leaves a complete temp file: keep it if it decodes.
+            # A crash between fsync and rename leaves a complete temp file: keep it if it decodes
+            # and its checksum holds (a power cut before the fsync can leave it full of zeros).
             try:
                 _decode(tmp.read_bytes())
                 tmp.replace(tmp.with_suffix(""))
-            except (OSError, msgspec.MsgspecError):
+            except (OSError, ValueError, msgspec.MsgspecError):
                 # Torn write: the process died mid-spool, and with it the rows of that batch.
                 log.warning("ledger: deleting incomplete spool file %s left by a crash", tmp)
                 tmp.unlink(missing_ok=True)
@@ -695,7 +719,7 @@ class LedgerWriter:
 
     def _write_spool_sync(self, batch: _Batch) -> _Spooled:
         # Atomic: temp file, fsync, rename, fsync the directory. A reader never sees half a batch.
-        data = _encode(_SpoolFile(batch.token, batch.columns(), batch.table))
+        data = _spool_bytes(_SpoolFile(batch.token, batch.columns(), batch.table))
         path = self._spool_dir / f"{batch.seq:012d}-{batch.size}.batch"
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:

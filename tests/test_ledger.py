@@ -510,7 +510,8 @@ def test_crash_between_insert_and_spool_delete_counts_once(tmp_path: Path) -> No
 
 
 def test_corrupt_spool_file_is_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """(d) Garbage, a truncated file and a torn temp file never block the good batches."""
+    """(d) Garbage, a truncated file and a torn or zero-filled temp file never block the good batches,
+    and never replay as one."""
     rows = make_rows(300)
     spool = tmp_path / "spool"
 
@@ -527,10 +528,16 @@ def test_corrupt_spool_file_is_set_aside(tmp_path: Path, caplog: pytest.LogCaptu
     run(spool_everything())
     good = spool_files(spool)
     assert len(good) == 3
-    # A truncated copy of a real batch (seq 100), garbage between the good ones, a torn temp file.
-    (spool / "000000000100-100.batch").write_bytes(good[0].read_bytes()[:-10])
+    # A truncated copy of a real batch (seq 100), garbage between the good ones, a torn temp file,
+    # and one a power cut left full-sized with zeros in a block that never landed (inside a hash: it
+    # decodes, only its checksum tells). A batch spooled by an earlier version (no mark) replays.
+    first = good[0].read_bytes()
+    (spool / "000000000100-100.batch").write_bytes(first[:-10])
     (spool / "000000000001-5.batch").write_bytes(b"\x00garbage")
-    (spool / "000000000101-100.batch.tmp").write_bytes(good[0].read_bytes()[:50])
+    (spool / "000000000101-100.batch.tmp").write_bytes(first[:50])
+    hole = first.index(f"{50:064x}".encode())
+    (spool / "000000000102-100.batch.tmp").write_bytes(first[:hole] + b"\0" * 32 + first[hole + 32 :])
+    good[2].write_bytes(good[2].read_bytes()[8:])
 
     async def replay() -> None:
         w = writer(chdb_connect(tmp_path / "ch"), spool)
