@@ -194,10 +194,20 @@ class ShareRejected(Exception):
 
 
 class Share:
-    """A share that hashed: its header, hash and difficulty, and the submitted fields as numbers
-    (what the ledger keeps to re-hash it)."""
+    """A share that hashed: its header, hash and difficulty, and the submitted fields as numbers and
+    the version mask it was checked under (what the ledger keeps to re-hash it)."""
 
-    __slots__ = ("difficulty", "hash", "header", "is_block", "nonce", "ntime", "version", "version_bits")
+    __slots__ = (
+        "difficulty",
+        "hash",
+        "header",
+        "is_block",
+        "nonce",
+        "ntime",
+        "version",
+        "version_bits",
+        "version_mask",
+    )
 
     def __init__(
         self,
@@ -209,6 +219,7 @@ class Share:
         ntime: int = 0,
         nonce: int = 0,
         version_bits: int | None = None,
+        version_mask: int = 0,
     ):
         self.header = header
         self.hash = header_hash  # internal byte order; display_hash() for explorers
@@ -218,6 +229,9 @@ class Share:
         self.ntime = ntime
         self.nonce = nonce
         self.version_bits = version_bits  # None: the miner submitted none
+        # The session's mask may change before the pool's verdict (a set_version_mask, a new pool):
+        # the row must keep the one this share was rolled under, or it would not re-hash.
+        self.version_mask = version_mask
 
     @property
     def hex_hash(self) -> str:
@@ -350,7 +364,15 @@ class Job:
         value = int.from_bytes(header_hash, "little")
         difficulty = DIFF1 / value if value else float("inf")
         return Share(
-            header, header_hash, difficulty, version, value <= self.network_target, ntime_value, nonce_value, bits
+            header,
+            header_hash,
+            difficulty,
+            version,
+            value <= self.network_target,
+            ntime_value,
+            nonce_value,
+            bits,
+            version_mask,
         )
 
     def check_share(

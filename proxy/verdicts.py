@@ -140,11 +140,12 @@ def share_row(
     """A judged share's ledger row, in both modes: accepted when `reason` is empty, credited `credit`.
 
     A share that hashed had its fields checked and their numbers read; one that did not is ledgered
-    with what could be read of what was submitted. Built with tuple.__new__, which skips
+    with what could be read of what was submitted, under `version_mask` (the session's now; a share
+    that hashed keeps the mask it was rolled under). Built with tuple.__new__, which skips
     NamedTuple's Python-level __new__ (a tenth of a verdict's time)."""
     if share is not None:
         hash_hex, share_difficulty, block = display_hash(share.hash), share.difficulty, 1 if share.is_block else 0
-        ntime, nonce, bits = share.ntime, share.nonce, share.version_bits
+        ntime, nonce, bits, version_mask = share.ntime, share.nonce, share.version_bits, share.version_mask
     else:
         hash_hex, share_difficulty, block = "", 0.0, 0
         ntime, nonce = uint32(submit.ntime), uint32(submit.nonce)

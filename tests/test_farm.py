@@ -471,3 +471,24 @@ def test_a_loop_of_requests_costs_as_in_passthrough_and_closes_the_asic_for_abus
     assert budget - 10 <= len(answered) < budget
     assert answered[-1]["error"][1] == "rate limit exceeded"
     assert asic.close_reason == "request rate limit exceeded" and asic.misbehaved
+
+
+def test_a_pool_mask_change_before_the_verdict_leaves_the_row_with_the_mask_the_share_was_rolled_under() -> None:
+    """The ASIC's mask follows its pool's (mining.set_version_mask, a new pool) while a share is in
+    flight: the row keeps the mask the share was checked under, so it still re-hashes."""
+    h = Harness()
+    worker = f"infinite.{HOTKEYS[0]}.rig0"
+    asic = h.asic(worker, configure="1fffe000")
+    upstream = h.wanted()
+    h.connect(upstream)
+    notify = last_notify(sent(asic))
+    share = submit_as(worker, mine(asic, notify, en2=0x11))
+    h.miner(asic, {**share, "params": [*share["params"], "00002000"]})
+    (forwarded,) = [msgspec.json.decode(line) for line in upstream.to_pool]
+    h.pool(upstream, {"id": None, "method": "mining.set_version_mask", "params": ["00ffe000"]})
+    assert asic.version_mask == 0x00FFE000
+    h.pool(upstream, {"id": forwarded["id"], "result": True, "error": None})
+    (row,) = [r for r in h.rows if isinstance(r, ShareRow)]
+    assert (row.accepted, row.version_bits, row.version_mask) == (1, 0x2000, 0x1FFFE000)
+    report = audit_rows([row], {r.job_key: r for r in h.rows if isinstance(r, JobRow)})
+    assert report.checked == 1 and report.clean, report.examples

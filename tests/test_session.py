@@ -10,6 +10,7 @@ import msgspec
 import pytest
 from bittensor_wallet import Keypair
 
+from ledger.audit import audit_rows
 from ledger.rows import JobRow, Row, ShareRow
 from protocol.messages import Notify, encode_notification, encode_request
 from protocol.work import Job
@@ -663,3 +664,31 @@ def test_a_session_authorizes_at_most_max_workers_and_refuses_more_with_error_24
     h.miner("mining.authorize", [WORKER, "x"])  # one it has: authorized again, as before
     assert [m["method"] for m in h.to_pool()] == ["mining.authorize"]
     assert h.session.worker_names == sorted([WORKER, second])
+
+
+def test_a_mask_change_before_the_verdict_leaves_the_row_with_the_mask_the_share_was_rolled_under() -> None:
+    """The pool may send mining.set_version_mask while a share is in flight: the row keeps the mask
+    the share was checked under, so it still re-hashes (found by tests/test_session_fuzz.py)."""
+    h = Harness()
+    h.miner("mining.configure", [["version-rolling"], {"version-rolling.mask": "ffffffff"}])
+    (configure,) = h.to_pool()
+    h.pool(
+        {"id": configure["id"], "result": {"version-rolling": True, "version-rolling.mask": "1fffe000"}, "error": None}
+    )
+    h.handshake()
+    assert h.session.version_mask == 0x1FFFE000
+    work = Job(notify(), EN1, 4, TINY)
+    nonce = next(
+        n
+        for n in range(10_000)
+        if work.hash_share("00000001", "64b3f3ec", f"{n:08x}", "00002000", 0x1FFFE000).difficulty >= TINY
+    )
+    h.miner("mining.submit", [WORKER, "j1", "00000001", "64b3f3ec", f"{nonce:08x}", "00002000"])
+    (forwarded,) = h.to_pool()
+    h.pool({"id": None, "method": "mining.set_version_mask", "params": ["00ffe000"]})
+    assert h.session.version_mask == 0x00FFE000
+    h.pool({"id": forwarded["id"], "result": True, "error": None})
+    (row,) = h.rows
+    assert (row.accepted, row.version_bits, row.version_mask) == (1, 0x2000, 0x1FFFE000)
+    report = audit_rows([row], {j.job_key: j for j in h.jobs})
+    assert report.checked == 1 and report.clean, report.examples
