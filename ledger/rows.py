@@ -61,7 +61,7 @@ class ShareRow(NamedTuple):
     ntime: Annotated[int, Col("UInt32", "uint", 2)] = 0
     nonce: Annotated[int, Col("UInt32", "uint", 2)] = 0
     version_bits: Annotated[int | None, Col("Nullable(UInt32)", "opt", 2)] = None  # None: none submitted
-    version_mask: Annotated[int, Col("UInt32", "uint", 2)] = 0  # the mask in force for the session
+    version_mask: Annotated[int, Col("UInt32", "uint", 2)] = 0  # the mask the share was rolled under
 
 
 # --- jobs: every job the proxy relayed, once per distinct content ------------------------------------
