@@ -52,7 +52,7 @@ def notify_params(job_id: str, clean: bool, ntime: str = "64b3f3ec") -> list[Any
         "02000000010000000000000000000000000000000000000000000000000000000000000000ffffffff1903c943",
         "ffffffff0100f2052a010000001976a914000000000000000000000000000000000000000088ac00000000",
         ["175335649d5e8746982969ec88f52e85ac9917106fba5468e699c8879ab974a1"] * 2,
-        "20000000",
+        "27ffe000",  # bits inside every mask used: a row under the wrong mask would not re-hash
         "192495f8",
         ntime,
         clean,
@@ -189,6 +189,10 @@ pool_other = st.builds(
     ),
     st.lists(json_value, max_size=4),
 )
+pool_mask = st.builds(  # a pool changing its grant, often with shares in flight
+    lambda mask: ("pool", {"id": None, "method": "mining.set_version_mask", "params": [mask]}),
+    st.sampled_from(["1fffe000", "00ffe000", "ffffffff", "00000000"]),
+)
 pool_raw = st.tuples(st.just("pool-raw"), st.binary(max_size=40))
 tick = st.tuples(st.just("tick"), st.floats(0.0, 120.0))
 pool_lost = st.just(("pool-lost",))
@@ -204,6 +208,7 @@ action = weighted(
     (12, honest_submit),
     (10, pool_answer),
     *((1, s) for s in (wild_submit, authorize, configure, miner_request, miner_raw, pool_notify)),
+    (3, pool_mask),
     *((1, s) for s in (pool_difficulty, pool_other, pool_raw, tick, pool_lost)),
 )
 TRUE: dict[str, Any] = {"result": True, "error": None}
@@ -405,12 +410,12 @@ farm_answer = st.builds(
 farm_pool = st.builds(
     lambda slot, step: ("farm-pool", slot, step[1]),
     st.integers(0, 2),
-    st.one_of(pool_notify, pool_difficulty, pool_other, pool_raw.map(lambda step: ("raw", step[1]))),
+    st.one_of(pool_mask, pool_notify, pool_difficulty, pool_other, pool_raw.map(lambda step: ("raw", step[1]))),
 )
 farm_action = weighted(
     (12, asic_submit),
     (10, farm_answer),
-    (2, farm_pool),
+    (3, farm_pool),
     *((1, s) for s in (asic_line, asic_raw, st.just(("connect",)), tick)),
     (1, st.builds(lambda slot: ("farm-lost", slot), st.integers(0, 2))),
     (1, st.builds(lambda asic: ("asic-gone", asic), st.integers(0, 1))),
