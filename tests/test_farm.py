@@ -306,15 +306,20 @@ def test_version_bits_are_what_the_asic_asked_for_and_the_pool_granted() -> None
     assert asic.version_mask == 0x00FFE000
 
 
+def rolling_asic(h: Harness, worker: str) -> tuple[FarmASIC, FarmUpstream, Notify]:
+    """An ASIC rolling version bits (mask 1fffe000) on a connected pool, and the job it was sent."""
+    asic = h.asic(worker, configure="1fffe000")
+    upstream = h.wanted()
+    h.connect(upstream)
+    return asic, upstream, last_notify(sent(asic))
+
+
 def test_share_rows_carry_the_submitted_numbers_whether_the_share_hashed_or_not() -> None:
     """ntime, nonce and version bits as numbers: read off the hashed share, or (a stale share, never
     hashed) off what was submitted; an upper-case extranonce2 is ledgered in lower case."""
     h = Harness()
     worker = f"infinite.{HOTKEYS[0]}.rig0"
-    asic = h.asic(worker, configure="1fffe000")
-    upstream = h.wanted()
-    h.connect(upstream)
-    notify = last_notify(sent(asic))
+    asic, upstream, notify = rolling_asic(h, worker)
     share = submit_as(worker, mine(asic, notify, en2=0xAB))
     params = share["params"]
     params[2] = params[2].upper()
@@ -478,10 +483,7 @@ def test_a_pool_mask_change_before_the_verdict_leaves_the_row_with_the_mask_the_
     flight: the row keeps the mask the share was checked under, so it still re-hashes."""
     h = Harness()
     worker = f"infinite.{HOTKEYS[0]}.rig0"
-    asic = h.asic(worker, configure="1fffe000")
-    upstream = h.wanted()
-    h.connect(upstream)
-    notify = last_notify(sent(asic))
+    asic, upstream, notify = rolling_asic(h, worker)
     share = submit_as(worker, mine(asic, notify, en2=0x11))
     h.miner(asic, {**share, "params": [*share["params"], "00002000"]})
     (forwarded,) = [msgspec.json.decode(line) for line in upstream.to_pool]
