@@ -461,8 +461,7 @@ class FarmDriver:
                     )
             asic.to_miner.clear()
             if asic.close_reason is not None and not asic.gone:
-                asic.gone = True
-                hub.asic_gone(asic)
+                hub.asic_gone(asic)  # as farm_net does when it closes the link (sets asic.gone)
         upstreams, hub.dirty_upstreams = hub.dirty_upstreams, set()
         for upstream in upstreams:
             for line in upstream.to_pool:
@@ -514,7 +513,6 @@ class FarmDriver:
         elif kind == "asic-gone":
             asic = self.asic_live(step[1])
             if asic is not None:
-                asic.gone = True
                 hub.asic_gone(asic)
         self.drain()
 
