@@ -7,10 +7,12 @@ taken away in the middle.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -502,3 +504,126 @@ def test_the_sweep_looks_at_every_session_once_a_round_a_slice_per_callback(
                 await app.stop()
 
     go(scenario)
+
+
+def start_proxy(tmp_path: Path, pool_port: int, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """`python -m proxy` on the embedded ledger in `tmp_path`, its output to `log` (a pipe nobody
+    reads would fill and block it)."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "--listen",
+                f"{HOST}:{port}",
+                "--upstream",
+                f"stratum+tcp://{HOST}:{pool_port}",
+                "--data-dir",
+                str(tmp_path),
+                "--metrics",
+                f"{HOST}:0",
+                "--proxy-id",
+                "killed",
+                *extra,
+            ],
+            cwd=REPO,
+            env={**os.environ, "IH_LOG_LEVEL": "INFO"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def listening(port: int) -> None:
+    for _ in range(600):  # 60 s: a spawned interpreter starts slowly on a loaded machine
+        try:
+            socket.create_connection((HOST, port), timeout=0.2).close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["passthrough", "aggregate"])
+def test_a_sigkill_with_shares_in_flight_loses_no_answered_share_and_credits_none_twice(
+    tmp_path: Path, mode: str
+) -> None:
+    """The proxy is SIGKILLed while its ASICs mine: with shares waiting for the pool, rows written to
+    ClickHouse, rows only in the journal, maybe an insert under way. A new proxy on the same data
+    directory then mines on. Every share an ASIC was told was accepted is in the ledger; the ledger
+    holds only shares the pool accepted, each once, and each re-hashes."""
+    port = _free_port()
+    result: dict[str, Any] = {}
+    told: collections.Counter[str] = collections.Counter()  # worker → shares its ASIC was told were accepted
+
+    async def mine(pool: SimulatedPool, attempt: str) -> None:
+        log = tmp_path / f"proxy-{attempt}.log"
+        proc = start_proxy(tmp_path, pool.port, port, log, "--mode", mode, "--ledger-flush-interval", "0.5")
+        try:
+            await listening(port)
+            # Not the bitaxe profile: it suggests a difficulty the farm honours, too high to grind here.
+            fleet = Fleet.for_hotkeys(
+                HOST, port, HOTKEYS, 6, mode="rate", rate=20.0, reconnect=False, profiles=("antminer", "cpuminer")
+            )
+            await fleet.start()
+            if attempt == "killed":
+                # Past the first flushes (rows in ClickHouse), with rows since in the journal.
+                await until(lambda: pool.accepted_count >= 100 and in_flight(fleet) > 0, "shares in flight")
+                result["in_flight"] = in_flight(fleet)
+                proc.kill()
+                await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
+                result["pool_at_kill"] = pool.accepted_count
+            else:
+                await until(lambda: pool.accepted_count >= result["pool_at_kill"] + 50, "mining again")
+            await fleet.stop()
+            # By worker: in farm mode an ASIC sees the farm's job ids and extranonces, not the pool's.
+            for asic in fleet.asics:
+                told[asic.worker] += asic.accepted
+            if attempt == "next":
+                proc.send_signal(signal.SIGTERM)
+                result["rc"] = await asyncio.get_running_loop().run_in_executor(None, proc.wait, 60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+    async def scenario() -> None:
+        # The pool answers after 50 ms, so shares are in flight whenever the kill lands.
+        async with SimulatedPool(difficulty=DIFFICULTY, extranonce2_size=8, seed=13, reply_delay=0.05) as pool:
+            await mine(pool, "killed")
+            await mine(pool, "next")  # a new proxy on the same data directory
+            # A share by its coinbase's extranonce bytes: in farm mode the pool sees its own extranonce1,
+            # and the ASIC's prefix in its extranonce2; the ASIC and the ledger, the prefix in extranonce1.
+            result["pool"] = collections.Counter(
+                (s.extranonce1 + s.extranonce2.lower(), int(s.ntime, 16), int(s.nonce, 16), s.job_id)
+                for s in pool.submits_seen
+                if s.accepted
+            )
+
+    go(scenario)
+    restarted = (tmp_path / "proxy-next.log").read_text(errors="replace")
+    assert result["rc"] == 0, restarted[-3000:]
+    assert result["in_flight"] > 0
+
+    def rows(client: Any) -> list[Any]:
+        return list(
+            client.query(
+                "SELECT worker, extranonce1, extranonce2, ntime, nonce, job_id FROM infinitehash.shares "
+                "WHERE accepted = 1"
+            ).result_rows
+        )
+
+    ledgered = read_ledger(tmp_path, rows)
+    keys = collections.Counter((en1 + en2, ntime, nonce, job) for _, en1, en2, ntime, nonce, job in ledgered)
+    assert keys and max(keys.values()) == 1  # none twice
+    assert not keys - result["pool"]  # only what the pool accepted
+    # Every share an ASIC heard accepted, the killed run's too; more only where the kill came
+    # between the pool's verdict and the ASIC's hearing it.
+    assert sum(told.values()) > 0
+    assert not told - collections.Counter(worker for worker, *_ in ledgered), told
+    report = read_ledger(tmp_path, lambda client: audit_clickhouse(client, "infinitehash", 0.0, 4_102_444_800.0))
+    assert report.checked == len(ledgered) and report.clean, report.examples
+    # The killed run had cut batches before (its journal file was not its first): rows in ClickHouse
+    # and rows only in the journal at the kill.
+    recovered = re.search(r"recovered \d+ rows from the journal of a run .*\((\d{12})-", restarted)
+    assert recovered is not None and int(recovered[1]) > 0, restarted[-3000:]
