@@ -13,6 +13,12 @@ Each backup is named `ledger-<UTC time>`, so names sort by age. Rotation (`keep`
 backup directories beyond the newest `keep` in a directory this program can see: the destination
 itself for chdb, `rotate_dir` (where the server's directory or disk is mounted here) for a server.
 S3 backups are not rotated here: give the bucket a lifecycle rule.
+
+A backup is complete once ClickHouse has written its `.backup` file, the last thing BACKUP writes: a
+backup killed mid-way (the program, the server, the machine) leaves a directory without it, which
+RESTORE cannot read. Such an unfinished backup is never counted among the `keep`, never restored by
+default, and is deleted by a rotation once it is older than every backup kept (until then it might
+be one still running, started before the one that just finished).
 """
 
 from __future__ import annotations
@@ -86,11 +92,27 @@ def backup_name(now: dt.datetime) -> str:
     return f"{BACKUP_PREFIX}{now.astimezone(dt.UTC).strftime('%Y%m%dT%H%M%S.%fZ')}"
 
 
+COMPLETE_MARK = ".backup"  # ClickHouse's backup metadata, written when BACKUP finishes
+
+
 def list_backups(directory: Path) -> list[str]:
-    """Backup names in a directory, oldest first."""
+    """The complete backups in a directory, oldest first."""
+    return [name for name in _named(directory) if _complete(directory / name)]
+
+
+def unfinished_backups(directory: Path) -> list[str]:
+    """Backups in a directory that never finished (killed mid-way, or still running), oldest first."""
+    return [name for name in _named(directory) if not _complete(directory / name)]
+
+
+def _named(directory: Path) -> list[str]:
     if not directory.is_dir():
         return []
     return sorted(p.name for p in directory.iterdir() if _NAME.fullmatch(p.name))
+
+
+def _complete(path: Path) -> bool:
+    return (path / COMPLETE_MARK).is_file()
 
 
 def open_client(target: LedgerTarget, destination: Destination | None, *, create: bool) -> Client:
@@ -124,7 +146,8 @@ class BackupResult:
     engine: str  # the destination clause, without credentials
     finished: dt.datetime
     bytes: int  # compressed size ClickHouse reports
-    removed: list[str]
+    removed: list[str]  # complete backups beyond `keep`, and unfinished ones older than every one kept
+    unfinished: list[str]  # unfinished backups left in place (newer than the oldest kept)
 
 
 def backup(
@@ -153,10 +176,13 @@ def backup(
     finally:
         client.close()
     finished = dt.datetime.now(dt.UTC)
-    removed = rotate(rotate_dir, keep) if keep is not None and rotate_dir is not None else []
+    removed, unfinished = [], []
+    if keep is not None and rotate_dir is not None:
+        removed = rotate(rotate_dir, keep)
+        unfinished = unfinished_backups(rotate_dir)
     if textfile_dir is not None:
         write_metric(textfile_dir, target.database, finished, int(status["compressed_size"]))
-    return BackupResult(name, shown, finished, int(status["compressed_size"]), removed)
+    return BackupResult(name, shown, finished, int(status["compressed_size"]), removed, unfinished)
 
 
 def restore(
@@ -167,18 +193,24 @@ def restore(
     as_database: str | None = None,
     list_dir: Path | None = None,
 ) -> str:
-    """RESTORE DATABASE from one backup (the newest one in the directory when `name` is None) into a
-    database that does not exist yet: a restore never mixes with rows already there."""
+    """RESTORE DATABASE from one backup (the newest complete one in the directory when `name` is None)
+    into a database that does not exist yet: a restore never mixes with rows already there."""
+    directory = Path(source.location) if source.kind == "file" and target.kind == "chdb" else list_dir
     if name is None:
-        directory = Path(source.location) if source.kind == "file" and target.kind == "chdb" else list_dir
         if directory is None:
             raise BackupError("name the backup with --name (or give --list-dir, where its directory is mounted here)")
         names = list_backups(directory)
         if not names:
-            raise BackupError(f"no {BACKUP_PREFIX}* backups in {directory}")
+            unfinished = unfinished_backups(directory)
+            left = f" (only unfinished ones: {', '.join(unfinished)})" if unfinished else ""
+            raise BackupError(f"no {BACKUP_PREFIX}* backups in {directory}{left}")
         name = names[-1]
     elif not _NAME.fullmatch(name):
         raise BackupError(f"{name!r} is not a backup name ({BACKUP_PREFIX}<YYYYmmddTHHMMSS.ffffff>Z)")
+    elif directory is not None and name in unfinished_backups(directory):
+        newest = list_backups(directory)[-1:]
+        instead = f"; the newest complete one is {newest[0]}" if newest else ""
+        raise BackupError(f"{name} never finished (it has no {COMPLETE_MARK} file): it cannot be restored{instead}")
     database = as_database or target.database
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
         raise BackupError(f"invalid database name {database!r}")
@@ -212,9 +244,14 @@ def _run(client: Client, sql: str, what: str, done: str, target: LedgerTarget, s
 
 
 def rotate(directory: Path, keep: int) -> list[str]:
-    """Delete the oldest backups in `directory` beyond the newest `keep`; returns the names removed."""
+    """Delete the oldest complete backups in `directory` beyond the newest `keep`, and the unfinished
+    ones older than every backup kept; returns the names removed, oldest first."""
     names = list_backups(directory)
-    removed = names[: max(0, len(names) - keep)]
+    kept = names[-keep:]
+    removed = names[: len(names) - len(kept)]
+    if kept:
+        removed += [name for name in unfinished_backups(directory) if name < kept[0]]
+    removed.sort()
     for name in removed:
         path = directory / name
         if path.is_dir():

@@ -89,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"ih-ledger: backed up {target.database} from {target} to {result.engine} "
                 f"({result.bytes} bytes){removed}"
             )
+            if result.unfinished:  # killed mid-way, or still running: rotation removes them once old enough
+                print(f"ih-ledger: unfinished backups left in place: {', '.join(result.unfinished)}")
         else:
             name = restore(
                 target,

@@ -11,12 +11,13 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ledger.backup import TEXTFILE_NAME, Destination, list_backups
+from ledger.backup import COMPLETE_MARK, TEXTFILE_NAME, Destination, list_backups, unfinished_backups
 from tests.test_ledger import BASE_TS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +77,20 @@ _DUMP = textwrap.dedent(
         ).result_rows
     )
     print(json.dumps(out))
+    """
+)
+
+
+# Rows enough that a BACKUP takes a while to copy (~150 MB, hardly compressible): a kill lands mid-way.
+_FILL = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from ledger.target import LedgerTarget
+
+    client = LedgerTarget.parse("chdb://" + sys.argv[1], data_dir=Path(sys.argv[1])).connect()
+    client.command("CREATE TABLE infinitehash.filler (n UInt64, s String) ENGINE = MergeTree ORDER BY n")
+    client.command("INSERT INTO infinitehash.filler SELECT number, randomPrintableASCII(100) FROM numbers(1500000)")
     """
 )
 
@@ -160,6 +175,80 @@ def test_rotation_keeps_the_newest_backups(tmp_path: Path) -> None:
         made.append(done.stdout.split(f"File('{backups}/")[1].split("'")[0])
     assert list_backups(backups) == made[1:]
     assert f"removed {made[0]}" in done.stdout
+
+
+def kill_mid_backup(ledger: Path, backups: Path) -> str:
+    """Start `ih-ledger backup` and SIGKILL it once ClickHouse has begun writing the backup's data;
+    returns the backup left behind (bounded: three tries, 30 s each)."""
+    for _ in range(3):
+        known = set(list_backups(backups) + unfinished_backups(backups))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "backup",
+                "--clickhouse-url",
+                f"chdb://{ledger}",
+                "--to",
+                str(backups),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            started: list[Path] = []
+            for _ in range(3000):
+                started = [p for p in backups.glob("ledger-*") if p.name not in known and (p / "data").is_dir()]
+                if started or proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+            proc.kill()
+        finally:
+            proc.wait(timeout=30)
+        if started and not (started[0] / COMPLETE_MARK).exists():
+            return started[0].name
+        # it finished before the kill landed: that backup is complete, try again
+    raise AssertionError("no backup was killed mid-way in three tries")
+
+
+def test_a_backup_killed_mid_way_is_never_restored_nor_kept_and_rotation_clears_it(tmp_path: Path) -> None:
+    ledger, fresh, backups = tmp_path / "ledger", tmp_path / "fresh", tmp_path / "backups"
+    write_rows(ledger, tmp_path / "spool", batches=2)
+    before = dump(ledger)
+    assert ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups)).returncode == 0
+    (complete,) = list_backups(backups)
+    done = run("-c", _FILL, str(ledger))
+    assert done.returncode == 0, done.stderr
+    killed = kill_mid_backup(ledger, backups)
+    assert unfinished_backups(backups) == [killed] and killed > complete
+    assert list_backups(backups) == [complete]
+
+    # The default restore is the newest complete backup, not the newer one that never finished.
+    restored = ih_ledger("restore", "--clickhouse-url", f"chdb://{fresh}", "--from", str(backups))
+    assert restored.returncode == 0, restored.stderr
+    assert complete in restored.stdout and killed not in restored.stdout
+    assert dump(fresh) == before
+    named = ih_ledger(
+        "restore", "--clickhouse-url", f"chdb://{tmp_path / 'other'}", "--from", str(backups), "--name", killed
+    )
+    assert named.returncode == 1 and named.stderr.count("\n") == 1
+    assert "never finished" in named.stderr and complete in named.stderr
+
+    # Not counted among the kept: with --keep 2 both complete ones stay, and the unfinished one,
+    # newer than the oldest kept, stays too (it might still be running) and is named.
+    kept = ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups), "--keep", "2")
+    assert kept.returncode == 0, kept.stderr
+    second = list_backups(backups)[-1]
+    assert list_backups(backups) == [complete, second] and unfinished_backups(backups) == [killed]
+    assert "removed" not in kept.stdout and f"unfinished backups left in place: {killed}" in kept.stdout
+    # Once older than every backup kept, it goes with the complete ones beyond --keep.
+    last = ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups), "--keep", "1")
+    assert last.returncode == 0, last.stderr
+    assert len(list_backups(backups)) == 1 and not unfinished_backups(backups)
+    assert f"removed {', '.join(sorted([complete, killed, second]))}" in last.stdout
+    assert sorted(p.name for p in backups.iterdir()) == list_backups(backups)
 
 
 def test_restore_never_mixes_into_an_existing_ledger(tmp_path: Path) -> None:
