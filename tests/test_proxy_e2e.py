@@ -341,6 +341,46 @@ def _free_port() -> int:
         return port
 
 
+def start_proxy(
+    data_dir: Path, pool_port: int, port: int, log: Path, *extra: str, proxy_id: str = "e2e"
+) -> subprocess.Popen[bytes]:
+    """`python -m proxy` (on the embedded ledger in `data_dir` unless `extra` says otherwise), its
+    output to `log`: a pipe nobody reads would fill and block it."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "proxy",
+                "--listen",
+                f"{HOST}:{port}",
+                "--upstream",
+                f"stratum+tcp://{HOST}:{pool_port}",
+                "--data-dir",
+                str(data_dir),
+                "--metrics",
+                f"{HOST}:0",
+                "--proxy-id",
+                proxy_id,
+                *extra,
+            ],
+            cwd=REPO,
+            env={**os.environ, "IH_LOG_LEVEL": "INFO"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def listening(port: int) -> None:
+    for _ in range(600):  # 60 s: a spawned interpreter starts slowly on a loaded machine
+        try:
+            socket.create_connection((HOST, port), timeout=0.2).close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
 def test_sigterm_with_shares_in_flight_records_every_one(tmp_path: Path) -> None:
     port = _free_port()
     result: dict[str, Any] = {}
@@ -348,35 +388,9 @@ def test_sigterm_with_shares_in_flight_records_every_one(tmp_path: Path) -> None
     async def scenario() -> None:
         # The pool takes its time to answer, so shares are in flight when SIGTERM arrives.
         async with SimulatedPool(difficulty=DIFFICULTY, seed=7, reply_delay=0.5) as pool:
-            env = {**os.environ, "IH_LOG_LEVEL": "INFO"}
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "proxy",
-                    "--listen",
-                    f"{HOST}:{port}",
-                    "--upstream",
-                    f"stratum+tcp://{HOST}:{pool.port}",
-                    "--data-dir",
-                    str(tmp_path),
-                    "--metrics",
-                    f"{HOST}:0",
-                    "--proxy-id",
-                    "sigterm",
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
+            proc = start_proxy(tmp_path, pool.port, port, tmp_path / "proxy.log")
             try:
-                for _ in range(300):
-                    try:
-                        socket.create_connection((HOST, port), timeout=0.2).close()
-                        break
-                    except OSError:
-                        await asyncio.sleep(0.1)
+                await listening(port)
                 fleet = Fleet.for_hotkeys(HOST, port, HOTKEYS, 3, mode="rate", rate=20.0, duration=30, reconnect=False)
                 await fleet.start()
                 await until(lambda: pool.accepted_count >= 10 and in_flight(fleet) > 0, "shares in flight")
@@ -387,9 +401,8 @@ def test_sigterm_with_shares_in_flight_records_every_one(tmp_path: Path) -> None
             finally:
                 if proc.poll() is None:
                     proc.kill()
-                out = proc.stdout.read().decode() if proc.stdout else ""
             result["rc"] = rc
-            result["log"] = out
+            result["log"] = (tmp_path / "proxy.log").read_text(errors="replace")
             result["pool"] = pool.accepted_by_hotkey()
             result["accepted"] = pool.accepted_count
 
@@ -504,44 +517,6 @@ def test_the_sweep_looks_at_every_session_once_a_round_a_slice_per_callback(
                 await app.stop()
 
     go(scenario)
-
-
-def start_proxy(tmp_path: Path, pool_port: int, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """`python -m proxy` on the embedded ledger in `tmp_path`, its output to `log` (a pipe nobody
-    reads would fill and block it)."""
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "proxy",
-                "--listen",
-                f"{HOST}:{port}",
-                "--upstream",
-                f"stratum+tcp://{HOST}:{pool_port}",
-                "--data-dir",
-                str(tmp_path),
-                "--metrics",
-                f"{HOST}:0",
-                "--proxy-id",
-                "killed",
-                *extra,
-            ],
-            cwd=REPO,
-            env={**os.environ, "IH_LOG_LEVEL": "INFO"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-async def listening(port: int) -> None:
-    for _ in range(600):  # 60 s: a spawned interpreter starts slowly on a loaded machine
-        try:
-            socket.create_connection((HOST, port), timeout=0.2).close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from proxy.config import ConfigError, load_config
 from simulation import Fleet, SimulatedPool
 from simulation.hotkeys import hotkeys
 from tests.clickhouse_http import ClickHouseHTTPServer
-from tests.test_proxy_e2e import DIFFICULTY, HOST, REPO, go, until
+from tests.test_proxy_e2e import DIFFICULTY, HOST, REPO, go, start_proxy, until
 
 HOTKEYS = hotkeys(3, namespace="workers")
 ASICS = 24  # both workers get sessions unless the kernel hashes all 24 onto one: p = 2**-23
@@ -53,36 +53,8 @@ def _free_port() -> int:
 def start_supervisor(
     tmp_path: Path, clickhouse_url: str, pool_port: int, port: int, *extra: str
 ) -> subprocess.Popen[bytes]:
-    # A file, not a pipe: a pipe nobody reads would fill and block the proxy.
-    with open(tmp_path / "proxy.log", "wb") as log:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "proxy",
-                "--workers",
-                "2",
-                "--listen",
-                f"{HOST}:{port}",
-                "--upstream",
-                f"stratum+tcp://{HOST}:{pool_port}",
-                "--clickhouse-url",
-                clickhouse_url,
-                "--data-dir",
-                str(tmp_path / "proxy"),
-                "--metrics",
-                f"{HOST}:0",
-                "--proxy-id",
-                "wk",
-                "--shutdown-grace",
-                "5",
-                *extra,
-            ],
-            cwd=REPO,
-            env={**os.environ, "IH_LOG_LEVEL": "INFO"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    options = ("--workers", "2", "--clickhouse-url", clickhouse_url, "--shutdown-grace", "5", *extra)
+    return start_proxy(tmp_path / "proxy", pool_port, port, tmp_path / "proxy.log", *options, proxy_id="wk")
 
 
 def proxy_log(tmp_path: Path) -> str:
