@@ -25,7 +25,7 @@ from proxy.coverage import CoverageRecorder
 from proxy.farm import FarmContext
 from proxy.farm_net import FarmProxy
 from proxy.hotkeys import BittensorRegistry, HotkeyRegistry, RegisteredHotkeys
-from proxy.http import Check, HTTPServer, build_app
+from proxy.http import Answers, Check, HTTPServer, build_app
 from proxy.ledger import LedgerWriter
 from proxy.metrics import ProxyMetrics
 from proxy.priority import BackgroundPriority
@@ -91,7 +91,12 @@ class ProxyApp:
         )
         host, port = parse_host_port(config.metrics, "metrics")
         app = build_app(
-            self.metrics, self.ledger.query, target.database, api_token=config.api_token, readiness=self.readiness
+            self.metrics,
+            self.ledger.query,
+            target.database,
+            api_token=config.api_token,
+            readiness=self.readiness,
+            answers=Answers(config.api_cache_seconds),
         )
         self.http = HTTPServer(app, host, port)
         self.priority = BackgroundPriority(config.background_nice, config.gil_switch_interval)

@@ -104,6 +104,7 @@ class ProxyConfig:
     clickhouse_url: str | None = None  # None → chdb://<data_dir>/ledger
     metrics: str = "127.0.0.1:9464"
     api_token: str | None = dataclasses.field(default=None, repr=False)  # None: the API is open
+    api_cache_seconds: float = 5.0  # an API answer serves the same request this long (proxy/http.Answers)
     proxy_id: str = dataclasses.field(default_factory=lambda: os.uname().nodename)
     spool_dir: Path | None = None  # None → <data_dir>/spool
     ttl_days: int = DEFAULT_TTL_DAYS
@@ -163,6 +164,9 @@ _HELP: dict[str, str] = {
     "metrics": "HOST:PORT for Prometheus /metrics, /healthz, /readyz and the /api/v1/ HTTP API",
     "api_token": "token the /api/v1/ endpoints require as 'Authorization: Bearer <token>' (or Basic with it as "
     "the password); prefer IH_API_TOKEN over the flag, which the process list shows",
+    "api_cache_seconds": "seconds an answer of /api/v1/workers or /api/v1/coverage serves the same request again "
+    "(validators ask for the same windows at the same moments); identical requests in flight always share one "
+    "query (0: only those)",
     "proxy_id": "name written in every ledger row (default: the host name)",
     "spool_dir": "where batches ClickHouse did not take wait (default <data-dir>/spool)",
     "ttl_days": "days the ledger keeps shares",
@@ -347,6 +351,8 @@ def validate(config: ProxyConfig) -> None:
         raise ConfigError("upstream_dns_ttl must be 0 (look up every time) or more seconds")
     if config.gc_freeze_interval < 0:
         raise ConfigError("gc_freeze_interval must be 0 (no interval) or more seconds")
+    if not 0 <= config.api_cache_seconds <= 3600:
+        raise ConfigError("api_cache_seconds must be 0 (share only requests in flight) to 3600")
     if config.api_token is not None and (
         len(config.api_token) < 16 or not config.api_token.isprintable() or " " in config.api_token
     ):

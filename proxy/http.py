@@ -1,6 +1,11 @@
 """The proxy's HTTP port: Prometheus `/metrics`, `/healthz`, `/readyz`, and the validators' API
 (`/api/v1/workers`, `/api/v1/coverage`; guide: docs/VALIDATORS.md).
 
+Validators ask at the same moments (each epoch) for the same windows and pages, and one page costs
+the ledger tens of milliseconds of CPU, on the proxy's own box when the ledger is embedded: the
+answers of `/api/v1/workers` and `/api/v1/coverage` are shared (`Answers`). Identical requests in
+flight wait for one query, and for `--api-cache-seconds` after it answered they get its bytes.
+
 With a token (`--api-token`) the API wants `Authorization: Bearer <token>`, or HTTP Basic with the
 token as the password (InfiniteHash's client sends `https://user:<token>@host` as Basic). `/metrics`,
 `/healthz` and `/readyz` stay open: Prometheus, load balancers and container health checks probe
@@ -9,14 +14,17 @@ them without credentials, and they tell nothing about any miner.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import collections
 import datetime as dt
 import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -108,6 +116,53 @@ def _token_matches(header: str, token: bytes) -> bool:
     return hmac.compare_digest(given, token)  # constant time: the token cannot be guessed byte by byte
 
 
+class Answers:
+    """Response bodies shared by identical requests: one computation answers every request that asks
+    while it runs, and its bytes answer the same request for `ttl` seconds after (0: only the ones in
+    flight). At most `max_bytes` are kept, the least recently used going first; failures are never
+    kept. The computation runs as its own task, so a client that hangs up cancels nobody's answer."""
+
+    def __init__(self, ttl: float, max_bytes: int = 32 << 20, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._kept: collections.OrderedDict[Hashable, tuple[float, bytes]] = collections.OrderedDict()
+        self._kept_bytes = 0
+        self._running: dict[Hashable, asyncio.Task[bytes]] = {}
+        self.computed = 0  # computations started: what the ledger was asked
+
+    async def get(self, key: Hashable, compute: Callable[[], Awaitable[bytes]]) -> bytes:
+        kept = self._kept.get(key)
+        if kept is not None:
+            if kept[0] > self._clock():
+                self._kept.move_to_end(key)
+                return kept[1]
+            self._forget(key)
+        task = self._running.get(key)
+        if task is None:
+            self.computed += 1
+            task = asyncio.ensure_future(compute())
+            self._running[key] = task
+            task.add_done_callback(lambda done: self._settle(key, done))
+        return await asyncio.shield(task)
+
+    def _settle(self, key: Hashable, task: asyncio.Task[bytes]) -> None:
+        del self._running[key]
+        if task.cancelled() or task.exception() is not None or self.ttl <= 0:
+            return  # exception() marks it retrieved: waiters, if any, got it
+        body = task.result()
+        if len(body) > self.max_bytes:
+            return
+        self._kept[key] = (self._clock() + self.ttl, body)
+        self._kept_bytes += len(body)
+        while self._kept_bytes > self.max_bytes:
+            self._forget(next(iter(self._kept)))
+
+    def _forget(self, key: Hashable) -> None:
+        _, body = self._kept.pop(key)
+        self._kept_bytes -= len(body)
+
+
 def build_app(
     metrics: ProxyMetrics,
     query: Query,
@@ -115,8 +170,10 @@ def build_app(
     *,
     api_token: str | None = None,
     readiness: Readiness | None = None,
+    answers: Answers | None = None,
 ) -> web.Application:
     token = api_token.encode() if api_token else None
+    shared = answers if answers is not None else Answers(ttl=0.0)
 
     @web.middleware
     async def require_token(
@@ -152,15 +209,23 @@ def build_app(
         offset = _parse_int(q, "offset", 0, 0, 10**12)
         window = split_window(start, end)
         sql, parameters = workers_query(database, window, pattern, limit, offset)
-        rows = await run(sql, parameters, "workers")
-        workers = [{"worker_id": w.worker, "hashrate": w.hashrate} for w in workers_from_rows(rows, window)]
-        return web.json_response({"workers": workers})
+
+        async def answer() -> bytes:
+            rows = await run(sql, parameters, "workers")
+            workers = [{"worker_id": w.worker, "hashrate": w.hashrate} for w in workers_from_rows(rows, window)]
+            return json.dumps({"workers": workers}).encode()
+
+        return _json(await shared.get(("workers", sql, _key(parameters)), answer))
 
     async def get_coverage(request: web.Request) -> web.Response:
         start, end = _parse_window(request.query)
         sql, parameters = coverage_query(database, start, end)
-        rows = await run(sql, parameters, "coverage")
-        return web.json_response(coverage_json(coverage_from_rows(rows, start, end)))
+
+        async def answer() -> bytes:
+            rows = await run(sql, parameters, "coverage")
+            return json.dumps(coverage_json(coverage_from_rows(rows, start, end))).encode()
+
+        return _json(await shared.get(("coverage", sql, _key(parameters)), answer))
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
@@ -182,6 +247,14 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     add_export_routes(app, query, database)
     return app
+
+
+def _key(parameters: Mapping[str, Any]) -> Hashable:
+    return tuple(sorted((name, repr(value)) for name, value in parameters.items()))
+
+
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 class HTTPServer:

@@ -31,7 +31,7 @@ from aiohttp import web
 from ledger.rows import ShareRow
 from ledger.target import LedgerTarget
 from proxy.config import LedgerBudget
-from proxy.http import build_app
+from proxy.http import Answers, build_app
 from proxy.ledger import LedgerWriter
 from proxy.metrics import ProxyMetrics
 from simulation.hotkeys import hotkeys
@@ -115,10 +115,13 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @asynccontextmanager
-async def serve(ledger: Path, **options: Any) -> AsyncIterator[str]:
+async def serve(ledger: Path, asked: list[str] | None = None, **options: Any) -> AsyncIterator[str]:
+    """The proxy's HTTP app on the ledger; each query it makes is appended to `asked`."""
     client = clickhouse_connect.get_client(interface="chdb", path=str(ledger))
 
     async def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        if asked is not None:
+            asked.append(sql)
         return await asyncio.to_thread(lambda: [tuple(r) for r in client.query(sql, parameters=params).result_rows])
 
     runner = web.AppRunner(build_app(ProxyMetrics(), query, "infinitehash", **options))
@@ -222,6 +225,78 @@ def test_an_unencoded_plus_offset_is_read_as_the_offset(ledger: Path) -> None:
                 body = await r.json()
         got = {w["worker_id"]: w["hashrate"] for w in body["workers"]}
         assert got == expected(dt.datetime.fromisoformat(UNALIGNED[0][0]), dt.datetime.fromisoformat(UNALIGNED[0][1]))
+
+    go(scenario)
+
+
+def test_validators_asking_at_once_for_the_same_pages_cost_the_ledger_one_query_each(ledger: Path) -> None:
+    """24 validators page through the same window at the same moment: the ledger answers each distinct
+    page once, every validator reads every worker once, and the same page after --api-cache-seconds
+    is asked of the ledger again."""
+    now = [0.0]
+    answers = Answers(5.0, clock=lambda: now[0])
+    asked: list[str] = []
+    start, end = B - dt.timedelta(minutes=1), B + dt.timedelta(minutes=11)
+    want = expected(start, end, "sn89auction.")
+
+    async def scenario() -> None:
+        async with serve(ledger, asked, answers=answers) as base, aiohttp.ClientSession() as http:
+            loops = await asyncio.gather(
+                *(validators_loop(http, base, start, end, "sn89auction.*.*") for _ in range(24))
+            )
+            pages = len(want) // 500 + 1
+            for got, requests in loops:
+                assert requests == pages
+                assert {w["worker_id"]: w["hashrate"] for w in got} == want and len(got) == len(want)
+            assert len(asked) == pages  # one query per distinct page, for 24 × pages requests
+            # Within the time an answer serves, no new query; after it, one.
+            now[0] += 4.9
+            await validators_loop(http, base, start, end, "sn89auction.*.*")
+            assert len(asked) == pages
+            now[0] += 0.2
+            got, _ = await validators_loop(http, base, start, end, "sn89auction.*.*")
+            assert len(asked) == 2 * pages and {w["worker_id"]: w["hashrate"] for w in got} == want
+            # Another window is another answer.
+            await all_workers(http, base, "2024-06-01T00:00:17Z", "2024-06-01T00:09:43Z")
+            assert len(asked) == 2 * pages + 1
+
+    go(scenario)
+
+
+def test_shared_answers_keep_no_failure_and_no_hang_up_cancels_them() -> None:
+    async def scenario() -> None:
+        answers = Answers(60.0, max_bytes=10)
+        calls: list[str] = []
+        release = asyncio.Event()
+
+        async def failing() -> bytes:
+            calls.append("fail")
+            await release.wait()
+            raise web.HTTPServiceUnavailable(text="down")
+
+        waiters = [asyncio.ensure_future(answers.get("k", failing)) for _ in range(3)]
+        await asyncio.sleep(0)
+        waiters[0].cancel()  # a client hangs up: the others still get the answer
+        release.set()
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert all(isinstance(r, web.HTTPServiceUnavailable) for r in results[1:])
+        assert calls == ["fail"]  # one computation for three requests
+
+        async def body(text: bytes) -> bytes:
+            calls.append(text.decode())
+            return text
+
+        assert await answers.get("k", lambda: body(b"ok")) == b"ok"  # the failure was not kept
+        assert await answers.get("k", lambda: body(b"again")) == b"ok"  # the answer is
+        assert await answers.get("big", lambda: body(b"x" * 11)) == b"x" * 11  # over max_bytes: not kept
+        assert await answers.get("big", lambda: body(b"y" * 11)) == b"y" * 11
+        # At most max_bytes kept: the least recently used goes first.
+        assert await answers.get("a", lambda: body(b"aaaa")) == b"aaaa"
+        assert await answers.get("k", lambda: body(b"no")) == b"ok"  # k used: a is now the oldest
+        assert await answers.get("b", lambda: body(b"bbbbbb")) == b"bbbbbb"  # 2 + 4 + 6 > 10: a goes
+        assert await answers.get("a", lambda: body(b"AAAA")) == b"AAAA"
+        assert calls == ["fail", "ok", "x" * 11, "y" * 11, "aaaa", "bbbbbb", "AAAA"]
 
     go(scenario)
 
