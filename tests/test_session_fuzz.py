@@ -198,10 +198,20 @@ tick = st.tuples(st.just("tick"), st.floats(0.0, 120.0))
 pool_lost = st.just(("pool-lost",))
 
 
+def expand(actions: list[Any]) -> list[Any]:
+    """The actions, with each ("seq", steps) drawn as one spelled out in order."""
+    return [step for action in actions for step in (action[1] if action[0] == "seq" else [action])]
+
+
 def weighted(*choices: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
     """One of the strategies, each drawn `weight` times as often as one of weight 1."""
     return st.sampled_from([s for weight, s in choices for _ in range(weight)]).flatmap(lambda s: s)
 
+
+TRUE: dict[str, Any] = {"result": True, "error": None}
+# A share, the pool's mask changing, then its verdict (a yes to the newest request): the row must keep
+# the mask the share was rolled under.
+mask_race = st.tuples(st.just("seq"), st.tuples(honest_submit, pool_mask, st.just(("answer", 99, TRUE))))
 
 # Mostly honest work, so that sequences reach accepted shares, with every kind of odd line among it.
 action = weighted(
@@ -209,9 +219,9 @@ action = weighted(
     (10, pool_answer),
     *((1, s) for s in (wild_submit, authorize, configure, miner_request, miner_raw, pool_notify)),
     (3, pool_mask),
+    (2, mask_race),
     *((1, s) for s in (pool_difficulty, pool_other, pool_raw, tick, pool_lost)),
 )
-TRUE: dict[str, Any] = {"result": True, "error": None}
 
 
 def handshake(authorize_answer: dict[str, Any] = TRUE) -> list[Any]:
@@ -338,7 +348,7 @@ def test_no_passthrough_sequence_raises_or_credits_what_the_pool_did_not(
     pending: list[dict[str, Any]] = []
     replies = Replies()
     opening = handshake(authorize_answer) if with_handshake else []
-    steps = opening + actions
+    steps = opening + expand(actions)
     for n, step in enumerate(steps):
         handshake_done = n >= len(opening)
         now = Instant(mono, WALL + mono)
@@ -412,10 +422,19 @@ farm_pool = st.builds(
     st.integers(0, 2),
     st.one_of(pool_mask, pool_notify, pool_difficulty, pool_other, pool_raw.map(lambda step: ("raw", step[1]))),
 )
+farm_mask_race = st.tuples(  # as mask_race, on the first upstream slot
+    st.just("seq"),
+    st.tuples(
+        asic_submit,
+        pool_mask.map(lambda step: ("farm-pool", 0, step[1])),
+        st.just(("farm-answer", 0, 99, TRUE)),
+    ),
+)
 farm_action = weighted(
     (12, asic_submit),
     (10, farm_answer),
     (3, farm_pool),
+    (2, farm_mask_race),
     *((1, s) for s in (asic_line, asic_raw, st.just(("connect",)), tick)),
     (1, st.builds(lambda slot: ("farm-lost", slot), st.integers(0, 2))),
     (1, st.builds(lambda asic: ("asic-gone", asic), st.integers(0, 1))),
@@ -579,7 +598,7 @@ def test_no_farm_sequence_raises_or_credits_what_the_pool_did_not(
     """Also: every answer an ASIC gets is to a request it made, at most once per request."""
     ledger = Ledger()
     driver = FarmDriver(ledger, per_upstream)
-    steps = ([*FARM_HANDSHAKE] if with_handshake else []) + actions
+    steps = ([*FARM_HANDSHAKE] if with_handshake else []) + expand(actions)
     for step in steps:
         driver.step(step)
     shares = ledger.shares()
