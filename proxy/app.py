@@ -98,7 +98,13 @@ class ProxyApp:
             readiness=self.readiness,
             answers=Answers(config.api_cache_seconds),
         )
-        self.http = HTTPServer(app, host, port)
+        self.http = HTTPServer(
+            app,
+            host,
+            port,
+            max_connections=config.limits.max_http_connections,
+            idle_timeout=config.limits.http_idle_timeout,
+        )
         self.priority = BackgroundPriority(config.background_nice, config.gil_switch_interval)
 
     def ledger_refusal(self) -> str | None:

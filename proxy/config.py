@@ -75,6 +75,10 @@ class Limits:
     max_text: int = 128  # characters kept of a user agent or a worker name in a log line
     max_error_text: int = 200  # characters of a decoder's message sent back to a miner
     max_reason_text: int = 120  # characters of a pool's reject message kept in the ledger
+    # The HTTP port (metrics, the validators' API) shares the process's file descriptors with the
+    # sessions: a bounded number of connections, and idle keep-alive ones closed.
+    max_http_connections: int = 256
+    http_idle_timeout: float = 75.0  # seconds an idle keep-alive HTTP connection stays open
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +236,9 @@ _HELP: dict[str, str] = {
     "max_text": "characters kept of a user agent or worker name",
     "max_error_text": "characters of a decoder error sent back to a miner",
     "max_reason_text": "characters of a pool's reject message kept in the ledger",
+    "max_http_connections": "connections the HTTP port (metrics, API) keeps open at most; more are closed at "
+    "accept (put a reverse proxy in front for more clients)",
+    "http_idle_timeout": "seconds an idle keep-alive connection to the HTTP port stays open",
 }
 
 _LIMIT_FIELDS = {f.name: f for f in dataclasses.fields(Limits)}
@@ -351,6 +358,8 @@ def validate(config: ProxyConfig) -> None:
         raise ConfigError("upstream_dns_ttl must be 0 (look up every time) or more seconds")
     if config.gc_freeze_interval < 0:
         raise ConfigError("gc_freeze_interval must be 0 (no interval) or more seconds")
+    if config.limits.max_http_connections < 1 or config.limits.http_idle_timeout <= 0:
+        raise ConfigError("max_http_connections must be at least 1 and http_idle_timeout above 0 seconds")
     if not 0 <= config.api_cache_seconds <= 3600:
         raise ConfigError("api_cache_seconds must be 0 (share only requests in flight) to 3600")
     if config.api_token is not None and (

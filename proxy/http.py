@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -257,19 +257,56 @@ def _json(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+class _Refused(asyncio.Protocol):
+    """A connection over the limit: closed at once, before a byte is read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).abort()
+
+
 class HTTPServer:
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+    """The HTTP port, with at most `max_connections` open (about: the count is aiohttp's, updated a
+    loop iteration after an accept) and idle keep-alive connections closed after `idle_timeout`:
+    clients that open connections and keep them cannot take the process's file descriptors, which
+    the ASICs' sessions need (aiohttp itself keeps an idle connection an hour, and counts none)."""
+
+    def __init__(
+        self, app: web.Application, host: str, port: int, *, max_connections: int = 256, idle_timeout: float = 75.0
+    ) -> None:
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
         self._host = host
         self._port = port
         self.port = port
+        self.max_connections = max_connections
+        self.refused = 0  # connections closed at accept, over the limit
+        self._full = False
+        self._listener: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])  # the real port when 0 was asked for
+        server = self._runner.server
+        assert server is not None
+
+        def connection() -> asyncio.BaseProtocol:
+            full = len(server.connections) >= self.max_connections
+            if full != self._full:  # one line per change, not per connection
+                self._full = full
+                if full:
+                    log.warning("HTTP: %d connections open, the limit; closing new ones", self.max_connections)
+                else:
+                    log.info("HTTP: under %d connections again; accepting", self.max_connections)
+            if full:
+                self.refused += 1
+                return _Refused()
+            return server()
+
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(connection, self._host, self._port, reuse_address=True)
+        self.port = int(self._listener.sockets[0].getsockname()[1])  # the real port when 0 was asked for
         log.info("HTTP (metrics, API) on %s:%d", self._host, self.port)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         await self._runner.cleanup()

@@ -31,9 +31,10 @@ from aiohttp import web
 from ledger.rows import ShareRow
 from ledger.target import LedgerTarget
 from proxy.config import LedgerBudget
-from proxy.http import Answers, build_app
+from proxy.http import Answers, HTTPServer, build_app
 from proxy.ledger import LedgerWriter
 from proxy.metrics import ProxyMetrics
+from simulation import run
 from simulation.hotkeys import hotkeys
 
 HOST = "127.0.0.1"
@@ -426,3 +427,60 @@ def test_ledger_down_is_a_503_and_back_is_a_200(tmp_path: Path, clickhouse_http:
             await writer.stop()
 
     go(scenario)
+
+
+def test_clients_holding_connections_cannot_take_more_than_the_http_limit() -> None:
+    """Connections that never send a request fill the limit: one more is closed at accept, before
+    a byte is read; as they go (closed by their clients, or idle past the timeout) the port serves
+    again. The file descriptors they hold are the ASICs' sessions' too."""
+
+    async def get(port: int) -> int:
+        async with aiohttp.ClientSession() as http, http.get(f"http://{HOST}:{port}/healthz") as r:
+            return r.status
+
+    async def closed_at_once(port: int) -> bool:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            return await asyncio.wait_for(reader.read(1), 5) == b""
+        except ConnectionError:
+            return True  # reset: closed too
+        except TimeoutError:
+            return False
+        finally:
+            writer.close()
+
+    async def scenario() -> None:
+        async def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+            return []
+
+        app = build_app(ProxyMetrics(), query, "infinitehash")
+        server = HTTPServer(app, HOST, 0, max_connections=4, idle_timeout=1.0)
+        await server.start()
+        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        try:
+            assert await get(server.port) == 200
+            idle += [await asyncio.open_connection(HOST, server.port) for _ in range(4)]
+            await asyncio.sleep(0.05)  # the server has seen them
+            assert await closed_at_once(server.port)
+            assert server.refused == 1
+            idle.pop()[1].close()
+            await asyncio.sleep(0.05)
+            assert await get(server.port) == 200  # one place free again
+            # The three left send nothing: the idle timeout closes them.
+            for _ in range(300):
+                if all(reader.at_eof() for reader, _ in idle):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("idle connections were never closed")
+            for _, writer in idle:
+                writer.close()
+            idle = [await asyncio.open_connection(HOST, server.port) for _ in range(4)]  # the limit is whole again
+            await asyncio.sleep(0.05)
+            assert await closed_at_once(server.port) and server.refused == 2
+        finally:
+            for _, writer in idle:
+                writer.close()
+            await server.stop()
+
+    run(scenario())
