@@ -129,7 +129,6 @@ class Answers:
         self._kept: collections.OrderedDict[Hashable, tuple[float, bytes]] = collections.OrderedDict()
         self._kept_bytes = 0
         self._running: dict[Hashable, asyncio.Task[bytes]] = {}
-        self.computed = 0  # computations started: what the ledger was asked
 
     async def get(self, key: Hashable, compute: Callable[[], Awaitable[bytes]]) -> bytes:
         kept = self._kept.get(key)
@@ -140,7 +139,6 @@ class Answers:
             self._forget(key)
         task = self._running.get(key)
         if task is None:
-            self.computed += 1
             task = asyncio.ensure_future(compute())
             self._running[key] = task
             task.add_done_callback(lambda done: self._settle(key, done))
@@ -271,7 +269,7 @@ class HTTPServer:
     the ASICs' sessions need (aiohttp itself keeps an idle connection an hour, and counts none)."""
 
     def __init__(
-        self, app: web.Application, host: str, port: int, *, max_connections: int = 256, idle_timeout: float = 75.0
+        self, app: web.Application, host: str, port: int, *, max_connections: int, idle_timeout: float
     ) -> None:
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
         self._host = host
