@@ -903,7 +903,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per window (default %(default)s)")
     parser.add_argument("--stall-window", type=float, default=60.0, help="seconds of the long fixed-rate window")
     parser.add_argument("--connect-many", type=int, default=9000, help="sessions connected at once (0: skip)")
-    parser.add_argument("--failover-sessions", type=int, default=200, help="sessions of the farm failover")
+    parser.add_argument("--failover-sessions", type=int, default=200, help="sessions of the farm failover (0: skip)")
     parser.add_argument("--quick", action="store_true", help="5 s windows, a 15 s long window, 3,000 at once")
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
     parser.add_argument("--connect-concurrency", type=int, default=500, help="handshakes in flight per generator")
@@ -971,20 +971,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases["farm"] = bench.proxy_phase(
             "farm", None, rate_seconds=args.stall_window, mode="aggregate", connect_many=args.connect_many
         )
-        _say(f"farm mode failover: {args.failover_sessions} sessions, pool A SIGKILLed, pool B the second --upstream")
-        try:
-            phases["failover"] = bench.failover(
-                args.failover_sessions,
-                args.rate * args.failover_sessions / max(1, args.sessions),  # the same shares/s per session
-                FAILOVER_BEFORE_S,
-                FAILOVER_AFTER_S,
+        if args.failover_sessions > 0:
+            _say(
+                f"farm mode failover: {args.failover_sessions} sessions, pool A SIGKILLed, pool B the second --upstream"
             )
-        except (OSError, RuntimeError, TimeoutError, KeyError) as exc:  # reported; the run goes on
-            phases["failover"] = {"error": f"{type(exc).__name__}: {exc}"}
-            _say(f"  failover: {phases['failover']['error']}")
-            if bench.proxy is not None and bench.proxy.proc.poll() is None:
-                bench.proxy.stop()
-            bench.proxy = None
+            try:
+                phases["failover"] = bench.failover(
+                    args.failover_sessions,
+                    args.rate * args.failover_sessions / max(1, args.sessions),  # the same shares/s per session
+                    FAILOVER_BEFORE_S,
+                    FAILOVER_AFTER_S,
+                )
+            except (OSError, RuntimeError, TimeoutError, KeyError) as exc:  # reported; the run goes on
+                phases["failover"] = {"error": f"{type(exc).__name__}: {exc}"}
+                _say(f"  failover: {phases['failover']['error']}")
+                if bench.proxy is not None and bench.proxy.proc.poll() is None:
+                    bench.proxy.stop()
+                bench.proxy = None
+        else:  # a phase of no sessions would leave the generators waiting on nothing
+            phases["failover"] = {"error": "skipped (--failover-sessions 0)"}
         _say("direct again (drift of the machine over the run)")
         phases["direct_after"] = bench.direct("direct again", closed=False)
     finally:
