@@ -36,7 +36,8 @@ def session_limit(limits: Limits) -> int:
 
 
 def address_key(ip: str) -> str:
-    """What strikes are counted against: the address, an IPv6 one by its /64 (one host's whole range)."""
+    """What limits and strikes count against: the address, an IPv6 one by its /64 (one host's whole
+    range: a host given a /64 picks a new source address per connection at no cost)."""
     if ":" not in ip:
         return ip
     try:
@@ -160,7 +161,7 @@ class Admission(Generic[H]):
             return refusal
         self.holders[holder] = None
         self._never_authorized[holder] = None
-        self._per_ip[holder.peer_ip] += 1
+        self._per_ip[address_key(holder.peer_ip)] += 1
         self.metrics.connections_total.inc()
         return None
 
@@ -169,7 +170,7 @@ class Admission(Generic[H]):
             return "shutting down"
         if self.strikes.refuses(holder.peer_ip, time.monotonic()):
             return ABUSE
-        if self._per_ip[holder.peer_ip] >= self.limits.max_sessions_per_ip:
+        if self._per_ip[address_key(holder.peer_ip)] >= self.limits.max_sessions_per_ip:
             return "too many sessions from one address"
         if len(self.holders) >= self.max_sessions:
             if not self._never_authorized:
@@ -188,9 +189,10 @@ class Admission(Generic[H]):
         """Its slot is free (at its close decision, not when its sockets are finally gone). Idempotent."""
         if self.holders.pop(holder, False) is None:
             self._never_authorized.pop(holder, None)
-            self._per_ip[holder.peer_ip] -= 1
-            if self._per_ip[holder.peer_ip] <= 0:
-                del self._per_ip[holder.peer_ip]
+            key = address_key(holder.peer_ip)
+            self._per_ip[key] -= 1
+            if self._per_ip[key] <= 0:
+                del self._per_ip[key]
 
     def strike(self, holder: H, reason: str) -> None:
         """It was closed for what it sent: its address pays."""

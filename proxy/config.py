@@ -205,7 +205,7 @@ _HELP: dict[str, str] = {
     "handshake_timeout": "seconds a miner has to subscribe and authorize",
     "idle_timeout": "seconds a miner may stay silent",
     "max_sessions": "ASIC sessions at most (0: about half of the open-file limit, RLIMIT_NOFILE)",
-    "max_sessions_per_ip": "ASIC sessions per source address at most",
+    "max_sessions_per_ip": "ASIC sessions per source address (an IPv6 /64) at most",
     "cost_decay_per_second": "a session's cost decays by this much per second (one submit costs 1)",
     "cost_soft_limit": "session cost above which the proxy stops reading the miner until it decays",
     "cost_hard_limit": "session cost above which the session is closed",

@@ -60,3 +60,19 @@ def test_per_address_abuse_and_shutdown_refusals() -> None:
     assert slots.admit(Connection("198.51.100.9")) is ABUSE
     assert slots.admit(Connection("198.51.100.10")) is None  # other addresses pay nothing
     assert refused(metrics, ABUSE) == 1 and refused(metrics, "too many sessions from one address") == 1
+
+
+def test_an_ipv6_host_cannot_take_more_sessions_by_moving_within_its_64() -> None:
+    metrics = ProxyMetrics()
+    slots: Admission[Connection] = Admission(Limits(max_sessions_per_ip=2), metrics)
+    slots.accepting = True
+    # A host given 2001:db8:1:2::/64 may source each connection from another address in it.
+    host = [Connection(f"2001:db8:1:2::{n:x}") for n in (1, 2, 3)]
+    assert [slots.admit(c) for c in host] == [None, None, "too many sessions from one address"]
+    assert slots.admit(Connection("2001:db8:1:3::1")) is None  # the next /64 is another address
+    assert slots.admit(Connection("::ffff:192.0.2.7")) is None  # IPv4-mapped: counted as the IPv4 address
+    assert slots.admit(Connection("192.0.2.7")) is None
+    assert slots.admit(Connection("192.0.2.7")) == "too many sessions from one address"
+    slots.release(host[1])  # a release under another address of the /64 frees the /64's slot
+    assert slots.admit(Connection("2001:db8:1:2::ffff")) is None
+    assert len(slots) == 5 and refused(metrics, "too many sessions from one address") == 2
