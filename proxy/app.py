@@ -103,7 +103,9 @@ class ProxyApp:
             host,
             port,
             max_connections=config.limits.max_http_connections,
+            max_per_ip=config.limits.max_http_connections_per_ip,
             idle_timeout=config.limits.http_idle_timeout,
+            metrics=self.metrics,
         )
         self.priority = BackgroundPriority(config.background_nice, config.gil_switch_interval)
 

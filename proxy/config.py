@@ -78,6 +78,9 @@ class Limits:
     # The HTTP port (metrics, the validators' API) shares the process's file descriptors with the
     # sessions: a bounded number of connections, and idle keep-alive ones closed.
     max_http_connections: int = 256
+    # SN89 has at most 64 validators, each asking from its own address; 0 turns it off, as it must be
+    # behind a reverse proxy (every client then comes from the proxy's address).
+    max_http_connections_per_ip: int = 64
     http_idle_timeout: float = 75.0  # seconds an idle keep-alive HTTP connection stays open
 
 
@@ -238,6 +241,8 @@ _HELP: dict[str, str] = {
     "max_reason_text": "characters of a pool's reject message kept in the ledger",
     "max_http_connections": "connections the HTTP port (metrics, API) keeps open at most; more are closed at "
     "accept (put a reverse proxy in front for more clients)",
+    "max_http_connections_per_ip": "connections to the HTTP port one source address (an IPv6 /64) keeps open at "
+    "most; 0: no such limit (behind a reverse proxy, where every client has its address)",
     "http_idle_timeout": "seconds an idle keep-alive connection to the HTTP port stays open",
 }
 
@@ -360,6 +365,8 @@ def validate(config: ProxyConfig) -> None:
         raise ConfigError("gc_freeze_interval must be 0 (no interval) or more seconds")
     if config.limits.max_http_connections < 1 or config.limits.http_idle_timeout <= 0:
         raise ConfigError("max_http_connections must be at least 1 and http_idle_timeout above 0 seconds")
+    if config.limits.max_http_connections_per_ip < 0:
+        raise ConfigError("max_http_connections_per_ip must be 0 (no limit) or more")
     if not 0 <= config.api_cache_seconds <= 3600:
         raise ConfigError("api_cache_seconds must be 0 (share only requests in flight) to 3600")
     if config.api_token is not None and (

@@ -41,6 +41,7 @@ from ledger.queries import (
     workers_from_rows,
     workers_query,
 )
+from proxy.admission import address_key
 from proxy.export import add_export_routes
 from proxy.metrics import ProxyMetrics
 
@@ -255,30 +256,110 @@ def _json(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
-class _Refused(asyncio.Protocol):
-    """A connection over the limit: closed at once, before a byte is read."""
+class _Counted(asyncio.Protocol):
+    """One HTTP connection as the server counts it: admitted (or aborted, before a byte is read) when
+    it is made, released when it is lost; everything between goes to aiohttp's handler."""
+
+    __slots__ = ("_handler", "_key", "_server")
+
+    def __init__(self, server: HTTPServer, handler: asyncio.Protocol) -> None:
+        self._server = server
+        self._handler = handler
+        self._key: str | None = None  # its address's key once admitted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        cast(asyncio.Transport, transport).abort()
+        peer = transport.get_extra_info("peername")
+        key = address_key(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
+        if not self._server.admit(key):
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._key = key
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._key is None:
+            return  # refused: aiohttp never saw it
+        self._server.release(self._key)
+        self._key = None
+        self._handler.connection_lost(exc)
 
 
 class HTTPServer:
-    """The HTTP port, with at most `max_connections` open (about: the count is aiohttp's, updated a
-    loop iteration after an accept) and idle keep-alive connections closed after `idle_timeout`:
-    clients that open connections and keep them cannot take the process's file descriptors, which
-    the ASICs' sessions need (aiohttp itself keeps an idle connection an hour, and counts none)."""
+    """The HTTP port, with at most `max_connections` open, at most `max_per_ip` of them from one
+    address (an IPv6 /64; 0: no such limit) and idle keep-alive connections closed after
+    `idle_timeout`: clients that open connections and keep them cannot take the process's file
+    descriptors, which the ASICs' sessions need, and one address cannot keep the validators out
+    (aiohttp itself keeps an idle connection an hour, and counts none). The count is exact: taken
+    when a connection is made, given back when it is lost, so connections opened at once cannot
+    overshoot it. A refused connection is closed before a byte is read."""
 
     def __init__(
-        self, app: web.Application, host: str, port: int, *, max_connections: int, idle_timeout: float
+        self,
+        app: web.Application,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        max_per_ip: int,
+        idle_timeout: float,
+        metrics: ProxyMetrics,
     ) -> None:
         self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
         self._host = host
         self._port = port
         self.port = port
         self.max_connections = max_connections
-        self.refused = 0  # connections closed at accept, over the limit
+        self.max_per_ip = max_per_ip
+        self.metrics = metrics
+        self.open = 0
+        self._per_ip: collections.Counter[str] = collections.Counter()
         self._full = False
+        self._at_limit: set[str] = set()  # addresses refused since they last had no connection: logged once
         self._listener: asyncio.AbstractServer | None = None
+
+    def admit(self, key: str) -> bool:
+        """Whether a new connection from the address `key` may open (counted if so)."""
+        full = self.open >= self.max_connections
+        if full != self._full:  # one line per change, not per connection
+            self._full = full
+            if full:
+                log.warning("HTTP: %d connections open, the limit; closing new ones", self.max_connections)
+            else:
+                log.info("HTTP: under %d connections again; accepting", self.max_connections)
+        if full:
+            self.metrics.http_connections_refused.labels("all").inc()
+            return False
+        if self.max_per_ip and self._per_ip[key] >= self.max_per_ip:
+            if key not in self._at_limit:
+                self._at_limit.add(key)
+                log.warning("HTTP: %s holds %d connections, its limit; closing its new ones", key, self.max_per_ip)
+            self.metrics.http_connections_refused.labels("address").inc()
+            return False
+        self.open += 1
+        self._per_ip[key] += 1
+        self.metrics.http_connections.set(self.open)
+        return True
+
+    def release(self, key: str) -> None:
+        """A connection admitted from `key` is gone."""
+        self.open -= 1
+        self._per_ip[key] -= 1
+        if self._per_ip[key] <= 0:
+            del self._per_ip[key]
+            self._at_limit.discard(key)
+        self.metrics.http_connections.set(self.open)
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -286,17 +367,7 @@ class HTTPServer:
         assert server is not None
 
         def connection() -> asyncio.BaseProtocol:
-            full = len(server.connections) >= self.max_connections
-            if full != self._full:  # one line per change, not per connection
-                self._full = full
-                if full:
-                    log.warning("HTTP: %d connections open, the limit; closing new ones", self.max_connections)
-                else:
-                    log.info("HTTP: under %d connections again; accepting", self.max_connections)
-            if full:
-                self.refused += 1
-                return _Refused()
-            return server()
+            return _Counted(self, cast(asyncio.Protocol, server()))
 
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(connection, self._host, self._port, reuse_address=True)

@@ -75,6 +75,16 @@ class ProxyMetrics:
         self.addresses_refused = Gauge(
             "ih_addresses_refused", "Source addresses refused new connections for their strikes", registry=r
         )
+        self.http_connections = Gauge(
+            "ih_http_connections", "Connections open to the HTTP port (metrics, API)", registry=r
+        )
+        self.http_connections_refused = Counter(
+            "ih_http_connections_refused",
+            "Connections to the HTTP port closed at accept, by limit: all (max_http_connections) or address "
+            "(max_http_connections_per_ip)",
+            ["limit"],
+            registry=r,
+        )
         self.sessions_closed = Counter("ih_sessions_closed", "ASIC sessions closed, by reason", ["reason"], registry=r)
         self.authorize = Counter("ih_authorize", "mining.authorize outcomes", ["outcome"], registry=r)
 

@@ -429,57 +429,137 @@ def test_ledger_down_is_a_503_and_back_is_a_200(tmp_path: Path, clickhouse_http:
     go(scenario)
 
 
+async def _status(port: int, local: str = HOST) -> int:
+    connector = aiohttp.TCPConnector(local_addr=(local, 0))
+    async with aiohttp.ClientSession(connector=connector) as http, http.get(f"http://{HOST}:{port}/healthz") as r:
+        return r.status
+
+
+async def _closed_at_once(port: int, local: str = HOST) -> bool:
+    reader, writer = await asyncio.open_connection(HOST, port, local_addr=(local, 0))
+    try:
+        return await asyncio.wait_for(reader.read(1), 5) == b""
+    except ConnectionError:
+        return True  # reset: closed too
+    except TimeoutError:
+        return False
+    finally:
+        writer.close()
+
+
+async def _held(connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> int:
+    """How many of `connections` the server keeps open (the others it closed at once)."""
+    await asyncio.sleep(0.2)
+    return sum(not reader.at_eof() for reader, _ in connections)
+
+
+def _refused(metrics: ProxyMetrics, limit: str) -> float:
+    return metrics.registry.get_sample_value("ih_http_connections_refused_total", {"limit": limit}) or 0.0
+
+
+def _api_nobody_asks(metrics: ProxyMetrics) -> web.Application:
+    async def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return []
+
+    return build_app(metrics, query, "infinitehash")
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the server never got there")
+
+
 def test_clients_holding_connections_cannot_take_more_than_the_http_limit() -> None:
     """Connections that never send a request fill the limit: one more is closed at accept, before
     a byte is read; as they go (closed by their clients, or idle past the timeout) the port serves
     again. The file descriptors they hold are the ASICs' sessions' too."""
 
-    async def get(port: int) -> int:
-        async with aiohttp.ClientSession() as http, http.get(f"http://{HOST}:{port}/healthz") as r:
-            return r.status
-
-    async def closed_at_once(port: int) -> bool:
-        reader, writer = await asyncio.open_connection(HOST, port)
-        try:
-            return await asyncio.wait_for(reader.read(1), 5) == b""
-        except ConnectionError:
-            return True  # reset: closed too
-        except TimeoutError:
-            return False
-        finally:
-            writer.close()
-
     async def scenario() -> None:
-        async def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-            return []
-
-        app = build_app(ProxyMetrics(), query, "infinitehash")
-        server = HTTPServer(app, HOST, 0, max_connections=4, idle_timeout=1.0)
+        metrics = ProxyMetrics()
+        server = HTTPServer(
+            _api_nobody_asks(metrics), HOST, 0, max_connections=4, max_per_ip=0, idle_timeout=1.0, metrics=metrics
+        )
         await server.start()
         idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         try:
-            assert await get(server.port) == 200
+            assert await _status(server.port) == 200
+            await _until(lambda: server.open == 0)
             idle += [await asyncio.open_connection(HOST, server.port) for _ in range(4)]
-            await asyncio.sleep(0.05)  # the server has seen them
-            assert await closed_at_once(server.port)
-            assert server.refused == 1
+            await _until(lambda: server.open == 4)
+            assert await _closed_at_once(server.port)
+            assert _refused(metrics, "all") == 1
             idle.pop()[1].close()
-            await asyncio.sleep(0.05)
-            assert await get(server.port) == 200  # one place free again
+            await _until(lambda: server.open == 3)
+            assert await _status(server.port) == 200  # one place free again
             # The three left send nothing: the idle timeout closes them.
-            for _ in range(300):
-                if all(reader.at_eof() for reader, _ in idle):
-                    break
-                await asyncio.sleep(0.01)
-            else:
-                raise AssertionError("idle connections were never closed")
+            await _until(lambda: all(reader.at_eof() for reader, _ in idle))
             for _, writer in idle:
                 writer.close()
+            await _until(lambda: server.open == 0)
             idle = [await asyncio.open_connection(HOST, server.port) for _ in range(4)]  # the limit is whole again
-            await asyncio.sleep(0.05)
-            assert await closed_at_once(server.port) and server.refused == 2
+            await _until(lambda: server.open == 4)
+            assert await _closed_at_once(server.port) and _refused(metrics, "all") == 2
+            assert metrics.registry.get_sample_value("ih_http_connections") == 4
         finally:
             for _, writer in idle:
+                writer.close()
+            await server.stop()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_connections_opened_at_once_never_overshoot_the_http_limit(use_uvloop: bool) -> None:
+    """Accepted in one batch, connections are counted as they are made, not a loop iteration later
+    (asyncio's loop makes a whole batch's protocols before the first is connected): of 24 opened at
+    once with room for 4, exactly 4 stay open."""
+
+    async def scenario() -> None:
+        metrics = ProxyMetrics()
+        server = HTTPServer(
+            _api_nobody_asks(metrics), HOST, 0, max_connections=4, max_per_ip=0, idle_timeout=30.0, metrics=metrics
+        )
+        await server.start()
+        connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        try:
+            connections = list(await asyncio.gather(*(asyncio.open_connection(HOST, server.port) for _ in range(24))))
+            await _until(lambda: _refused(metrics, "all") == 20)
+            assert server.open == 4 and await _held(connections) == 4
+            assert metrics.registry.get_sample_value("ih_http_connections") == 4
+        finally:
+            for _, writer in connections:
+                writer.close()
+            await server.stop()
+
+    run(scenario(), use_uvloop=use_uvloop)
+
+
+def test_one_address_cannot_hold_the_validators_api() -> None:
+    """One address opening connections and keeping them gets its share of the port and no more: the
+    validators, from their own addresses, are still served."""
+
+    async def scenario() -> None:
+        metrics = ProxyMetrics()
+        server = HTTPServer(
+            _api_nobody_asks(metrics), HOST, 0, max_connections=8, max_per_ip=3, idle_timeout=30.0, metrics=metrics
+        )
+        await server.start()
+        greedy: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        try:
+            greedy = [await asyncio.open_connection(HOST, server.port, local_addr=("127.0.0.2", 0)) for _ in range(5)]
+            await _until(lambda: _refused(metrics, "address") == 2)
+            assert await _held(greedy) == 3 and server.open == 3
+            assert await _closed_at_once(server.port, "127.0.0.2")
+            assert await _status(server.port, HOST) == 200  # a validator from another address
+            assert _refused(metrics, "address") == 3 and _refused(metrics, "all") == 0
+            greedy.pop(0)[1].close()
+            await _until(lambda: server.open == 2)
+            assert await _status(server.port, "127.0.0.2") == 200  # its freed place is its own again
+        finally:
+            for _, writer in greedy:
                 writer.close()
             await server.stop()
 
