@@ -19,6 +19,14 @@ backup killed mid-way (the program, the server, the machine) leaves a directory 
 RESTORE cannot read. Such an unfinished backup is never counted among the `keep`, never restored by
 default, and is deleted by a rotation once it is older than every backup kept (until then it might
 be one still running, started before the one that just finished).
+
+A backup is verified (`verify`, and `backup(..., verify=True)`) by restoring it beside the ledger, in
+the scratch database `<database>_ih_verify`, and reading every column of every part of every table:
+ClickHouse checks each compressed block's checksum as it reads, so a backup with a damaged byte fails.
+Right after a BACKUP, the restored copy is also compared with the live ledger, partition by
+partition: where no part of a partition changed while the backup ran, the restored rows must be the
+ledger's rows exactly (count and a content fingerprint). The scratch database is dropped after, and
+before (a verification killed mid-way leaves it behind).
 """
 
 from __future__ import annotations
@@ -34,11 +42,15 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from ledger.schema import applied_versions
 from ledger.target import NO_EMBEDDED_ENGINE, LedgerTarget
 
 BACKUP_PREFIX = "ledger-"
 _NAME = re.compile(r"ledger-\d{8}T\d{6}(?:\.\d{6})?Z")
 TEXTFILE_NAME = "ih_ledger_backup.prom"
+VERIFIED_TEXTFILE_NAME = "ih_ledger_backup_verified.prom"
+VERIFY_SUFFIX = "_ih_verify"  # the scratch database a verification restores into
+LEDGER_TABLES = frozenset({"shares", "shares_per_minute", "schema_migrations"})  # in every ledger, since 1
 S3_KEY_ENV = "IH_S3_ACCESS_KEY_ID"
 S3_SECRET_ENV = "IH_S3_SECRET_ACCESS_KEY"
 
@@ -148,6 +160,7 @@ class BackupResult:
     bytes: int  # compressed size ClickHouse reports
     removed: list[str]  # complete backups beyond `keep`, and unfinished ones older than every one kept
     unfinished: list[str]  # unfinished backups left in place (newer than the oldest kept)
+    verification: Verification | None = None  # with verify=True
 
 
 def backup(
@@ -157,9 +170,12 @@ def backup(
     keep: int | None = None,
     rotate_dir: Path | None = None,
     textfile_dir: Path | None = None,
+    verify: bool = False,
     now: dt.datetime | None = None,
 ) -> BackupResult:
-    """BACKUP DATABASE to a new `ledger-<time>` backup, then rotate and write the metric."""
+    """BACKUP DATABASE to a new `ledger-<time>` backup, verify it against the ledger if asked, then
+    rotate and write the metrics. A backup that fails its verification rotates nothing out (a
+    BackupError says what differs; the backup stays for a look)."""
     if keep is not None and keep < 1:
         raise BackupError("--keep must be at least 1")
     if keep is not None:
@@ -168,21 +184,51 @@ def backup(
     engine = destination.engine(name)
     shown = _scrub(engine, destination.secrets())
     client = open_client(target, destination, create=False)
+    verification = None
     try:
         if not _database_exists(client, target.database):
             raise BackupError(f"no database {target.database} in {target}: nothing to back up")
+        before = _parts(client, target.database) if verify else {}
         sql = f"BACKUP DATABASE {target.database} TO {engine}"
         status = _run(client, sql, f"BACKUP to {shown}", "BACKUP_CREATED", target, destination.secrets())
+        finished = dt.datetime.now(dt.UTC)
+        if verify:
+            live = (before, _parts(client, target.database))
+            verification = _verify(client, target, destination, name, live=live)
     finally:
         client.close()
-    finished = dt.datetime.now(dt.UTC)
+    if verification is not None and verification.mismatches:
+        raise BackupError(f"{name} does not match the ledger: {'; '.join(verification.mismatches)}")
     removed, unfinished = [], []
     if keep is not None and rotate_dir is not None:
         removed = rotate(rotate_dir, keep)
         unfinished = unfinished_backups(rotate_dir)
     if textfile_dir is not None:
         write_metric(textfile_dir, target.database, finished, int(status["compressed_size"]))
-    return BackupResult(name, shown, finished, int(status["compressed_size"]), removed, unfinished)
+        if verification is not None:
+            write_verified_metric(textfile_dir, target.database, verification)
+    return BackupResult(name, shown, finished, int(status["compressed_size"]), removed, unfinished, verification)
+
+
+def _choose(target: LedgerTarget, source: Destination, name: str | None, list_dir: Path | None) -> str:
+    """The backup to read: `name` (checked), else the newest complete one in the directory."""
+    directory = Path(source.location) if source.kind == "file" and target.kind == "chdb" else list_dir
+    if name is None:
+        if directory is None:
+            raise BackupError("name the backup with --name (or give --list-dir, where its directory is mounted here)")
+        names = list_backups(directory)
+        if not names:
+            unfinished = unfinished_backups(directory)
+            left = f" (only unfinished ones: {', '.join(unfinished)})" if unfinished else ""
+            raise BackupError(f"no {BACKUP_PREFIX}* backups in {directory}{left}")
+        return names[-1]
+    if not _NAME.fullmatch(name):
+        raise BackupError(f"{name!r} is not a backup name ({BACKUP_PREFIX}<YYYYmmddTHHMMSS.ffffff>Z)")
+    if directory is not None and name in unfinished_backups(directory):
+        newest = list_backups(directory)[-1:]
+        instead = f"; the newest complete one is {newest[0]}" if newest else ""
+        raise BackupError(f"{name} never finished (it has no {COMPLETE_MARK} file): it cannot be restored{instead}")
+    return name
 
 
 def restore(
@@ -195,22 +241,7 @@ def restore(
 ) -> str:
     """RESTORE DATABASE from one backup (the newest complete one in the directory when `name` is None)
     into a database that does not exist yet: a restore never mixes with rows already there."""
-    directory = Path(source.location) if source.kind == "file" and target.kind == "chdb" else list_dir
-    if name is None:
-        if directory is None:
-            raise BackupError("name the backup with --name (or give --list-dir, where its directory is mounted here)")
-        names = list_backups(directory)
-        if not names:
-            unfinished = unfinished_backups(directory)
-            left = f" (only unfinished ones: {', '.join(unfinished)})" if unfinished else ""
-            raise BackupError(f"no {BACKUP_PREFIX}* backups in {directory}{left}")
-        name = names[-1]
-    elif not _NAME.fullmatch(name):
-        raise BackupError(f"{name!r} is not a backup name ({BACKUP_PREFIX}<YYYYmmddTHHMMSS.ffffff>Z)")
-    elif directory is not None and name in unfinished_backups(directory):
-        newest = list_backups(directory)[-1:]
-        instead = f"; the newest complete one is {newest[0]}" if newest else ""
-        raise BackupError(f"{name} never finished (it has no {COMPLETE_MARK} file): it cannot be restored{instead}")
+    name = _choose(target, source, name, list_dir)
     database = as_database or target.database
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
         raise BackupError(f"invalid database name {database!r}")
@@ -229,6 +260,189 @@ def restore(
     finally:
         client.close()
     return name
+
+
+# (table, partition id) → rows and content fingerprint (restored or read), or rows and active part
+# names (from system.parts: what changed, without reading a row).
+Key = tuple[str, str]
+Prints = dict[Key, tuple[int, int]]
+Parts = dict[Key, tuple[int, frozenset[str]]]
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    table: str
+    rows: int  # restored, every column of every part read
+    partitions: int
+
+
+@dataclass(frozen=True)
+class Verification:
+    name: str
+    tables: list[TableCheck]
+    schema_version: int
+    shares_from: dt.datetime | None  # the restored shares' first and last ts
+    shares_to: dt.datetime | None
+    hotkeys: int  # distinct hotkeys with an accepted share
+    credited: float  # the accepted shares' difficulty, summed
+    compared: int  # partitions compared with the live ledger row for row (0: not compared)
+    changed: list[str]  # partitions the ledger changed in while the backup ran: not compared
+    mismatches: list[str]  # what is wrong; empty: the backup restores, reads, and is the ledger's
+    finished: dt.datetime
+
+
+def verify(
+    target: LedgerTarget,
+    source: Destination,
+    *,
+    name: str | None = None,
+    list_dir: Path | None = None,
+    textfile_dir: Path | None = None,
+) -> Verification:
+    """Restore one backup (the newest complete one by default) into the scratch database beside
+    `target`'s, read it in full, and drop it. Without a live comparison (that needs the moment of
+    the backup: `backup(..., verify=True)`), it proves the backup restores and every byte reads."""
+    name = _choose(target, source, name, list_dir)
+    client = open_client(target, source, create=True)
+    try:
+        verification = _verify(client, target, source, name, live=None)
+    finally:
+        client.close()
+    if textfile_dir is not None and not verification.mismatches:
+        write_verified_metric(textfile_dir, target.database, verification)
+    return verification
+
+
+def _verify(
+    client: Client, target: LedgerTarget, source: Destination, name: str, *, live: tuple[Parts, Parts] | None
+) -> Verification:
+    """Restore `name` into the scratch database, read it, compare it with the ledger when `live` has
+    the ledger's parts from just before and just after the BACKUP, and drop the copy."""
+    database = target.database
+    scratch = f"{database}{VERIFY_SUFFIX}"
+    shown = _scrub(source.engine(name), source.secrets())
+    drop = f"DROP DATABASE IF EXISTS {scratch} SYNC"
+    if any(engine.startswith("Replicated") for engine in _tables(client, database).values()):
+        # Its Keeper paths are the live replicas': a copy restored beside them would join them.
+        raise BackupError(
+            f"{database} in {target} is replicated (a cluster): verify its backups on a server of their own"
+        )
+    client.command(drop)  # left by a verification killed mid-way: it is ours by its name
+    try:
+        sql = f"RESTORE DATABASE {database} AS {scratch} FROM {source.engine(name)}"
+        _run(client, sql, f"RESTORE (to verify) from {shown}", "RESTORED", target, source.secrets())
+        try:
+            restored = _prints(client, scratch)
+        except Exception as exc:  # a damaged block: its checksum fails as it is read
+            raise BackupError(f"{name} restores but does not read back: {target.scrub(exc)}") from None
+        tables = _tables(client, scratch)
+        mismatches = [f"no table {t}: not a ledger backup" for t in sorted(LEDGER_TABLES - set(tables))]
+        compared, changed = 0, list[str]()
+        if live is not None:
+            before, after = live
+            live_tables = _tables(client, database)
+            mismatches += [
+                f"table {t} {'only in the ledger' if t in live_tables else 'only in the backup'}"
+                for t in sorted(set(tables) ^ set(live_tables))
+            ]
+            read = _prints(client, database)
+            during = _parts(client, database)
+            compared, changed, differs = compare(restored, before, after, read, during)
+            mismatches += differs
+        versions = applied_versions(client, scratch) if "schema_migrations" in tables else set()
+        summary = (
+            client.query(
+                f"SELECT min(ts), max(ts), uniqExactIf(hotkey, accepted = 1), sumIf(difficulty, accepted = 1), count() "
+                f"FROM {scratch}.shares"
+            ).result_rows[0]
+            if "shares" in tables
+            else (None, None, 0, 0.0, 0)
+        )
+    finally:
+        client.command(drop)
+    checks = [
+        TableCheck(
+            t,
+            sum(n for (table, _), (n, _) in restored.items() if table == t),
+            sum(1 for table, _ in restored if table == t),
+        )
+        for t in sorted(tables)
+        if tables[t].endswith("MergeTree")
+    ]
+    any_shares = bool(summary[4])
+    return Verification(
+        name=name,
+        tables=checks,
+        schema_version=max(versions, default=0),
+        shares_from=summary[0] if any_shares else None,
+        shares_to=summary[1] if any_shares else None,
+        hotkeys=int(summary[2]),
+        credited=float(summary[3]),
+        compared=compared,
+        changed=changed,
+        mismatches=mismatches,
+        finished=dt.datetime.now(dt.UTC),
+    )
+
+
+def compare(
+    restored: Prints, before: Parts, after: Parts, live: Prints, during: Parts
+) -> tuple[int, list[str], list[str]]:
+    """The restored copy against the ledger, partition by partition: (partitions compared row for
+    row, partitions that changed while the backup ran, mismatches). `before` and `after` are the
+    ledger's parts around the BACKUP, `live` its rows read after it, `during` its parts after that
+    read. A partition none of whose parts changed across all three must be restored exactly; one that
+    changed (new shares, a merge, the TTL) is only listed; a partition the ledger held throughout but
+    the backup lacks, or the backup holds but the ledger never did, is a mismatch."""
+    compared, changed, mismatches = 0, list[str](), list[str]()
+    for key in sorted(set(restored) | set(before) | set(after)):
+        table, partition = key
+        where = f"{table} partition {partition}"
+        steady = key in before and before[key] == after.get(key) == during.get(key)
+        if steady:
+            compared += 1
+            if restored.get(key) != live.get(key):
+                got, want = restored.get(key, (0, 0)), live.get(key, (0, 0))
+                mismatches.append(
+                    f"{where}: {got[0]:,} rows restored, {want[0]:,} in the ledger"
+                    + (" (same count, other content)" if got[0] == want[0] else "")
+                )
+        elif key not in restored and key in before and key in after:
+            mismatches.append(f"{where}: in the ledger before and after the backup, not in the backup")
+        elif key in restored and key not in before and key not in after:
+            mismatches.append(f"{where}: in the backup, never in the ledger")
+        else:
+            changed.append(where)
+    return compared, changed, mismatches
+
+
+def _tables(client: Client, database: str) -> dict[str, str]:
+    rows = client.query(
+        "SELECT name, engine FROM system.tables WHERE database = {db:String}", parameters={"db": database}
+    ).result_rows
+    return {str(name): str(engine) for name, engine in rows}
+
+
+def _parts(client: Client, database: str) -> Parts:
+    rows = client.query(
+        "SELECT table, partition_id, sum(rows), groupArray(name) FROM system.parts "
+        "WHERE database = {db:String} AND active GROUP BY table, partition_id",
+        parameters={"db": database},
+    ).result_rows
+    return {(str(t), str(p)): (int(n), frozenset(names)) for t, p, n, names in rows}
+
+
+def _prints(client: Client, database: str) -> Prints:
+    """Every row of every MergeTree table read (all columns): its count and fingerprint per partition."""
+    out: Prints = {}
+    for table, engine in sorted(_tables(client, database).items()):
+        if not engine.endswith("MergeTree"):
+            continue  # a view holds no rows of its own; a Distributed table would read the cluster
+        rows = client.query(
+            f"SELECT _partition_id, count(), sum(cityHash64(tuple(*))) FROM {database}.{table} GROUP BY _partition_id"
+        ).result_rows
+        out.update({(table, str(p)): (int(n), int(h)) for p, n, h in rows})
+    return out
 
 
 def _run(client: Client, sql: str, what: str, done: str, target: LedgerTarget, secrets: list[str]) -> dict[str, Any]:
@@ -274,8 +488,29 @@ def write_metric(directory: Path, database: str, finished: dt.datetime, size: in
         "# TYPE ih_ledger_last_backup_size_bytes gauge\n"
         f'ih_ledger_last_backup_size_bytes{{database="{database}"}} {float(size)!r}\n'
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / TEXTFILE_NAME
+    return _write_textfile(directory / TEXTFILE_NAME, text)
+
+
+def write_verified_metric(directory: Path, database: str, verification: Verification) -> Path:
+    """`ih_ledger_last_backup_verified_timestamp_seconds` and the verified backup's shares, beside the
+    backup metrics (a file of its own: a backup and a verification each replace only theirs)."""
+    text = (
+        "# HELP ih_ledger_last_backup_verified_timestamp_seconds Unix time a ledger backup was last verified\n"
+        "# TYPE ih_ledger_last_backup_verified_timestamp_seconds gauge\n"
+        f'ih_ledger_last_backup_verified_timestamp_seconds{{database="{database}"}} '
+        f"{verification.finished.timestamp()!r}\n"
+        "# HELP ih_ledger_last_backup_verified_rows Rows of the last verified backup, by table\n"
+        "# TYPE ih_ledger_last_backup_verified_rows gauge\n"
+        + "".join(
+            f'ih_ledger_last_backup_verified_rows{{database="{database}",table="{t.table}"}} {float(t.rows)!r}\n'
+            for t in verification.tables
+        )
+    )
+    return _write_textfile(directory / VERIFIED_TEXTFILE_NAME, text)
+
+
+def _write_textfile(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)  # node_exporter never reads half a file

@@ -2,10 +2,12 @@
 
     ih-ledger backup  --clickhouse-url URL --to DEST [--keep N] [--rotate-dir DIR] [--textfile-dir DIR]
     ih-ledger restore --clickhouse-url URL --from DEST [--name ledger-…] [--as DATABASE] [--list-dir DIR]
+    ih-ledger verify  --clickhouse-url URL --from DEST [--name ledger-…] [--list-dir DIR] [--textfile-dir DIR]
 
 DEST: a directory (File(); on the server for a server, local for chdb), disk:NAME[/sub/dir], or
 s3://bucket/prefix. See ledger/backup.py and docs/OPERATORS.md. Errors are one line: exit code 2 for
-a bad URL or option, 1 when the backup or restore could not be made.
+a bad URL or option, 1 when the backup, restore or verification could not be made or found a
+difference.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ledger.backup import BackupError, Destination, backup, restore
+from ledger.backup import BackupError, Destination, Verification, backup, restore, verify
 from ledger.target import LedgerTarget, redact
 
 EXIT_USAGE = 2
@@ -24,7 +26,7 @@ EXIT_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ih-ledger", description="Back up and restore the share ledger.")
+    parser = argparse.ArgumentParser(prog="ih-ledger", description="Back up, restore and verify the share ledger.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def ledger_options(sub: argparse.ArgumentParser) -> None:
@@ -58,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write ih_ledger_last_backup_timestamp_seconds to DIR/ih_ledger_backup.prom "
         "(node_exporter --collector.textfile.directory)",
     )
+    b.add_argument(
+        "--verify",
+        action="store_true",
+        help="then restore it beside the ledger, read it in full and compare it with the ledger, partition by "
+        "partition (needs room for one more copy); a difference fails the backup and rotates nothing",
+    )
 
     r = commands.add_parser("restore", help="RESTORE DATABASE from a backup into a database that does not exist")
     ledger_options(r)
@@ -65,7 +73,37 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="the backup (ledger-…); default the newest in the directory")
     r.add_argument("--as", dest="as_database", metavar="DATABASE", help="restore under another database name")
     r.add_argument("--list-dir", type=Path, metavar="DIR", help="for a server: its backup directory as mounted here")
+
+    v = commands.add_parser(
+        "verify", help="restore a backup beside the ledger (database <db>_ih_verify), read it in full, drop it"
+    )
+    ledger_options(v)
+    v.add_argument("--from", dest="source", required=True, metavar="DEST", help="where the backups are (as --to)")
+    v.add_argument("--name", help="the backup (ledger-…); default the newest in the directory")
+    v.add_argument("--list-dir", type=Path, metavar="DIR", help="for a server: its backup directory as mounted here")
+    v.add_argument(
+        "--textfile-dir",
+        type=Path,
+        metavar="DIR",
+        help="write ih_ledger_last_backup_verified_timestamp_seconds to DIR/ih_ledger_backup_verified.prom",
+    )
     return parser
+
+
+def describe(verification: Verification) -> str:
+    """One line: what the verified backup holds."""
+    tables = ", ".join(f"{t.table} {t.rows:,}" for t in verification.tables)
+    held = f"rows read in full: {tables}; schema version {verification.schema_version}"
+    if verification.shares_from is not None and verification.shares_to is not None:
+        held += (
+            f"; shares from {verification.shares_from:%Y-%m-%d %H:%M:%S} to {verification.shares_to:%Y-%m-%d %H:%M:%S} "
+            f"UTC, {verification.hotkeys:,} hotkeys credited {verification.credited:,.0f} difficulty"
+        )
+    if verification.compared or verification.changed:
+        held += f"; {verification.compared:,} partitions equal to the ledger's"
+        if verification.changed:
+            held += f", {len(verification.changed):,} changed while it ran ({', '.join(verification.changed)})"
+    return held
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keep=args.keep,
                 rotate_dir=args.rotate_dir,
                 textfile_dir=args.textfile_dir,
+                verify=args.verify,
             )
             removed = f"; removed {', '.join(result.removed)}" if result.removed else ""
             print(
@@ -91,6 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if result.unfinished:  # killed mid-way, or still running: rotation removes them once old enough
                 print(f"ih-ledger: unfinished backups left in place: {', '.join(result.unfinished)}")
+            if result.verification is not None:
+                print(f"ih-ledger: verified {result.name}: {describe(result.verification)}")
+        elif args.command == "verify":
+            checked = verify(
+                target,
+                Destination.parse(args.source),
+                name=args.name,
+                list_dir=args.list_dir,
+                textfile_dir=args.textfile_dir,
+            )
+            if checked.mismatches:
+                print(
+                    f"ih-ledger: {checked.name} is not a good backup: {'; '.join(checked.mismatches)}", file=sys.stderr
+                )
+                return EXIT_FAILED
+            print(f"ih-ledger: verified {checked.name}: {describe(checked)}")
         else:
             name = restore(
                 target,

@@ -17,7 +17,15 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ledger.backup import COMPLETE_MARK, TEXTFILE_NAME, Destination, list_backups, unfinished_backups
+from ledger.backup import (
+    COMPLETE_MARK,
+    TEXTFILE_NAME,
+    VERIFIED_TEXTFILE_NAME,
+    Destination,
+    compare,
+    list_backups,
+    unfinished_backups,
+)
 from tests.test_ledger import BASE_TS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -298,3 +306,139 @@ def test_destinations_become_clickhouse_backup_engines(monkeypatch: Any) -> None
     monkeypatch.setenv("IH_S3_ACCESS_KEY_ID", "KEY")
     monkeypatch.setenv("IH_S3_SECRET_ACCESS_KEY", "it's")
     assert Destination.parse("https://minio:9000/b").engine("n") == "S3('https://minio:9000/b/n', 'KEY', 'it\\'s')"
+
+
+_DATABASES = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    from ledger.target import LedgerTarget
+
+    client = LedgerTarget.parse("chdb://" + sys.argv[1], data_dir=Path(sys.argv[1])).connect(create=False)
+    print(json.dumps(sorted(str(r[0]) for r in client.query("SELECT name FROM system.databases").result_rows)))
+    """
+)
+
+
+def databases(ledger: Path) -> list[str]:
+    done = run("-c", _DATABASES, str(ledger))
+    assert done.returncode == 0, done.stderr
+    names: list[str] = json.loads(done.stdout)
+    return names
+
+
+def test_a_verified_backup_is_the_ledger_row_for_row_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    ledger, fresh, backups, textfiles = (tmp_path / n for n in ("ledger", "fresh", "backups", "textfile"))
+    write_rows(ledger, tmp_path / "spool", batches=6)
+    before = dump(ledger)
+    made = ih_ledger(
+        "backup",
+        "--clickhouse-url",
+        f"chdb://{ledger}",
+        "--to",
+        str(backups),
+        "--verify",
+        "--textfile-dir",
+        str(textfiles),
+    )
+    assert made.returncode == 0, made.stderr
+    (name,) = list_backups(backups)
+    assert f"verified {name}: rows read in full: " in made.stdout and "shares 600" in made.stdout
+    assert "partitions equal to the ledger's" in made.stdout and "changed while it ran" not in made.stdout
+    assert "infinitehash_ih_verify" not in databases(ledger) and dump(ledger) == before
+    families = {f.name: f for f in text_string_to_metric_families((textfiles / VERIFIED_TEXTFILE_NAME).read_text())}
+    (stamp,) = families["ih_ledger_last_backup_verified_timestamp_seconds"].samples
+    assert stamp.labels == {"database": "infinitehash"} and stamp.value > BASE_TS
+    rows = {s.labels["table"]: s.value for s in families["ih_ledger_last_backup_verified_rows"].samples}
+    assert rows["shares"] == 600 and rows["schema_migrations"] == len(before["schema_migrations"]["rows"])
+    assert (textfiles / TEXTFILE_NAME).is_file()  # the backup's own metric file is still there
+
+    # On its own, in a fresh engine (as a disaster restore would be): the same rows read back.
+    alone = ih_ledger("verify", "--clickhouse-url", f"chdb://{fresh}", "--from", str(backups))
+    assert alone.returncode == 0, alone.stderr
+    assert f"verified {name}" in alone.stdout and "shares 600" in alone.stdout
+    assert "partitions equal" not in alone.stdout  # nothing live to compare with here
+    assert "infinitehash_ih_verify" not in databases(fresh)
+
+
+def test_a_damaged_backup_fails_its_verification_in_one_line(tmp_path: Path) -> None:
+    ledger, backups = tmp_path / "ledger", tmp_path / "backups"
+    write_rows(ledger, tmp_path / "spool", batches=6)
+    assert ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups)).returncode == 0
+    (name,) = list_backups(backups)
+    # One byte changed in the middle of the shares' largest data file, as a bad disk sector would.
+    data = max((backups / name / "data" / "infinitehash" / "shares").rglob("*.bin"), key=lambda p: p.stat().st_size)
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    data.write_bytes(bytes(damaged))
+    checked = ih_ledger("verify", "--clickhouse-url", f"chdb://{ledger}", "--from", str(backups))
+    assert checked.returncode == 1 and checked.stderr.count("\n") == 1 and "Traceback" not in checked.stderr
+    assert name in checked.stderr
+    assert "infinitehash_ih_verify" not in databases(ledger)
+
+
+def test_a_verification_killed_mid_way_leaves_the_ledger_whole_and_the_next_one_clears_its_copy(
+    tmp_path: Path,
+) -> None:
+    ledger, backups = tmp_path / "ledger", tmp_path / "backups"
+    write_rows(ledger, tmp_path / "spool", batches=2)
+    done = run("-c", _FILL, str(ledger))  # enough rows that a restore and its read take a while
+    assert done.returncode == 0, done.stderr
+    assert ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups)).returncode == 0
+    before = dump(ledger)
+    for _ in range(3):  # bounded: the kill must land while the copy exists
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ledger.cli",
+                "verify",
+                "--clickhouse-url",
+                f"chdb://{ledger}",
+                "--from",
+                str(backups),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for _ in range(3000):
+                if (ledger / "metadata" / "infinitehash_ih_verify.sql").exists() or proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+            proc.kill()
+        finally:
+            proc.wait(timeout=30)
+        if "infinitehash_ih_verify" in databases(ledger):
+            break
+    else:
+        raise AssertionError("no verification was killed while its copy existed in three tries")
+    assert dump(ledger) == before  # the copy is beside the ledger, never in it
+    again = ih_ledger("verify", "--clickhouse-url", f"chdb://{ledger}", "--from", str(backups))
+    assert again.returncode == 0, again.stderr
+    assert "filler 1,500,000" in again.stdout and "shares 200" in again.stdout
+    assert "infinitehash_ih_verify" not in databases(ledger) and dump(ledger) == before
+
+
+def test_the_live_comparison_tells_a_changed_partition_from_a_wrong_one() -> None:
+    parts = frozenset({"all_1_1_0"})
+    steady = {("shares", "20250101"): (10, parts), ("jobs", "202501"): (2, parts)}
+    live = {("shares", "20250101"): (10, 111), ("jobs", "202501"): (2, 222)}
+    assert compare(dict(live), steady, steady, live, steady) == (2, [], [])
+    # Same count, other content: a mismatch; a missing row: a mismatch.
+    _, _, wrong = compare({**live, ("shares", "20250101"): (10, 999)}, steady, steady, live, steady)
+    assert wrong == ["shares partition 20250101: 10 rows restored, 10 in the ledger (same count, other content)"]
+    _, _, short = compare({**live, ("jobs", "202501"): (1, 5)}, steady, steady, live, steady)
+    assert short == ["jobs partition 202501: 1 rows restored, 2 in the ledger"]
+    # Today's partition took new shares while the backup ran: listed, not compared.
+    grown = {**steady, ("shares", "20250101"): (12, frozenset({"all_1_1_0", "all_2_2_0"}))}
+    compared, changed, none = compare(dict(live), steady, grown, {**live, ("shares", "20250101"): (12, 333)}, grown)
+    assert (compared, changed, none) == (1, ["shares partition 20250101"], [])
+    # A partition the ledger held throughout but the backup lacks; one the ledger never held.
+    assert compare({("jobs", "202501"): (2, 222)}, steady, grown, live, grown)[2] == [
+        "shares partition 20250101: in the ledger before and after the backup, not in the backup"
+    ]
+    assert compare({**live, ("coverage", "202412"): (1, 7)}, steady, steady, live, steady)[2] == [
+        "coverage partition 202412: in the backup, never in the ledger"
+    ]
