@@ -442,3 +442,40 @@ def test_the_live_comparison_tells_a_changed_partition_from_a_wrong_one() -> Non
     assert compare({**live, ("coverage", "202412"): (1, 7)}, steady, steady, live, steady)[2] == [
         "coverage partition 202412: in the backup, never in the ledger"
     ]
+
+
+def test_a_backup_that_fails_its_verification_rotates_nothing_out(tmp_path: Path) -> None:
+    """A difference found (injected here: a comparison that finds one) fails the backup with exit 1
+    and keeps every older backup: a bad backup never pushes a good one out."""
+    ledger, backups, textfiles = tmp_path / "ledger", tmp_path / "backups", tmp_path / "textfile"
+    write_rows(ledger, tmp_path / "spool", batches=1)
+    assert ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups)).returncode == 0
+    (good,) = list_backups(backups)
+    differing = textwrap.dedent(
+        """
+        import sys
+        import ledger.backup
+        from ledger.cli import main
+        ledger.backup.compare = lambda *args: (1, [], ["shares partition 20250101: 9 rows restored, 10 in the ledger"])
+        sys.exit(main(sys.argv[1:]))
+        """
+    )
+    failed = run(
+        "-c",
+        differing,
+        "backup",
+        "--clickhouse-url",
+        f"chdb://{ledger}",
+        "--to",
+        str(backups),
+        "--keep",
+        "1",
+        "--verify",
+        "--textfile-dir",
+        str(textfiles),
+    )
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1
+    assert "does not match the ledger: shares partition 20250101: 9 rows restored" in failed.stderr
+    assert good in list_backups(backups) and len(list_backups(backups)) == 2  # nothing rotated out
+    assert not (textfiles / VERIFIED_TEXTFILE_NAME).exists() and not (textfiles / TEXTFILE_NAME).exists()
+    assert "infinitehash_ih_verify" not in databases(ledger)
