@@ -457,11 +457,20 @@ def _refused(metrics: ProxyMetrics, limit: str) -> float:
     return metrics.registry.get_sample_value("ih_http_connections_refused_total", {"limit": limit}) or 0.0
 
 
-def _api_nobody_asks(metrics: ProxyMetrics) -> web.Application:
+@asynccontextmanager
+async def _http_port(**limits: Any) -> AsyncIterator[tuple[HTTPServer, ProxyMetrics]]:
+    """The HTTP port with `limits`, on an API nobody asks anything of but /healthz."""
+
     async def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return []
 
-    return build_app(metrics, query, "infinitehash")
+    metrics = ProxyMetrics()
+    server = HTTPServer(build_app(metrics, query, "infinitehash"), HOST, 0, metrics=metrics, **limits)
+    await server.start()
+    try:
+        yield server, metrics
+    finally:
+        await server.stop()
 
 
 async def _until(condition: Callable[[], bool]) -> None:
@@ -478,35 +487,30 @@ def test_clients_holding_connections_cannot_take_more_than_the_http_limit() -> N
     again. The file descriptors they hold are the ASICs' sessions' too."""
 
     async def scenario() -> None:
-        metrics = ProxyMetrics()
-        server = HTTPServer(
-            _api_nobody_asks(metrics), HOST, 0, max_connections=4, max_per_ip=0, idle_timeout=1.0, metrics=metrics
-        )
-        await server.start()
         idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        try:
-            assert await _status(server.port) == 200
-            await _until(lambda: server.open == 0)
-            idle += [await asyncio.open_connection(HOST, server.port) for _ in range(4)]
-            await _until(lambda: server.open == 4)
-            assert await _closed_at_once(server.port)
-            assert _refused(metrics, "all") == 1
-            idle.pop()[1].close()
-            await _until(lambda: server.open == 3)
-            assert await _status(server.port) == 200  # one place free again
-            # The three left send nothing: the idle timeout closes them.
-            await _until(lambda: all(reader.at_eof() for reader, _ in idle))
-            for _, writer in idle:
-                writer.close()
-            await _until(lambda: server.open == 0)
-            idle = [await asyncio.open_connection(HOST, server.port) for _ in range(4)]  # the limit is whole again
-            await _until(lambda: server.open == 4)
-            assert await _closed_at_once(server.port) and _refused(metrics, "all") == 2
-            assert metrics.registry.get_sample_value("ih_http_connections") == 4
-        finally:
-            for _, writer in idle:
-                writer.close()
-            await server.stop()
+        async with _http_port(max_connections=4, max_per_ip=0, idle_timeout=1.0) as (server, metrics):
+            try:
+                assert await _status(server.port) == 200
+                await _until(lambda: server.open == 0)
+                idle += [await asyncio.open_connection(HOST, server.port) for _ in range(4)]
+                await _until(lambda: server.open == 4)
+                assert await _closed_at_once(server.port)
+                assert _refused(metrics, "all") == 1
+                idle.pop()[1].close()
+                await _until(lambda: server.open == 3)
+                assert await _status(server.port) == 200  # one place free again
+                # The three left send nothing: the idle timeout closes them.
+                await _until(lambda: all(reader.at_eof() for reader, _ in idle))
+                for _, writer in idle:
+                    writer.close()
+                await _until(lambda: server.open == 0)
+                idle = [await asyncio.open_connection(HOST, server.port) for _ in range(4)]  # the limit is whole again
+                await _until(lambda: server.open == 4)
+                assert await _closed_at_once(server.port) and _refused(metrics, "all") == 2
+                assert metrics.registry.get_sample_value("ih_http_connections") == 4
+            finally:
+                for _, writer in idle:
+                    writer.close()
 
     run(scenario())
 
@@ -518,21 +522,18 @@ def test_connections_opened_at_once_never_overshoot_the_http_limit(use_uvloop: b
     once with room for 4, exactly 4 stay open."""
 
     async def scenario() -> None:
-        metrics = ProxyMetrics()
-        server = HTTPServer(
-            _api_nobody_asks(metrics), HOST, 0, max_connections=4, max_per_ip=0, idle_timeout=30.0, metrics=metrics
-        )
-        await server.start()
         connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        try:
-            connections = list(await asyncio.gather(*(asyncio.open_connection(HOST, server.port) for _ in range(24))))
-            await _until(lambda: _refused(metrics, "all") == 20)
-            assert server.open == 4 and await _held(connections) == 4
-            assert metrics.registry.get_sample_value("ih_http_connections") == 4
-        finally:
-            for _, writer in connections:
-                writer.close()
-            await server.stop()
+        async with _http_port(max_connections=4, max_per_ip=0, idle_timeout=30.0) as (server, metrics):
+            try:
+                connections = list(
+                    await asyncio.gather(*(asyncio.open_connection(HOST, server.port) for _ in range(24)))
+                )
+                await _until(lambda: _refused(metrics, "all") == 20)
+                assert server.open == 4 and await _held(connections) == 4
+                assert metrics.registry.get_sample_value("ih_http_connections") == 4
+            finally:
+                for _, writer in connections:
+                    writer.close()
 
     run(scenario(), use_uvloop=use_uvloop)
 
@@ -542,25 +543,22 @@ def test_one_address_cannot_hold_the_validators_api() -> None:
     validators, from their own addresses, are still served."""
 
     async def scenario() -> None:
-        metrics = ProxyMetrics()
-        server = HTTPServer(
-            _api_nobody_asks(metrics), HOST, 0, max_connections=8, max_per_ip=3, idle_timeout=30.0, metrics=metrics
-        )
-        await server.start()
         greedy: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        try:
-            greedy = [await asyncio.open_connection(HOST, server.port, local_addr=("127.0.0.2", 0)) for _ in range(5)]
-            await _until(lambda: _refused(metrics, "address") == 2)
-            assert await _held(greedy) == 3 and server.open == 3
-            assert await _closed_at_once(server.port, "127.0.0.2")
-            assert await _status(server.port, HOST) == 200  # a validator from another address
-            assert _refused(metrics, "address") == 3 and _refused(metrics, "all") == 0
-            greedy.pop(0)[1].close()
-            await _until(lambda: server.open == 2)
-            assert await _status(server.port, "127.0.0.2") == 200  # its freed place is its own again
-        finally:
-            for _, writer in greedy:
-                writer.close()
-            await server.stop()
+        async with _http_port(max_connections=8, max_per_ip=3, idle_timeout=30.0) as (server, metrics):
+            try:
+                greedy = [
+                    await asyncio.open_connection(HOST, server.port, local_addr=("127.0.0.2", 0)) for _ in range(5)
+                ]
+                await _until(lambda: _refused(metrics, "address") == 2)
+                assert await _held(greedy) == 3 and server.open == 3
+                assert await _closed_at_once(server.port, "127.0.0.2")
+                assert await _status(server.port, HOST) == 200  # a validator from another address
+                assert _refused(metrics, "address") == 3 and _refused(metrics, "all") == 0
+                greedy.pop(0)[1].close()
+                await _until(lambda: server.open == 2)
+                assert await _status(server.port, "127.0.0.2") == 200  # its freed place is its own again
+            finally:
+                for _, writer in greedy:
+                    writer.close()
 
     run(scenario())
