@@ -85,6 +85,8 @@ class ProxyMetrics:
             ["limit"],
             registry=r,
         )
+        for limit in ("all", "address"):  # exported at 0 from the start: an alert's increase() sees the first
+            self.http_connections_refused.labels(limit)
         self.sessions_closed = Counter("ih_sessions_closed", "ASIC sessions closed, by reason", ["reason"], registry=r)
         self.authorize = Counter("ih_authorize", "mining.authorize outcomes", ["outcome"], registry=r)
 

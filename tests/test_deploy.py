@@ -264,6 +264,7 @@ def test_the_alert_rules_cover_what_an_operator_must_hear_about() -> None:
         "IHLedgerSpoolGrowing": {"ih_ledger_spool_rows"},
         "IHLedgerIngestLag": {"ih_ledger_ingest_lag_seconds_bucket"},
         "IHHighRejectRate": {"ih_shares_total"},
+        "IHValidatorsAPIRefusing": {"ih_http_connections_refused_total"},
     }
 
 
