@@ -270,16 +270,9 @@ Parts = dict[Key, tuple[int, frozenset[str]]]
 
 
 @dataclass(frozen=True)
-class TableCheck:
-    table: str
-    rows: int  # restored, every column of every part read
-    partitions: int
-
-
-@dataclass(frozen=True)
 class Verification:
     name: str
-    tables: list[TableCheck]
+    tables: dict[str, int]  # each MergeTree table's rows, every column of every part read
     schema_version: int
     shares_from: dt.datetime | None  # the restored shares' first and last ts
     shares_to: dt.datetime | None
@@ -360,19 +353,13 @@ def _verify(
         )
     finally:
         client.command(drop)
-    checks = [
-        TableCheck(
-            t,
-            sum(n for (table, _), (n, _) in restored.items() if table == t),
-            sum(1 for table, _ in restored if table == t),
-        )
-        for t in sorted(tables)
-        if tables[t].endswith("MergeTree")
-    ]
+    rows = dict.fromkeys(sorted(t for t, engine in tables.items() if engine.endswith("MergeTree")), 0)
+    for (table, _), (n, _) in restored.items():
+        rows[table] += n
     any_shares = bool(summary[4])
     return Verification(
         name=name,
-        tables=checks,
+        tables=rows,
         schema_version=max(versions, default=0),
         shares_from=summary[0] if any_shares else None,
         shares_to=summary[1] if any_shares else None,
@@ -502,8 +489,8 @@ def write_verified_metric(directory: Path, database: str, verification: Verifica
         "# HELP ih_ledger_last_backup_verified_rows Rows of the last verified backup, by table\n"
         "# TYPE ih_ledger_last_backup_verified_rows gauge\n"
         + "".join(
-            f'ih_ledger_last_backup_verified_rows{{database="{database}",table="{t.table}"}} {float(t.rows)!r}\n'
-            for t in verification.tables
+            f'ih_ledger_last_backup_verified_rows{{database="{database}",table="{table}"}} {float(rows)!r}\n'
+            for table, rows in verification.tables.items()
         )
     )
     return _write_textfile(directory / VERIFIED_TEXTFILE_NAME, text)

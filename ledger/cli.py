@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def describe(verification: Verification) -> str:
     """One line: what the verified backup holds."""
-    tables = ", ".join(f"{t.table} {t.rows:,}" for t in verification.tables)
+    tables = ", ".join(f"{table} {rows:,}" for table, rows in verification.tables.items())
     held = f"rows read in full: {tables}; schema version {verification.schema_version}"
     if verification.shares_from is not None and verification.shares_to is not None:
         held += (

@@ -258,13 +258,15 @@ def _json(body: bytes) -> web.Response:
 
 class _Counted(asyncio.Protocol):
     """One HTTP connection as the server counts it: admitted (or aborted, before a byte is read) when
-    it is made, released when it is lost; everything between goes to aiohttp's handler."""
+    it is made, released when it is lost; everything between goes to aiohttp's handler, made only
+    for an admitted connection (a flood of refused ones costs no handler each)."""
 
-    __slots__ = ("_handler", "_key", "_server")
+    __slots__ = ("_handler", "_key", "_make_handler", "_server")
 
-    def __init__(self, server: HTTPServer, handler: asyncio.Protocol) -> None:
+    def __init__(self, server: HTTPServer, make_handler: Callable[[], asyncio.Protocol]) -> None:
         self._server = server
-        self._handler = handler
+        self._make_handler = make_handler
+        self._handler: asyncio.Protocol | None = None
         self._key: str | None = None  # its address's key once admitted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -274,22 +276,25 @@ class _Counted(asyncio.Protocol):
             cast(asyncio.Transport, transport).abort()
             return
         self._key = key
+        self._handler = self._make_handler()
         self._handler.connection_made(transport)
 
+    # After an admitted connection_made only (an aborted transport calls nothing but connection_lost).
+
     def data_received(self, data: bytes) -> None:
-        self._handler.data_received(data)
+        cast(asyncio.Protocol, self._handler).data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._handler.eof_received()
+        return cast(asyncio.Protocol, self._handler).eof_received()
 
     def pause_writing(self) -> None:
-        self._handler.pause_writing()
+        cast(asyncio.Protocol, self._handler).pause_writing()
 
     def resume_writing(self) -> None:
-        self._handler.resume_writing()
+        cast(asyncio.Protocol, self._handler).resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._key is None:
+        if self._key is None or self._handler is None:
             return  # refused: aiohttp never saw it
         self._server.release(self._key)
         self._key = None
@@ -367,7 +372,7 @@ class HTTPServer:
         assert server is not None
 
         def connection() -> asyncio.BaseProtocol:
-            return _Counted(self, cast(asyncio.Protocol, server()))
+            return _Counted(self, cast(Callable[[], asyncio.Protocol], server))
 
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(connection, self._host, self._port, reuse_address=True)
