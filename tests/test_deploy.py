@@ -64,6 +64,9 @@ def test_the_proxy_service_environment_is_a_valid_proxy_config() -> None:
     ports = {p.split(":")[-1] for p in service["ports"]}
     assert {"3333", "9464"} <= ports
     assert "127.0.0.1:9464:9464" in service["ports"]  # metrics and the API stay on the host
+    # ... so validators reach it through the host's reverse proxy, all from Docker's gateway address:
+    # a per-address limit there would be one limit for every validator together.
+    assert config.limits.max_http_connections_per_ip == 0
 
 
 def test_the_scorer_service_command_is_one_ih_scorer_accepts() -> None:
