@@ -17,12 +17,18 @@ Mismatch kinds (a share may have several):
   duplicate       the header hash is credited more than once in the audited window
   session         the rows contradict one connection, one job, one extranonce1: a session has
                   two extranonce1s for one job, or one job's extranonce1 appears under two sessions
+
+Beside the shares, the rollup: `shares_per_minute` (what the workers API and the scorer pay from, fed
+by a materialized view) must be, minute by minute and worker by worker, what the raw `shares` rows of
+that minute add up to (`rollup_from_clickhouse`). A view fed twice by a retried insert, or a row
+written into the rollup by hand, shows there and nowhere in the shares.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -100,11 +106,29 @@ class Mismatch:
     detail: str
 
 
+@dataclass(frozen=True)
+class RollupMismatch:
+    """A minute and worker where `shares_per_minute` is not what the raw rows add up to."""
+
+    minute: int  # unix seconds
+    hotkey: str
+    worker: str
+    rollup: tuple[float, int, int]  # accepted difficulty, accepted shares, other shares
+    raw: tuple[float, int, int]
+
+
+@dataclass(frozen=True)
+class RollupCheck:
+    minutes: int  # whole minutes compared
+    mismatches: list[RollupMismatch]  # the first ROLLUP_EXAMPLES, oldest first
+
+
 @dataclass
 class AuditReport:
     hotkeys: dict[str, HotkeyAudit] = field(default_factory=dict)
     examples: list[Mismatch] = field(default_factory=list)  # the first few, for people to look at
     rehash_seconds: float = 0.0  # time spent re-hashing (perf_counter), for shares/s
+    rollup: RollupCheck | None = None  # None: not checked (the export has no rollup)
 
     @property
     def checked(self) -> int:
@@ -116,7 +140,7 @@ class AuditReport:
 
     @property
     def clean(self) -> bool:
-        return self.mismatched == 0
+        return self.mismatched == 0 and (self.rollup is None or not self.rollup.mismatches)
 
     @property
     def shares_per_second(self) -> float | None:
@@ -317,6 +341,87 @@ def facts_from_clickhouse(client: Client, database: str, start: float, end: floa
     )
 
 
+ROLLUP_EXAMPLES: Final = 20
+ROLLUP_SAMPLE_MINUTES: Final = 3  # whole minutes a sampled audit compares (a full one: every one)
+_ROLLUP_RECHECK_S: Final = 1.0  # a shares part and its view's part commit a moment apart: look twice
+
+_ROLLUP_SQL: Final = """
+SELECT toUnixTimestamp(minute), hotkey, worker, rollup.d, rollup.a, rollup.r, raw.d, raw.a, raw.r
+FROM (
+    SELECT minute, hotkey, worker,
+        sum(accepted_difficulty) AS d, sum(accepted_shares) AS a, sum(rejected_shares) AS r
+    FROM {db}.shares_per_minute
+    WHERE {minutes} {hotkey}
+    GROUP BY minute, hotkey, worker
+) AS rollup
+FULL OUTER JOIN (
+    SELECT toStartOfMinute(toDateTime(ts, 'UTC')) AS minute, hotkey, worker,
+        sumIf(difficulty, accepted = 1) AS d, countIf(accepted = 1) AS a, countIf(accepted != 1) AS r
+    FROM {db}.shares
+    WHERE {raw_minutes} {hotkey}
+    GROUP BY minute, hotkey, worker
+) AS raw USING (minute, hotkey, worker)
+WHERE rollup.a != raw.a OR rollup.r != raw.r OR abs(rollup.d - raw.d) > 1e-9 * greatest(abs(rollup.d), abs(raw.d))
+ORDER BY minute, hotkey, worker
+LIMIT {limit}
+"""
+
+
+def rollup_from_clickhouse(
+    client: Client,
+    database: str,
+    start: float,
+    end: float,
+    *,
+    hotkey: str | None = None,
+    sample_minutes: int | None = None,
+    seed: int = 0,
+    recheck_after: float = _ROLLUP_RECHECK_S,
+) -> RollupCheck:
+    """Compare `shares_per_minute` with the raw rows over the whole minutes of [start, end) (unix
+    seconds), or over `sample_minutes` of them chosen by `seed`. Differences float sums can make
+    (1e-9 relative) are none. What differs is looked at again after `recheck_after` seconds, and only
+    what still differs is reported: an insert's two parts are not committed at the same instant."""
+    first, last = -(-int(start) // 60) * 60, int(end) // 60 * 60
+    every = range(first, max(first, last), 60)
+    chosen = (
+        list(every)
+        if sample_minutes is None
+        else sorted(random.Random(seed).sample(every, min(sample_minutes, len(every))))
+    )
+    if not chosen:
+        return RollupCheck(0, [])
+    low, high = f"toDateTime({chosen[0]}, 'UTC')", f"toDateTime({chosen[-1] + 60}, 'UTC')"
+    minutes, raw_minutes = f"minute >= {low} AND minute < {high}", f"ts >= {low} AND ts < {high}"
+    if sample_minutes is not None:  # (a full audit: the span is every minute; a list would be as long)
+        listed = ", ".join(str(m) for m in chosen)
+        minutes += f" AND toUnixTimestamp(minute) IN ({listed})"
+        raw_minutes += f" AND toUnixTimestamp(toStartOfMinute(toDateTime(ts, 'UTC'))) IN ({listed})"
+    sql = _ROLLUP_SQL.format(
+        db=database,
+        minutes=minutes,
+        raw_minutes=raw_minutes,
+        hotkey="AND hotkey = {hotkey:String}" if hotkey is not None else "",
+        limit=ROLLUP_EXAMPLES,
+    )
+    parameters = {"hotkey": hotkey} if hotkey is not None else {}
+
+    def differing() -> dict[tuple[int, str, str], RollupMismatch]:
+        rows = client.query(sql, parameters=parameters).result_rows
+        found = [
+            RollupMismatch(int(m), str(h), str(w), (float(rd), int(ra), int(rr)), (float(sd), int(sa), int(sr)))
+            for m, h, w, rd, ra, rr, sd, sa, sr in rows
+        ]
+        return {(f.minute, f.hotkey, f.worker): f for f in found}
+
+    found = differing()
+    if found and recheck_after > 0:
+        time.sleep(recheck_after)
+        again = differing()
+        found = {key: again[key] for key in found if key in again}
+    return RollupCheck(len(chosen), sorted(found.values(), key=lambda f: (f.minute, f.hotkey, f.worker)))
+
+
 def audit_clickhouse(
     client: Client,
     database: str,
@@ -328,10 +433,17 @@ def audit_clickhouse(
     seed: int = 0,
     examples: int = 20,
 ) -> AuditReport:
+    """The shares re-hashed (all credited ones, or a sample) and the rollup compared with them (every
+    whole minute, or ROLLUP_SAMPLE_MINUTES of them with a sample)."""
     shares = credited_shares_from_clickhouse(client, database, start, end, hotkey=hotkey, sample=sample, seed=seed)
     jobs = jobs_from_clickhouse(client, database, (s.job_key for s in shares if s.job_key))
     facts = facts_from_clickhouse(client, database, start, end)
-    return audit(shares, jobs, facts, examples=examples)
+    report = audit(shares, jobs, facts, examples=examples)
+    minutes = None if sample is None else ROLLUP_SAMPLE_MINUTES
+    report.rollup = rollup_from_clickhouse(
+        client, database, start, end, hotkey=hotkey, sample_minutes=minutes, seed=seed
+    )
+    return report
 
 
 def audit_rows(

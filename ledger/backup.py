@@ -42,6 +42,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from ledger.audit import RollupCheck, rollup_from_clickhouse
 from ledger.schema import applied_versions
 from ledger.target import NO_EMBEDDED_ENGINE, LedgerTarget
 
@@ -51,6 +52,7 @@ TEXTFILE_NAME = "ih_ledger_backup.prom"
 VERIFIED_TEXTFILE_NAME = "ih_ledger_backup_verified.prom"
 VERIFY_SUFFIX = "_ih_verify"  # the scratch database a verification restores into
 LEDGER_TABLES = frozenset({"shares", "shares_per_minute", "schema_migrations"})  # in every ledger, since 1
+_ROLLUP_SETTLED_S = 300  # a verification compares the rollup up to this long before the newest share
 S3_KEY_ENV = "IH_S3_ACCESS_KEY_ID"
 S3_SECRET_ENV = "IH_S3_SECRET_ACCESS_KEY"
 
@@ -280,6 +282,7 @@ class Verification:
     credited: float  # the accepted shares' difficulty, summed
     compared: int  # partitions compared with the live ledger row for row (0: not compared)
     changed: list[str]  # partitions the ledger changed in while the backup ran: not compared
+    rollup_minutes: int  # whole minutes where shares_per_minute was compared with the shares
     mismatches: list[str]  # what is wrong; empty: the backup restores, reads, and is the ledger's
     finished: dt.datetime
 
@@ -345,12 +348,25 @@ def _verify(
         versions = applied_versions(client, scratch) if "schema_migrations" in tables else set()
         summary = (
             client.query(
-                f"SELECT min(ts), max(ts), uniqExactIf(hotkey, accepted = 1), sumIf(difficulty, accepted = 1), count() "
-                f"FROM {scratch}.shares"
+                "SELECT toUnixTimestamp64Milli(min(ts)), toUnixTimestamp64Milli(max(ts)), "
+                f"uniqExactIf(hotkey, accepted = 1), sumIf(difficulty, accepted = 1), count() FROM {scratch}.shares"
             ).result_rows[0]
             if "shares" in tables
-            else (None, None, 0, 0.0, 0)
+            else (0, 0, 0, 0.0, 0)
         )
+        rollup = RollupCheck(0, [])
+        if summary[4] and "shares_per_minute" in tables:
+            # Not the oldest minute (the TTL cuts the two tables apart there) nor the last minutes (BACKUP
+            # copies one table after the other: an insert between lands in one copy only).
+            first, last = summary[0] / 1000 + 60, summary[1] / 1000 - _ROLLUP_SETTLED_S
+            rollup = rollup_from_clickhouse(client, scratch, first, last, recheck_after=0)
+            if rollup.mismatches:
+                f = rollup.mismatches[0]
+                mismatches.append(
+                    f"shares_per_minute is not what the shares add up to in {len(rollup.mismatches):,} minute rows "
+                    f"(first: {dt.datetime.fromtimestamp(f.minute, dt.UTC):%Y-%m-%d %H:%M} {f.worker}: "
+                    f"rollup {f.rollup[0]:g} difficulty in {f.rollup[1]} shares, shares {f.raw[0]:g} in {f.raw[1]})"
+                )
     finally:
         client.command(drop)
     rows = dict.fromkeys(sorted(t for t, engine in tables.items() if engine.endswith("MergeTree")), 0)
@@ -361,12 +377,13 @@ def _verify(
         name=name,
         tables=rows,
         schema_version=max(versions, default=0),
-        shares_from=summary[0] if any_shares else None,
-        shares_to=summary[1] if any_shares else None,
+        shares_from=dt.datetime.fromtimestamp(summary[0] / 1000, dt.UTC) if any_shares else None,
+        shares_to=dt.datetime.fromtimestamp(summary[1] / 1000, dt.UTC) if any_shares else None,
         hotkeys=int(summary[2]),
         credited=float(summary[3]),
         compared=compared,
         changed=changed,
+        rollup_minutes=rollup.minutes,
         mismatches=mismatches,
         finished=dt.datetime.now(dt.UTC),
     )

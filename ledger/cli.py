@@ -94,6 +94,8 @@ def describe(verification: Verification) -> str:
     """One line: what the verified backup holds."""
     tables = ", ".join(f"{table} {rows:,}" for table, rows in verification.tables.items())
     held = f"rows read in full: {tables}; schema version {verification.schema_version}"
+    if verification.rollup_minutes:
+        held += f"; shares_per_minute equal to the shares in {verification.rollup_minutes:,} whole minutes"
     if verification.shares_from is not None and verification.shares_to is not None:
         held += (
             f"; shares from {verification.shares_from:%Y-%m-%d %H:%M:%S} to {verification.shares_to:%Y-%m-%d %H:%M:%S} "

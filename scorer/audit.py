@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -221,6 +221,21 @@ def render(run: AuditRun) -> str:
             f"  {','.join(m.kinds)}: hotkey {s.hotkey} session {s.proxy_id}/{s.session} job {s.job_key or '?'} "
             f"hash {s.hash or '?'} credit {s.difficulty:.6g}{' (' + m.detail + ')' if m.detail else ''}"
         )
+    if r.rollup is not None:
+        differing = r.rollup.mismatches
+        lines.append(
+            "rollup: shares_per_minute (what the workers API and the scorer read) "
+            + (
+                f"differs from the shares in {len(differing)} minute rows of {r.rollup.minutes} whole minutes"
+                if differing
+                else f"equals the shares in all {r.rollup.minutes} whole minutes compared"
+            )
+        )
+        for f in differing:
+            lines.append(
+                f"  {iso(datetime.fromtimestamp(f.minute, UTC))} {f.worker}: rollup {f.rollup[0]:.6g} difficulty, "
+                f"{f.rollup[1]} accepted, {f.rollup[2]} other; shares {f.raw[0]:.6g}, {f.raw[1]}, {f.raw[2]}"
+            )
     return "\n".join(lines)
 
 
@@ -249,6 +264,21 @@ def to_json(run: AuditRun) -> dict[str, Any]:
             for h in sorted(r.hotkeys.values(), key=lambda h: h.hotkey)
         ],
         "examples": [{"kinds": list(m.kinds), "detail": m.detail, "row": m.row._asdict()} for m in r.examples],
+        "rollup": None
+        if r.rollup is None
+        else {
+            "minutes": r.rollup.minutes,
+            "mismatches": [
+                {
+                    "minute": iso(datetime.fromtimestamp(f.minute, UTC)),
+                    "hotkey": f.hotkey,
+                    "worker": f.worker,
+                    "rollup": {"accepted_difficulty": f.rollup[0], "accepted": f.rollup[1], "other": f.rollup[2]},
+                    "shares": {"accepted_difficulty": f.raw[0], "accepted": f.raw[1], "other": f.raw[2]},
+                }
+                for f in r.rollup.mismatches
+            ],
+        },
     }
 
 
@@ -270,6 +300,14 @@ async def require_clean_sample(
     except AuditFailed as exc:
         raise AuditRefused(f"audit sample could not be read, so no weights: {exc}") from None
     r = run.report
+    if r.rollup is not None and r.rollup.mismatches:
+        f = r.rollup.mismatches[0]
+        raise AuditRefused(
+            f"refusing to set weights: shares_per_minute, which weights are computed from, is not what the ledger's "
+            f"shares add up to in {len(r.rollup.mismatches)} minute rows of the audit's {r.rollup.minutes} sampled "
+            f"minutes (seed {seed}; first: {iso(datetime.fromtimestamp(f.minute, UTC))} {f.worker}); reproduce "
+            f"with: ih-scorer audit --end {iso(window.end)} --window {window.seconds // 60}m"
+        )
     if not r.clean:
         kinds = ", ".join(f"{k} {n}" for k, n in r.totals().items() if n)
         hotkeys = ", ".join(sorted(h.hotkey for h in r.hotkeys.values() if h.mismatched))

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from ledger.audit import (
+    ROLLUP_SAMPLE_MINUTES,
     AuditReport,
     audit,
     audit_clickhouse,
@@ -23,6 +24,7 @@ from ledger.audit import (
     credited_shares_from_clickhouse,
     facts_from_clickhouse,
     facts_of,
+    rollup_from_clickhouse,
 )
 from ledger.jobs import job_key
 from ledger.rows import JobRow, ShareRow
@@ -222,6 +224,41 @@ def test_clickhouse_and_python_agree_on_the_facts_and_the_sample(tmp_path: Path)
         assert sampled.checked == 3
 
 
+def forge_rollup(client: Any, row: ShareRow, difficulty: float) -> None:
+    """What a view fed twice by a retried insert leaves: the rollup credits more than the shares hold."""
+    client.command(
+        f"INSERT INTO {DATABASE}.shares_per_minute "
+        "(minute, hotkey, worker, accepted_difficulty, accepted_shares, rejected_shares) VALUES "
+        f"(toStartOfMinute(toDateTime({int(row.ts)}, 'UTC')), '{row.hotkey}', '{row.worker}', {difficulty!r}, 1, 0)"
+    )
+
+
+def test_the_rollup_is_what_the_shares_add_up_to_and_a_forged_rollup_row_is_found(tmp_path: Path) -> None:
+    rows, job_rows = ledger()
+    with chdb_ledger(tmp_path / "ch") as client:
+        insert(client, list(rows), list(job_rows))
+        clean = audit_clickhouse(client, DATABASE, T0, END)
+        assert clean.rollup is not None and clean.rollup.minutes == 60 and not clean.rollup.mismatches
+        assert clean.clean
+        forge_rollup(client, rows[0], 1e6)
+        report = audit_clickhouse(client, DATABASE, T0, END)
+        assert report.checked == len(rows) and report.mismatched == 0  # every share still re-hashes...
+        assert report.rollup is not None and not report.clean  # ...but what is paid from is not them
+        (found,) = report.rollup.mismatches
+        alice = [r for r in rows if r.hotkey == ALICE and r.worker == rows[0].worker]
+        assert (found.minute, found.hotkey, found.worker) == (int(T0) // 60 * 60, ALICE, rows[0].worker)
+        assert found.raw[:2] == (pytest.approx(sum(r.difficulty for r in alice)), len(alice))
+        assert found.rollup[:2] == (pytest.approx(found.raw[0] + 1e6), found.raw[1] + 1)
+        # One hotkey's audit sees only its own rows; a sample compares its seed's minutes.
+        assert not rollup_from_clickhouse(client, DATABASE, T0, END, hotkey=BOB).mismatches
+        sampled = [
+            rollup_from_clickhouse(client, DATABASE, T0, END, sample_minutes=3, seed=s, recheck_after=0)
+            for s in range(40)
+        ]
+        assert {c.minutes for c in sampled} == {ROLLUP_SAMPLE_MINUTES}
+        assert 0 < sum(bool(c.mismatches) for c in sampled) < 40  # some seeds draw the forged minute
+
+
 def test_job_row_keys_are_what_the_proxy_writes() -> None:
     for j in ledger()[1]:
         from ledger.jobs import notify_of
@@ -244,6 +281,7 @@ def test_ih_scorer_audit_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (doc["checked"], doc["mismatched"], doc["clean"]) == (len(shares()), 0, True)
     assert doc["shares_per_second"] > 0
+    assert doc["rollup"] == {"minutes": 60, "mismatches": []}  # the full audit compares every whole minute
 
     rows = shares()
     rows[3] = rows[3]._replace(nonce=rows[3].nonce ^ 0x01000000)
@@ -292,3 +330,13 @@ def test_audit_sample_gate_refuses_to_score_a_ledger_that_does_not_rehash(
     err = capsys.readouterr().err
     assert "refusing to set weights" in err and "low-difficulty 1" in err and ALICE in err
     assert "ih-scorer audit --sample" in err  # says how to reproduce it
+
+    # Every share re-hashes, but the rollup the weights come from was fed twice: refused as well.
+    with chdb_ledger(tmp_path / "forged") as client:
+        insert(client, shares(), list(ledger()[1]))
+        for minute in range(60):  # every minute, so whatever minutes the gate's seed draws
+            forge_rollup(client, shares()[0]._replace(ts=T0 + 60 * minute), 1e6)
+    forged = f"chdb://{tmp_path / 'forged'}"
+    assert cli.main([*common, "--clickhouse-url", forged, "--audit-sample", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "refusing to set weights: shares_per_minute" in err and "ih-scorer audit --end" in err

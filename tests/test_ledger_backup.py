@@ -479,3 +479,40 @@ def test_a_backup_that_fails_its_verification_rotates_nothing_out(tmp_path: Path
     assert good in list_backups(backups) and len(list_backups(backups)) == 2  # nothing rotated out
     assert not (textfiles / VERIFIED_TEXTFILE_NAME).exists() and not (textfiles / TEXTFILE_NAME).exists()
     assert "infinitehash_ih_verify" not in databases(ledger)
+
+
+_FORGE_ROLLUP = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from ledger.target import LedgerTarget
+
+    client = LedgerTarget.parse("chdb://" + sys.argv[1], data_dir=Path(sys.argv[1])).connect(create=False)
+    minute = f"toStartOfMinute(toDateTime({int(float(sys.argv[2]))}, 'UTC'))"
+    client.command(
+        "INSERT INTO infinitehash.shares_per_minute "
+        "(minute, hotkey, worker, accepted_difficulty, accepted_shares, rejected_shares) VALUES "
+        f"({minute}, '5Hotkey0', 'infinite.5Hotkey0.w0', 1e6, 1, 0)"
+    )
+    """
+)
+
+
+def test_a_backup_whose_rollup_is_not_its_shares_fails_its_verification(tmp_path: Path) -> None:
+    """shares_per_minute is what the workers API and the scorer pay from: a backup in which it credits
+    more than its shares hold (as a view fed twice would) does not verify, though every row reads."""
+    ledger, backups = tmp_path / "ledger", tmp_path / "backups"
+    for minute in range(12):  # shares in twelve minutes: the verification compares the middle ones
+        done = run("-c", _WRITE, str(ledger), str(tmp_path / f"spool{minute}"), "1", repr(BASE_TS + 60 * minute))
+        assert done.returncode == 0, done.stderr
+    good = ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups), "--verify")
+    assert good.returncode == 0, good.stderr
+    assert "shares_per_minute equal to the shares in " in good.stdout
+    forged = run("-c", _FORGE_ROLLUP, str(ledger), repr(BASE_TS + 150))
+    assert forged.returncode == 0, forged.stderr
+    bad = ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups), "--verify")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "shares_per_minute is not what the shares add up to in 1 minute rows" in bad.stderr
+    assert "infinite.5Hotkey0.w0: rollup " in bad.stderr
+    alone = ih_ledger("verify", "--clickhouse-url", f"chdb://{tmp_path / 'fresh'}", "--from", str(backups))
+    assert alone.returncode == 1 and "shares_per_minute is not what the shares add up to" in alone.stderr
