@@ -7,11 +7,13 @@ process, as an operator would run them.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,38 +187,36 @@ def test_rotation_keeps_the_newest_backups(tmp_path: Path) -> None:
     assert f"removed {made[0]}" in done.stdout
 
 
+def kill_ih_ledger_when(ready: Callable[[], object], *args: str) -> None:
+    """Start `ih-ledger ARGS` and SIGKILL it once `ready()` (or once it exits; bounded: 30 s)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(3000):
+            if ready() or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        proc.kill()
+    finally:
+        proc.wait(timeout=30)
+
+
+def begun(backups: Path, known: set[str]) -> list[Path]:
+    """Backups not in `known` whose data ClickHouse has begun writing."""
+    return [p for p in backups.glob("ledger-*") if p.name not in known and (p / "data").is_dir()]
+
+
 def kill_mid_backup(ledger: Path, backups: Path) -> str:
-    """Start `ih-ledger backup` and SIGKILL it once ClickHouse has begun writing the backup's data;
-    returns the backup left behind (bounded: three tries, 30 s each)."""
+    """SIGKILL `ih-ledger backup` once ClickHouse has begun writing the backup's data; returns the
+    backup left behind (bounded: three tries)."""
     for _ in range(3):
         known = set(list_backups(backups) + unfinished_backups(backups))
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ledger.cli",
-                "backup",
-                "--clickhouse-url",
-                f"chdb://{ledger}",
-                "--to",
-                str(backups),
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            started: list[Path] = []
-            for _ in range(3000):
-                started = [p for p in backups.glob("ledger-*") if p.name not in known and (p / "data").is_dir()]
-                if started or proc.poll() is not None:
-                    break
-                time.sleep(0.01)
-            proc.kill()
-        finally:
-            proc.wait(timeout=30)
-        if started and not (started[0] / COMPLETE_MARK).exists():
-            return started[0].name
+        ready = functools.partial(begun, backups, known)
+        kill_ih_ledger_when(ready, "backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups))
+        left = begun(backups, known)
+        if left and not (left[0] / COMPLETE_MARK).exists():
+            return left[0].name
         # it finished before the kill landed: that backup is complete, try again
     raise AssertionError("no backup was killed mid-way in three tries")
 
@@ -386,30 +386,9 @@ def test_a_verification_killed_mid_way_leaves_the_ledger_whole_and_the_next_one_
     assert done.returncode == 0, done.stderr
     assert ih_ledger("backup", "--clickhouse-url", f"chdb://{ledger}", "--to", str(backups)).returncode == 0
     before = dump(ledger)
+    copy = ledger / "metadata" / "infinitehash_ih_verify.sql"
     for _ in range(3):  # bounded: the kill must land while the copy exists
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ledger.cli",
-                "verify",
-                "--clickhouse-url",
-                f"chdb://{ledger}",
-                "--from",
-                str(backups),
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            for _ in range(3000):
-                if (ledger / "metadata" / "infinitehash_ih_verify.sql").exists() or proc.poll() is not None:
-                    break
-                time.sleep(0.01)
-            proc.kill()
-        finally:
-            proc.wait(timeout=30)
+        kill_ih_ledger_when(copy.exists, "verify", "--clickhouse-url", f"chdb://{ledger}", "--from", str(backups))
         if "infinitehash_ih_verify" in databases(ledger):
             break
     else:
