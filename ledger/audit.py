@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 import random
 import time
 from collections import Counter, defaultdict
@@ -382,7 +383,7 @@ def rollup_from_clickhouse(
     seconds), or over `sample_minutes` of them chosen by `seed`. Differences float sums can make
     (1e-9 relative) are none. What differs is looked at again after `recheck_after` seconds, and only
     what still differs is reported: an insert's two parts are not committed at the same instant."""
-    first, last = -(-int(start) // 60) * 60, int(end) // 60 * 60
+    first, last = math.ceil(start / 60) * 60, math.floor(end / 60) * 60  # the whole minutes inside
     every = range(first, max(first, last), 60)
     chosen = (
         list(every)
