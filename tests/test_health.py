@@ -150,7 +150,7 @@ def test_spooling_is_ready_and_neither_writing_nor_spooling_is_not(tmp_path: Pat
             finally:
                 if spool.is_file():
                     spool.unlink()
-                    spool.mkdir()
+                    spool.mkdir(exist_ok=True)  # the writer, retrying its spool, may have made it meanwhile
                 await app.stop()
 
     go(scenario)
