@@ -41,6 +41,7 @@ from clickhouse_connect.driver.client import Client
 from ledger.export import JOB_SELECT, SHARE_ORDER, SHARE_SELECT, to_ms, window
 from ledger.jobs import job_key, notify_of
 from ledger.rows import JobRow, ShareRow
+from ledger.schema import current_ttl_days
 from protocol.work import Job, ShareRejected
 
 KINDS: Final = (
@@ -380,10 +381,14 @@ def rollup_from_clickhouse(
     recheck_after: float = _ROLLUP_RECHECK_S,
 ) -> RollupCheck:
     """Compare `shares_per_minute` with the raw rows over the whole minutes of [start, end) (unix
-    seconds), or over `sample_minutes` of them chosen by `seed`. Differences float sums can make
-    (1e-9 relative) are none. What differs is looked at again after `recheck_after` seconds, and only
-    what still differs is reported: an insert's two parts are not committed at the same instant."""
+    seconds) younger than the shares' TTL, or over `sample_minutes` of them chosen by `seed`.
+    Differences float sums can make (1e-9 relative) are none. What differs is looked at again after
+    `recheck_after` seconds, and only what still differs is reported: an insert's two parts are not
+    committed at the same instant."""
     first, last = math.ceil(start / 60) * 60, math.floor(end / 60) * 60  # the whole minutes inside
+    ttl_days = current_ttl_days(client, database, "shares")
+    if ttl_days is not None:  # past the TTL, the two tables lose their rows at their own merges
+        first = max(first, math.ceil((time.time() - ttl_days * 86_400) / 60) * 60 + 60)
     every = range(first, max(first, last), 60)
     chosen = (
         list(every)

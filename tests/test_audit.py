@@ -8,11 +8,13 @@ plus a third session on the testnet job under another extranonce1.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import clickhouse_connect
 import pytest
 
 from ledger.audit import (
@@ -28,6 +30,7 @@ from ledger.audit import (
 )
 from ledger.jobs import job_key
 from ledger.rows import JobRow, ShareRow
+from ledger.schema import apply_migrations
 from scorer import cli
 from tests.ledger_vectors import (
     ALICE,
@@ -257,6 +260,21 @@ def test_the_rollup_is_what_the_shares_add_up_to_and_a_forged_rollup_row_is_foun
         ]
         assert {c.minutes for c in sampled} == {ROLLUP_SAMPLE_MINUTES}
         assert 0 < sum(bool(c.mismatches) for c in sampled) < 40  # some seeds draw the forged minute
+
+
+def test_the_rollup_is_not_compared_past_the_ttl_where_the_tables_expire_apart(tmp_path: Path) -> None:
+    now = time.time()
+    client = clickhouse_connect.get_client(interface="chdb", path=str(tmp_path / "ch"))
+    try:
+        apply_migrations(client, DATABASE, 1)  # a one-day TTL
+        at_the_edge, inside = shares()[0]._replace(ts=now - 86_400 + 30), shares()[0]._replace(ts=now - 3_600)
+        forge_rollup(client, at_the_edge, 1e6)
+        forge_rollup(client, inside, 1e6)
+        found = rollup_from_clickhouse(client, DATABASE, now - 2 * 86_400, now, recheck_after=0)
+        assert [f.minute for f in found.mismatches] == [int(inside.ts) // 60 * 60]
+        assert found.minutes < 24 * 60  # only the day the TTL keeps
+    finally:
+        client.close()
 
 
 def test_job_row_keys_are_what_the_proxy_writes() -> None:
