@@ -345,7 +345,9 @@ def facts_from_clickhouse(client: Client, database: str, start: float, end: floa
 
 ROLLUP_EXAMPLES: Final = 20
 ROLLUP_SAMPLE_MINUTES: Final = 3  # whole minutes a sampled audit compares (a full one: every one)
-_ROLLUP_RECHECK_S: Final = 1.0  # a shares part and its view's part commit a moment apart: look twice
+# A shares part and its view's part commit a moment apart, and on a cluster the two Distributed reads
+# may pick replicas that lag differently: what differs is looked at again after each of these waits.
+_ROLLUP_RECHECKS: Final = (1.0, 2.0, 4.0)
 
 _ROLLUP_SQL: Final = """
 SELECT toUnixTimestamp(minute), hotkey, worker, rollup.d, rollup.a, rollup.r, raw.d, raw.a, raw.r
@@ -378,13 +380,12 @@ def rollup_from_clickhouse(
     hotkey: str | None = None,
     sample_minutes: int | None = None,
     seed: int = 0,
-    recheck_after: float = _ROLLUP_RECHECK_S,
+    rechecks: Sequence[float] = _ROLLUP_RECHECKS,
 ) -> RollupCheck:
     """Compare `shares_per_minute` with the raw rows over the whole minutes of [start, end) (unix
     seconds) younger than the shares' TTL, or over `sample_minutes` of them chosen by `seed`.
     Differences float sums can make (1e-9 relative) are none. What differs is looked at again after
-    `recheck_after` seconds, and only what still differs is reported: an insert's two parts are not
-    committed at the same instant."""
+    each of `rechecks` (seconds), and only what differed every time is reported."""
     first, last = math.ceil(start / 60) * 60, math.floor(end / 60) * 60  # the whole minutes inside
     ttl_days = current_ttl_days(client, database, "shares")
     if ttl_days is not None:  # past the TTL, the two tables lose their rows at their own merges
@@ -421,8 +422,10 @@ def rollup_from_clickhouse(
         return {(f.minute, f.hotkey, f.worker): f for f in found}
 
     found = differing()
-    if found and recheck_after > 0:
-        time.sleep(recheck_after)
+    for wait in rechecks:
+        if not found:
+            break
+        time.sleep(wait)
         again = differing()
         found = {key: again[key] for key in found if key in again}
     return RollupCheck(len(chosen), sorted(found.values(), key=lambda f: (f.minute, f.hotkey, f.worker)))

@@ -359,7 +359,7 @@ def _verify(
             # Not the oldest minute (the TTL cuts the two tables apart there) nor the last minutes (BACKUP
             # copies one table after the other: an insert between lands in one copy only).
             first, last = summary[0] / 1000 + 60, summary[1] / 1000 - _ROLLUP_SETTLED_S
-            rollup = rollup_from_clickhouse(client, scratch, first, last, recheck_after=0)
+            rollup = rollup_from_clickhouse(client, scratch, first, last, rechecks=())
             if rollup.mismatches:
                 f = rollup.mismatches[0]
                 mismatches.append(

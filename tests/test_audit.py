@@ -255,8 +255,7 @@ def test_the_rollup_is_what_the_shares_add_up_to_and_a_forged_rollup_row_is_foun
         # One hotkey's audit sees only its own rows; a sample compares its seed's minutes.
         assert not rollup_from_clickhouse(client, DATABASE, T0, END, hotkey=BOB).mismatches
         sampled = [
-            rollup_from_clickhouse(client, DATABASE, T0, END, sample_minutes=3, seed=s, recheck_after=0)
-            for s in range(40)
+            rollup_from_clickhouse(client, DATABASE, T0, END, sample_minutes=3, seed=s, rechecks=()) for s in range(40)
         ]
         assert {c.minutes for c in sampled} == {ROLLUP_SAMPLE_MINUTES}
         assert 0 < sum(bool(c.mismatches) for c in sampled) < 40  # some seeds draw the forged minute
@@ -270,7 +269,7 @@ def test_the_rollup_is_not_compared_past_the_ttl_where_the_tables_expire_apart(t
         at_the_edge, inside = shares()[0]._replace(ts=now - 86_400 + 30), shares()[0]._replace(ts=now - 3_600)
         forge_rollup(client, at_the_edge, 1e6)
         forge_rollup(client, inside, 1e6)
-        found = rollup_from_clickhouse(client, DATABASE, now - 2 * 86_400, now, recheck_after=0)
+        found = rollup_from_clickhouse(client, DATABASE, now - 2 * 86_400, now, rechecks=())
         assert [f.minute for f in found.mismatches] == [int(inside.ts) // 60 * 60]
         assert found.minutes < 24 * 60  # only the day the TTL keeps
     finally:
