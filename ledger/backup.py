@@ -176,8 +176,8 @@ def backup(
     now: dt.datetime | None = None,
 ) -> BackupResult:
     """BACKUP DATABASE to a new `ledger-<time>` backup, verify it against the ledger if asked, then
-    rotate and write the metrics. A backup that fails its verification rotates nothing out (a
-    BackupError says what differs; the backup stays for a look)."""
+    rotate and write the metrics. A backup that fails its verification rotates nothing out and writes
+    no metric (a BackupError says what differs; the backup stays for a look)."""
     if keep is not None and keep < 1:
         raise BackupError("--keep must be at least 1")
     if keep is not None:
@@ -199,8 +199,6 @@ def backup(
             verification = _verify(client, target, destination, name, live=live)
     finally:
         client.close()
-    if verification is not None and verification.mismatches:
-        raise BackupError(f"{name} does not match the ledger: {'; '.join(verification.mismatches)}")
     removed, unfinished = [], []
     if keep is not None and rotate_dir is not None:
         removed = rotate(rotate_dir, keep)
@@ -283,7 +281,6 @@ class Verification:
     compared: int  # partitions compared with the live ledger row for row (0: not compared)
     changed: list[str]  # partitions the ledger changed in while the backup ran: not compared
     rollup_minutes: int  # whole minutes where shares_per_minute was compared with the shares
-    mismatches: list[str]  # what is wrong; empty: the backup restores, reads, and is the ledger's
     finished: dt.datetime
 
 
@@ -297,14 +294,15 @@ def verify(
 ) -> Verification:
     """Restore one backup (the newest complete one by default) into the scratch database beside
     `target`'s, read it in full, and drop it. Without a live comparison (that needs the moment of
-    the backup: `backup(..., verify=True)`), it proves the backup restores and every byte reads."""
+    the backup: `backup(..., verify=True)`), it proves the backup restores and every byte reads; a
+    BackupError says what does not."""
     name = _choose(target, source, name, list_dir)
     client = open_client(target, source, create=True)
     try:
         verification = _verify(client, target, source, name, live=None)
     finally:
         client.close()
-    if textfile_dir is not None and not verification.mismatches:
+    if textfile_dir is not None:
         write_verified_metric(textfile_dir, target.database, verification)
     return verification
 
@@ -313,12 +311,14 @@ def _verify(
     client: Client, target: LedgerTarget, source: Destination, name: str, *, live: tuple[Parts, Parts] | None
 ) -> Verification:
     """Restore `name` into the scratch database, read it, compare it with the ledger when `live` has
-    the ledger's parts from just before and just after the BACKUP, and drop the copy."""
+    the ledger's parts from just before and just after the BACKUP, and drop the copy; BackupError,
+    naming every difference, unless all is well."""
     database = target.database
     scratch = f"{database}{VERIFY_SUFFIX}"
     shown = _scrub(source.engine(name), source.secrets())
     drop = f"DROP DATABASE IF EXISTS {scratch} SYNC"
-    if any(engine.startswith("Replicated") for engine in _tables(client, database).values()):
+    live_tables = _tables(client, database)
+    if any(engine.startswith("Replicated") for engine in live_tables.values()):
         # Its Keeper paths are the live replicas': a copy restored beside them would join them.
         raise BackupError(
             f"{database} in {target} is replicated (a cluster): verify its backups on a server of their own"
@@ -327,21 +327,20 @@ def _verify(
     try:
         sql = f"RESTORE DATABASE {database} AS {scratch} FROM {source.engine(name)}"
         _run(client, sql, f"RESTORE (to verify) from {shown}", "RESTORED", target, source.secrets())
+        tables = _tables(client, scratch)
         try:
-            restored = _prints(client, scratch)
+            restored = _prints(client, scratch, tables)
         except Exception as exc:  # a damaged block: its checksum fails as it is read
             raise BackupError(f"{name} restores but does not read back: {target.scrub(exc)}") from None
-        tables = _tables(client, scratch)
         mismatches = [f"no table {t}: not a ledger backup" for t in sorted(LEDGER_TABLES - set(tables))]
         compared, changed = 0, list[str]()
         if live is not None:
             before, after = live
-            live_tables = _tables(client, database)
             mismatches += [
                 f"table {t} {'only in the ledger' if t in live_tables else 'only in the backup'}"
                 for t in sorted(set(tables) ^ set(live_tables))
             ]
-            read = _prints(client, database)
+            read = _prints(client, database, live_tables)
             during = _parts(client, database)
             compared, changed, differs = compare(restored, before, after, read, during)
             mismatches += differs
@@ -360,15 +359,12 @@ def _verify(
             # copies one table after the other: an insert between lands in one copy only).
             first, last = summary[0] / 1000 + 60, summary[1] / 1000 - _ROLLUP_SETTLED_S
             rollup = rollup_from_clickhouse(client, scratch, first, last, rechecks=())
-            if rollup.mismatches:
-                f = rollup.mismatches[0]
-                mismatches.append(
-                    f"shares_per_minute is not what the shares add up to in {len(rollup.mismatches):,} minute rows "
-                    f"(first: {dt.datetime.fromtimestamp(f.minute, dt.UTC):%Y-%m-%d %H:%M} {f.worker}: "
-                    f"rollup {f.rollup[0]:g} difficulty in {f.rollup[1]} shares, shares {f.raw[0]:g} in {f.raw[1]})"
-                )
+            mismatches += _rollup_differs(rollup)
     finally:
         client.command(drop)
+    if mismatches:
+        what = "does not match the ledger" if live is not None else "is not a good backup"
+        raise BackupError(f"{name} {what}: {'; '.join(mismatches)}")
     rows = dict.fromkeys(sorted(t for t, engine in tables.items() if engine.endswith("MergeTree")), 0)
     for (table, _), (n, _) in restored.items():
         rows[table] += n
@@ -384,9 +380,19 @@ def _verify(
         compared=compared,
         changed=changed,
         rollup_minutes=rollup.minutes,
-        mismatches=mismatches,
         finished=dt.datetime.now(dt.UTC),
     )
+
+
+def _rollup_differs(rollup: RollupCheck) -> list[str]:
+    if not rollup.mismatches:
+        return []
+    f = rollup.mismatches[0]
+    return [
+        f"shares_per_minute is not what the shares add up to in {len(rollup.mismatches):,} minute rows "
+        f"(first: {dt.datetime.fromtimestamp(f.minute, dt.UTC):%Y-%m-%d %H:%M} {f.worker}: "
+        f"rollup {f.rollup[0]:g} difficulty in {f.rollup[1]} shares, shares {f.raw[0]:g} in {f.raw[1]})"
+    ]
 
 
 def compare(
@@ -436,10 +442,11 @@ def _parts(client: Client, database: str) -> Parts:
     return {(str(t), str(p)): (int(n), frozenset(names)) for t, p, n, names in rows}
 
 
-def _prints(client: Client, database: str) -> Prints:
-    """Every row of every MergeTree table read (all columns): its count and fingerprint per partition."""
+def _prints(client: Client, database: str, tables: dict[str, str]) -> Prints:
+    """Every row of every MergeTree table of `tables` (name → engine) read, all columns: its count and
+    fingerprint per partition."""
     out: Prints = {}
-    for table, engine in sorted(_tables(client, database).items()):
+    for table, engine in sorted(tables.items()):
         if not engine.endswith("MergeTree"):
             continue  # a view holds no rows of its own; a Distributed table would read the cluster
         rows = client.query(

@@ -67,20 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
         "partition (needs room for one more copy); a difference fails the backup and rotates nothing",
     )
 
+    def backup_options(sub: argparse.ArgumentParser) -> None:
+        """Which backup a restore or a verification reads."""
+        sub.add_argument("--from", dest="source", required=True, metavar="DEST", help="where the backups are (as --to)")
+        sub.add_argument("--name", help="the backup (ledger-…); default the newest in the directory")
+        sub.add_argument(
+            "--list-dir", type=Path, metavar="DIR", help="for a server: its backup directory as mounted here"
+        )
+
     r = commands.add_parser("restore", help="RESTORE DATABASE from a backup into a database that does not exist")
     ledger_options(r)
-    r.add_argument("--from", dest="source", required=True, metavar="DEST", help="where the backups are (as --to)")
-    r.add_argument("--name", help="the backup (ledger-…); default the newest in the directory")
+    backup_options(r)
     r.add_argument("--as", dest="as_database", metavar="DATABASE", help="restore under another database name")
-    r.add_argument("--list-dir", type=Path, metavar="DIR", help="for a server: its backup directory as mounted here")
 
     v = commands.add_parser(
         "verify", help="restore a backup beside the ledger (database <db>_ih_verify), read it in full, drop it"
     )
     ledger_options(v)
-    v.add_argument("--from", dest="source", required=True, metavar="DEST", help="where the backups are (as --to)")
-    v.add_argument("--name", help="the backup (ledger-…); default the newest in the directory")
-    v.add_argument("--list-dir", type=Path, metavar="DIR", help="for a server: its backup directory as mounted here")
+    backup_options(v)
     v.add_argument(
         "--textfile-dir",
         type=Path,
@@ -142,11 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 list_dir=args.list_dir,
                 textfile_dir=args.textfile_dir,
             )
-            if checked.mismatches:
-                print(
-                    f"ih-ledger: {checked.name} is not a good backup: {'; '.join(checked.mismatches)}", file=sys.stderr
-                )
-                return EXIT_FAILED
             print(f"ih-ledger: verified {checked.name}: {describe(checked)}")
         else:
             name = restore(
