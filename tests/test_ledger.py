@@ -31,7 +31,7 @@ import msgspec
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from ledger.rows import COLUMNS_OF_TABLE, SHARES, CoverageRow, JobRow, ShareRow
+from ledger.rows import SHARES, ShareRow
 from ledger.schema import (
     DEDUP_WINDOW,
     MIGRATIONS,
@@ -44,7 +44,7 @@ from ledger.schema import (
 from ledger.target import DEFAULT_DATABASE, LedgerTarget, redact
 from proxy.config import LedgerBudget
 from proxy.journal import Journal, batch_token, leftovers
-from proxy.ledger import PACK_ROWS, LedgerWriter, insert_batch, pack_rows, to_columns
+from proxy.ledger import ONE_BLOCK_ROWS, LedgerWriter, insert_batch, insert_context, to_columns
 from proxy.metrics import ProxyMetrics
 from tests.clickhouse_http import ClickHouseHTTPServer
 
@@ -737,67 +737,28 @@ def test_a_converted_batch_is_never_walked_by_the_collector() -> None:
             assert list(column) == [getattr(r, c.name) for r in rows], c.name
 
 
-def _odd_batches() -> dict[str, list[tuple[Any, ...]]]:
-    """Rows of every table with the values a conversion must get right: a lone surrogate, non-ASCII
-    text, an int difficulty, a truthy flag that is not 1, an absent and a present version, empty and
-    long arrays, a ts between two ms ticks, and more rows than one packed call takes."""
-    shares: list[tuple[Any, ...]] = [tuple(r) for r in make_rows(3 * PACK_ROWS + 7)]
-    first = make_rows(1)[0]
-    shares[3] = tuple(first._replace(worker="infinite.h\u00e9.w\ud800", difficulty=3, block=7, version_bits=0x2000))
-    shares[4] = tuple(first._replace(ts=BASE_TS + 0.0125, job_key="k" * 64, ntime=2**32 - 1, nonce=0))
-    jobs = [
-        tuple(JobRow(f"k{i}", BASE_TS + i, "proxy-a", "pool:3333", str(i), "00" * 32, "01", "02", ["aa"] * i, *job))
-        for i, job in enumerate((0x20000000, 0x1703A30C, 1_700_000_000 + i, i % 3) for i in range(40))
-    ]
-    coverage = [tuple(CoverageRow(minute_of(BASE_TS) + 60 * i, "proxy-a", i, 10 * i, i % 2)) for i in range(5)]
-    return {"shares": shares, "jobs": jobs, "coverage": coverage}
-
-
-def test_a_packed_batch_lands_as_clickhouse_connects_own_insert_of_its_columns(tmp_path: Path) -> None:
-    """The ledger inserts MsgPack it packs itself (`pack_rows`); every stored value must be what
-    clickhouse-connect's Native insert of the same columns stores, in every table."""
-    with chdb_client(tmp_path / "ch") as client:
-        apply_migrations(client, DB, 90)
-        for table, rows in _odd_batches().items():
-            columns = COLUMNS_OF_TABLE[table]
-            client.command(f"CREATE TABLE {DB}.native_{table} AS {DB}.{table}")
-            client.insert(
-                f"{DB}.native_{table}",
-                to_columns(table, rows),
-                column_names=[c.name for c in columns],
-                column_oriented=True,
-            )
-            insert_batch(client, f"{DB}.{table}", table, f"t-{table}", to_columns(table, rows))
-            select = f"SELECT {', '.join(c.name for c in columns)} FROM {DB}.{{}} ORDER BY tuple(*)"
-            ours = client.query(select.format(table)).result_rows
-            assert len(ours) == len(rows)
-            assert ours == client.query(select.format(f"native_{table}")).result_rows, table
-        (worker, difficulty, block) = client.query(
-            f"SELECT worker, difficulty, block FROM {DB}.shares WHERE version_bits = 8192"
-        ).result_rows[0]
-        assert (worker, difficulty, block) == ("infinite.h\u00e9.w?", 3.0, 1)
-
-
-def test_a_retried_batch_is_dropped_whatever_its_size_or_the_format_of_its_first_try(tmp_path: Path) -> None:
-    """A batch retried under its token must not land twice: ClickHouse drops the blocks of a token it
-    has seen, so the retry must reach it as the same blocks, whether the first try was ours or
-    clickhouse-connect's Native one (batches inserted by earlier releases, spooled, replayed now),
-    and for a batch of more rows than Native sent as one block (65,536)."""
-    small, big = make_rows(2_500), make_rows(70_000, first=2_500)
+def test_a_batch_goes_to_clickhouse_as_one_block_up_to_its_limit(tmp_path: Path) -> None:
+    """clickhouse-connect cuts a batch into blocks of ~2 MiB by slicing every column (new tracked
+    tuples, walked by the loop's collections); ours goes whole up to ONE_BLOCK_ROWS rows, bigger
+    ones in blocks as before. Every row lands either way."""
+    small, big = make_rows(20_000), make_rows(ONE_BLOCK_ROWS + 1, first=20_000)
     with chdb_client(tmp_path / "ch") as client:
         apply_migrations(client, DB, 90)
         into = f"{DB}.shares"
-        client.insert(
+        plain = client.create_insert_context(
             into,
-            to_columns("shares", small),
-            column_names=[c.name for c in SHARES],
+            data=to_columns("shares", small),
             column_oriented=True,
-            settings={"insert_deduplication_token": "t-small"},
+            column_names=[c.name for c in SHARES],
+            column_type_names=[c.type for c in SHARES],
         )
-        insert_batch(client, into, "shares", "t-small", to_columns("shares", small))
-        for _ in range(2):
-            insert_batch(client, into, "shares", "t-big", to_columns("shares", big))
-        assert len(pack_rows(to_columns("shares", big))) > 2**20  # several packed calls, one body
+        assert len(list(plain.next_block())) > 1  # what clickhouse-connect alone would send
+        whole = insert_context(client, into, "shares", "t-small", to_columns("shares", small))
+        assert [block.row_count for block in whole.next_block()] == [len(small)]
+        client.insert(context=insert_context(client, into, "shares", "t-small", to_columns("shares", small)))
+        cut = insert_context(client, into, "shares", "t-big", to_columns("shares", big))
+        assert len(list(cut.next_block())) > 1
+        client.insert(context=insert_context(client, into, "shares", "t-big", to_columns("shares", big)))
     assert_ledger(tmp_path / "ch", small + big)
 
 
