@@ -107,7 +107,7 @@ class ProxyApp:
             idle_timeout=config.limits.http_idle_timeout,
             metrics=self.metrics,
         )
-        self.priority = BackgroundPriority(config.background_nice, config.gil_switch_interval)
+        self.priority = BackgroundPriority(config.background_nice, config.gil_switch_interval, config.cpu_slice)
 
     def ledger_refusal(self) -> str | None:
         """Why miners' shares are refused right now: the ledger cannot persist what they would earn.

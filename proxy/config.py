@@ -136,6 +136,7 @@ class ProxyConfig:
     workers: int = 1  # Stratum processes on one port (proxy/supervisor.py); >1 needs a ClickHouse server
     background_nice: int = 10  # every thread but the event loop's (proxy/priority.py); 0: leave them alone
     gil_switch_interval: float = 0.001  # sys.setswitchinterval (proxy/priority.py); 0: Python's own 5 ms
+    cpu_slice: float = 0.0001  # each thread's CPU slice (proxy/priority.py; Linux 6.12+); 0: the kernel's own
     gc_freeze_interval: float = 60.0  # seconds between two gc.freeze() of what survived (proxy/collector.py)
 
     @property
@@ -200,6 +201,9 @@ _HELP: dict[str, str] = {
     "port>+k, for k = 0..N-1; more than 1 needs a ClickHouse server (an http(s):// --clickhouse-url)",
     "background_nice": "CPU priority (nice, 0-19) of every proxy thread but the event loop's: the ledger's insert "
     "thread and the embedded engine's pools yield the core to the share path (0: leave them alone)",
+    "cpu_slice": "seconds of CPU every proxy thread asks the kernel for per turn (Linux 6.12+, sched_setattr): "
+    "short, so a background thread runs in short turns and the event loop never waits long behind one "
+    "(0: the kernel's own, ~1-3 ms; 0.0001 is the shortest it grants)",
     "gil_switch_interval": "seconds a background Python thread (the ledger's) may keep the GIL once the event "
     "loop asks for it (sys.setswitchinterval; 0: Python's own 0.005)",
     "gc_freeze_interval": "seconds between two gc.freeze() of the objects that survived (the sessions), besides "
@@ -359,6 +363,8 @@ def validate(config: ProxyConfig) -> None:
         raise ConfigError("background_nice must be 0 (leave the threads alone) to 19")
     if not 0 <= config.gil_switch_interval <= 0.1:
         raise ConfigError("gil_switch_interval must be 0 (Python's own) to 0.1 seconds")
+    if not (config.cpu_slice == 0 or 0.0001 <= config.cpu_slice <= 0.1):
+        raise ConfigError("cpu_slice must be 0 (the kernel's own) or 0.0001 to 0.1 seconds")
     if config.upstream_dns_ttl < 0:
         raise ConfigError("upstream_dns_ttl must be 0 (look up every time) or more seconds")
     if config.gc_freeze_interval < 0:
