@@ -203,7 +203,7 @@ _HELP: dict[str, str] = {
     "thread and the embedded engine's pools yield the core to the share path (0: leave them alone)",
     "cpu_slice": "seconds of CPU every proxy thread asks the kernel for per turn (Linux 6.12+, sched_setattr): "
     "short, so a background thread runs in short turns and the event loop never waits long behind one "
-    "(0: the kernel's own, ~1-3 ms; 0.0001 is the shortest it grants)",
+    "(0: the kernel's own, ~1-3 ms; 0.0001 is the shortest it grants; with --background-nice 0 only the loop's)",
     "gil_switch_interval": "seconds a background Python thread (the ledger's) may keep the GIL once the event "
     "loop asks for it (sys.setswitchinterval; 0: Python's own 0.005)",
     "gc_freeze_interval": "seconds between two gc.freeze() of the objects that survived (the sessions), besides "

@@ -126,8 +126,9 @@ class BackgroundPriority:
     """While started, sweeps the process's threads every SWEEP_EVERY seconds on the event loop (a
     few dozen syscalls); the loop's own thread, the one that starts it, is kept at its nice. Every
     thread, the loop's too, asks for a CPU slice of `slice_seconds` (0: the kernel's own). And the
-    GIL's switch interval is `switch_interval` (0: Python's own). stop() restores the loop thread's
-    slice and the switch interval."""
+    GIL's switch interval is `switch_interval` (0: Python's own). With `nice` 0 the other threads
+    are left alone, their slice too. stop() gives the loop thread the kernel's default slice back
+    and restores the switch interval."""
 
     def __init__(self, nice: int, switch_interval: float = 0.0, slice_seconds: float = 0.0) -> None:
         self.nice = nice
