@@ -66,6 +66,11 @@ def _syscall(number: int, *args: object) -> None:
         raise OSError(errno, os.strerror(errno))
 
 
+def _granted(seconds: float) -> float:
+    """`seconds` as the kernel keeps a slice (whole nanoseconds), so a read-back compares equal."""
+    return round(seconds * 1e9) / 1e9
+
+
 def cpu_slice(tid: int) -> float | None:
     """The CPU slice, in seconds, the kernel gives the thread `tid` (0: the calling one) each turn;
     None where it cannot tell (not Linux, another machine, a kernel without sched_getattr)."""
@@ -94,7 +99,7 @@ def set_cpu_slice(tid: int, seconds: float) -> bool:
         _syscall(_SYSCALLS[0], tid, ctypes.create_string_buffer(attr, _SCHED_ATTR.size), 0)
     except OSError:
         return False
-    return seconds <= 0 or cpu_slice(tid) == round(seconds * 1e9) / 1e9
+    return seconds <= 0 or cpu_slice(tid) == _granted(seconds)
 
 
 def lower_other_threads(nice: int, keep: int, slice_seconds: float = 0.0) -> int:
@@ -104,7 +109,7 @@ def lower_other_threads(nice: int, keep: int, slice_seconds: float = 0.0) -> int
     meanwhile are skipped."""
     if nice <= 0 or not hasattr(os, "setpriority") or not _TASKS.is_dir():
         return 0
-    want = round(slice_seconds * 1e9) / 1e9 if slice_seconds > 0 and cpu_slice(0) is not None else None
+    want = _granted(slice_seconds) if slice_seconds > 0 and cpu_slice(0) is not None else None
     changed = 0
     with contextlib.suppress(OSError):
         for entry in _TASKS.iterdir():
